@@ -1,0 +1,1 @@
+"""The coordinator: linker state, module cache, worker supervision, CLI and Python API."""

@@ -1,0 +1,97 @@
+"""Compile each module once: an on-disk cache of wasmtime artefacts.
+
+Entries are keyed by the module's SHA-256, the wasmtime version and the engine settings, so a
+stale entry (another version or configuration) is never looked up. Each artefact is stored
+with the SHA-256 of its own bytes; an entry whose bytes do not match (truncated, corrupt) or
+that wasmtime refuses is deleted and rebuilt, never trusted. Writes are atomic (rename).
+
+Location: `$WASMGROUP_CACHE`, else `~/.cache/wasmgroup`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+import wasmtime
+from wasmgroup.orchestrator.instrument import REWRITE_VERSION, export_imported_memory
+from wasmgroup.shared.errors import LinkError
+from wasmgroup.shared.wasm import WasmModule, parse_module
+
+WASMTIME_VERSION = version("wasmtime")
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("WASMGROUP_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "wasmgroup"
+
+
+@dataclass
+class CachedModule:
+    key: str
+    parsed: WasmModule
+    module: wasmtime.Module
+    artefact: Path  # the serialized module, for other processes to deserialize
+
+
+class ModuleCache:
+    def __init__(self, engine: wasmtime.Engine, settings: str,
+                 directory: Path | None = None) -> None:
+        self.engine = engine
+        self.directory = directory or default_cache_dir()
+        self._salt = f"wasmtime-{WASMTIME_VERSION};{settings};rewrite-{REWRITE_VERSION}"
+        self._by_path: dict[str, CachedModule] = {}
+        self._by_key: dict[str, CachedModule] = {}
+        self.compiled = 0  # how many modules this cache had to compile (tests read it)
+
+    def load(self, host_path: str) -> CachedModule:
+        """The parsed and compiled module at `host_path`, compiling only on a cache miss."""
+        if host_path in self._by_path:
+            return self._by_path[host_path]
+        with open(host_path, "rb") as f:
+            data = f.read()
+        parsed = parse_module(data, source=host_path)
+        key = hashlib.sha256(self._salt.encode() + b"\0" + data).hexdigest()
+        if key not in self._by_key:
+            runnable = export_imported_memory(data, parsed)
+            module, artefact = self._compiled(key, runnable, host_path)
+            self._by_key[key] = CachedModule(key, parsed, module, artefact)
+        self._by_path[host_path] = self._by_key[key]
+        return self._by_key[key]
+
+    def _compiled(self, key: str, data: bytes, host_path: str) -> tuple[wasmtime.Module, Path]:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        artefact = self.directory / f"{key}.cwasm"
+        checksum = self.directory / f"{key}.sha256"
+        if artefact.exists() and checksum.exists():
+            try:
+                if hashlib.sha256(artefact.read_bytes()).hexdigest() == checksum.read_text():
+                    return wasmtime.Module.deserialize_file(self.engine, str(artefact)), artefact
+            except (OSError, wasmtime.WasmtimeError):
+                pass  # unreadable or refused: rebuild below
+            for stale in (artefact, checksum):
+                stale.unlink(missing_ok=True)
+        try:
+            module = wasmtime.Module(self.engine, data)
+        except wasmtime.WasmtimeError as err:
+            raise LinkError(f"{host_path}: invalid module: {str(err).strip()}") from None
+        self.compiled += 1
+        serialized = module.serialize()
+        _atomic_write(artefact, serialized)
+        _atomic_write(checksum, hashlib.sha256(serialized).hexdigest().encode())
+        return module, artefact
+
+
+def _atomic_write(path: Path, data: bytes | bytearray) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

@@ -1,0 +1,112 @@
+"""Link plans: what the coordinator decides and every instance group applies.
+
+A plan is plain data (frozen dataclasses of ints and strings) so that it can cross a process
+boundary as msgpack (`to_wire`/`from_wire`) and be applied identically by every group.
+
+- `LoadPlan`: modules to instantiate in load order, with one `Binding` per import, the table
+  length afterwards and the GOT.func slots to fill (`SlotAssignment`).
+- `SlotAssignment`: put function `export` of module `handle` at table slot `slot` (a GOT.func
+  entry, or a dlsym'd function: the seed's `ResolveFunction`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+# How an import is satisfied (Binding.how).
+B_MEMORY = "memory"  # the program's linear memory
+B_TABLE = "table"  # the group's function table
+B_STACK_POINTER = "stack_pointer"  # the group's __stack_pointer global
+B_TAG = "tag"  # the group's exception tag of that name (__c_longjmp, __cpp_exception)
+B_CONST = "const"  # a global holding `value` (addresses, bases, GOT.func slots, weak 0)
+B_TLS = "tls"  # a global holding tls_base(source, in this group) + value
+B_FUNC = "func"  # function `export` of module `source`
+B_STUB = "stub"  # a lazy stub: resolved by name on first call
+B_HOST = "host"  # a function the runtime provides (WASI, WASIX)
+
+BINDING_KINDS = (B_MEMORY, B_TABLE, B_STACK_POINTER, B_TAG, B_CONST, B_TLS, B_FUNC, B_STUB,
+                 B_HOST)
+
+
+@dataclass(frozen=True)
+class Binding:
+    module: str
+    name: str
+    how: str
+    value: int = 0
+    source: int = 0
+    export: str = ""
+
+
+@dataclass(frozen=True)
+class SlotAssignment:
+    slot: int
+    handle: int
+    export: str
+
+
+@dataclass(frozen=True)
+class ModulePlan:
+    handle: int
+    name: str
+    guest_path: str
+    host_path: str
+    memory_base: int
+    table_base: int
+    table_size: int
+    memory_size: int
+    bindings: list[Binding]
+
+
+@dataclass(frozen=True)
+class SymbolAddress:
+    """A dlsym result: a table slot (function), an address, or a TLS offset (per thread)."""
+
+    kind: str  # "function" | "data" | "tls"
+    value: int  # slot, absolute address, or offset from the TLS base of `handle`
+    handle: int
+
+
+@dataclass
+class LoadPlan:
+    modules: list[ModulePlan]
+    table_length: int  # every group's table length once applied
+    slots: list[SlotAssignment]
+    memory_pages: int = 0  # minimum memory size in pages before instantiating
+    stack_low: int = 0
+    stack_high: int = 0
+
+    @property
+    def handles(self) -> list[int]:
+        return [m.handle for m in self.modules]
+
+
+def to_wire(obj: LoadPlan | SlotAssignment) -> dict[str, Any]:
+    """A msgpack-ready dict of a plan (tuples become lists)."""
+    if isinstance(obj, SlotAssignment):
+        return {"op": "resolve_function", "slot": obj.slot, "handle": obj.handle,
+                "export": obj.export}
+    return {
+        "op": "load_modules",
+        "modules": [{**{k: getattr(m, k) for k in ModulePlan.__dataclass_fields__
+                        if k != "bindings"},
+                     "bindings": [[b.module, b.name, b.how, b.value, b.source, b.export]
+                                  for b in m.bindings]} for m in obj.modules],
+        "table_length": obj.table_length,
+        "slots": [[s.slot, s.handle, s.export] for s in obj.slots],
+        "memory_pages": obj.memory_pages,
+        "stack_low": obj.stack_low,
+        "stack_high": obj.stack_high,
+    }
+
+
+def from_wire(data: dict[str, Any]) -> LoadPlan | SlotAssignment:
+    if data["op"] == "resolve_function":
+        return SlotAssignment(data["slot"], data["handle"], data["export"])
+    modules = [ModulePlan(**{**m, "bindings": [Binding(*b) for b in m["bindings"]]})
+               for m in data["modules"]]
+    return LoadPlan(modules=modules, table_length=data["table_length"],
+                    slots=[SlotAssignment(*s) for s in data["slots"]],
+                    memory_pages=data["memory_pages"], stack_low=data["stack_low"],
+                    stack_high=data["stack_high"])

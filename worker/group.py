@@ -1,0 +1,360 @@
+"""One instance group: a wasm thread's instances of the main module and every side module.
+
+The group owns a wasmtime Store, its own function table (kept identical to every other
+group's by applying the same plans), its stack pointer and TLS bases. It applies `LoadPlan`s
+and `SlotAssignment`s decided by the coordinator, and reaches the coordinator only through its
+`LinkService` (dlopen, dlsym, stub resolution).
+
+Guarantees of `apply_load(plan, initialise=True)`: on return, every module of the plan is
+instantiated in load order, GOT.func slots are filled, and data relocations, TLS relocations
+and constructors ran once, in load order. On failure it raises `LinkError` and the new
+modules' data regions are zeroed so the coordinator can place other data there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import wasmtime
+from wasmgroup.shared.errors import LinkError
+from wasmgroup.shared.futex import futex_wait
+from wasmgroup.shared.plan import (
+    B_CONST,
+    B_FUNC,
+    B_HOST,
+    B_MEMORY,
+    B_STACK_POINTER,
+    B_STUB,
+    B_TABLE,
+    B_TAG,
+    B_TLS,
+    LoadPlan,
+    ModulePlan,
+    SlotAssignment,
+    SymbolAddress,
+)
+from wasmgroup.shared.wasm import FuncType
+from wasmgroup.worker import wasmtime_compat
+from wasmgroup.worker.host.shim import instantiate_shim
+from wasmgroup.worker.host.wasix import (
+    EAGAIN,
+    GuestExit,
+    make_wasi_threads_functions,
+    make_wasix_functions,
+)
+from wasmgroup.worker.memview import GuestMemory
+
+wasmtime_compat.apply()
+
+MAIN_HANDLE = 1
+WASI_MODULES = ("wasi_snapshot_preview1", "wasi_unstable")
+
+
+class LinkService(Protocol):
+    """What a group asks of the coordinator."""
+
+    def dlopen(self, name: str, ld_library_path: list[str] | None) -> int: ...
+    def dlsym(self, handle: int, name: str) -> SymbolAddress: ...
+    def is_side_module(self, handle: int) -> bool: ...
+    def resolve_stub(self, importer: int, name: str, func_type: FuncType) -> tuple[int, str]: ...
+
+
+def make_engine_config() -> wasmtime.Config:
+    """The one engine configuration every process uses (serialized modules depend on it)."""
+    config = wasmtime.Config()
+    config.wasm_threads = True
+    config.shared_memory = True
+    config.wasm_bulk_memory = True
+    config.wasm_reference_types = True
+    config.wasm_multi_value = True
+    config.wasm_exceptions = True
+    return config
+
+
+ENGINE_SETTINGS = "threads,shared_memory,bulk_memory,reference_types,multi_value,exceptions"
+
+
+def _val_type(name: str) -> wasmtime.ValType:
+    return {"i32": wasmtime.ValType.i32(), "i64": wasmtime.ValType.i64(),
+            "f32": wasmtime.ValType.f32(), "f64": wasmtime.ValType.f64()}[name]
+
+
+def _wasmtime_functype(t: FuncType) -> wasmtime.FuncType:
+    return wasmtime.FuncType([_val_type(p) for p in t.params],
+                             [_val_type(r) for r in t.results])
+
+
+def _our_functype(t: wasmtime.FuncType) -> FuncType:
+    return FuncType(tuple(str(p) for p in t.params), tuple(str(r) for r in t.results))
+
+
+class InstanceGroup:
+    def __init__(self, engine: wasmtime.Engine, load_module: Callable[[str], wasmtime.Module],
+                 service: LinkService, wasi: wasmtime.WasiConfig, cwd: str = "/",
+                 thread_id: int = 1) -> None:
+        self.engine = engine
+        self.store = wasmtime.Store(engine)
+        self.store.set_wasi(wasi)
+        self._load_module = load_module
+        self.service = service
+        self.cwd = cwd
+        self.thread_id = thread_id
+        self._wasi_linker = wasmtime.Linker(engine)
+        self._wasi_linker.define_wasi()
+        self._shim: wasmtime.Instance | None = None
+        self._wasix = make_wasix_functions(self)
+        self._wasi_threads = make_wasi_threads_functions(self)
+        self.memory_object: wasmtime.Memory | wasmtime.SharedMemory | None = None
+        self._memory: GuestMemory | None = None
+        self.table: wasmtime.Table | None = None
+        self.stack_pointer: wasmtime.Global | None = None
+        self._tags: dict[str, wasmtime.Tag] = {}
+        self.instances: dict[int, wasmtime.Instance] = {}
+        self._plans: dict[int, ModulePlan] = {}
+        self._tls_bases: dict[int, int] = {}
+
+    # ------------------------------------------------------------------ accessors
+    @property
+    def memory(self) -> GuestMemory:
+        if self._memory is None:
+            raise LinkError("the program's memory does not exist yet")
+        return self._memory
+
+    def export(self, handle: int, name: str) -> Any:
+        instance = self.instances.get(handle)
+        if instance is None:
+            raise LinkError(f"module {handle} is not instantiated in this group")
+        value = instance.exports(self.store).get(name)
+        if value is None:
+            plan = self._plans.get(handle)
+            raise LinkError(f"{plan.name if plan else handle} does not export {name}")
+        return value
+
+    def tls_base(self, handle: int) -> int:
+        if handle not in self._tls_bases:
+            base = self.export(handle, "__tls_base")
+            self._tls_bases[handle] = int(base.value(self.store))
+        return self._tls_bases[handle]
+
+    # ------------------------------------------------------------------ start-up
+    def create_memory_and_table(self, main: wasmtime.Module, pages: int, table_length: int,
+                                stack_high: int) -> None:
+        """The program's memory (from main's `env.memory` import) and this group's table."""
+        for imp in main.imports:
+            if imp.module == "env" and imp.name == "memory":
+                ty = imp.type
+                assert isinstance(ty, wasmtime.MemoryType)
+                limits = ty.limits
+                minimum = max(limits.min, pages)
+                if limits.max is not None and minimum > limits.max:
+                    raise LinkError(f"the program needs {minimum} pages of memory but its "
+                                    f"memory import allows at most {limits.max}")
+                mem_type = wasmtime.MemoryType(wasmtime.Limits(minimum, limits.max),
+                                               shared=ty.is_shared)
+                if ty.is_shared:
+                    self.memory_object = wasmtime.SharedMemory(self.engine, mem_type)
+                else:
+                    self.memory_object = wasmtime.Memory(self.store, mem_type)
+                self._memory = GuestMemory(self.memory_object, self.store)
+        table_type = wasmtime.TableType(wasmtime.ValType.funcref(),
+                                        wasmtime.Limits(table_length, None))
+        self.table = wasmtime.Table(self.store, table_type, None)
+        if stack_high:
+            self.stack_pointer = wasmtime.Global(
+                self.store, wasmtime.GlobalType(wasmtime.ValType.i32(), True),
+                wasmtime.Val.i32(stack_high))
+
+    def grow_memory(self, pages: int) -> int:
+        """memory.grow from the host: the old size in pages, or -1."""
+        m = self.memory_object
+        if m is None:
+            return -1
+        try:
+            if isinstance(m, wasmtime.SharedMemory):
+                return int(m.grow(pages))
+            return int(m.grow(self.store, pages))
+        except wasmtime.WasmtimeError:
+            return -1
+
+    # ------------------------------------------------------------------ applying plans
+    def apply_load(self, plan: LoadPlan, initialise: bool) -> None:
+        table = self.table
+        assert table is not None
+        new: list[int] = []
+        try:
+            for module_plan in plan.modules:
+                self._plans[module_plan.handle] = module_plan
+                end = module_plan.table_base + module_plan.table_size
+                self._grow_table_to(max(end, table.size(self.store)))
+                self._instantiate(module_plan)
+                new.append(module_plan.handle)
+            self._grow_table_to(plan.table_length)
+            for slot in plan.slots:
+                self.apply_slot(slot)
+            if initialise:
+                self._initialise(new)
+        except (GuestExit, wasmtime.ExitTrap):
+            raise
+        except (wasmtime.WasmtimeError, LinkError) as err:
+            for handle in new:
+                self.instances.pop(handle, None)
+                self._tls_bases.pop(handle, None)
+            for module_plan in plan.modules:
+                if module_plan.handle != MAIN_HANDLE and module_plan.memory_size:
+                    self.memory.fill(module_plan.memory_base, module_plan.memory_size)
+            if isinstance(err, LinkError):
+                raise
+            raise LinkError(_trap_text(err)) from None
+
+    def apply_slot(self, slot: SlotAssignment) -> None:
+        table = self.table
+        assert table is not None
+        self._grow_table_to(slot.slot + 1)
+        func = self.export(slot.handle, slot.export)
+        table.set(self.store, slot.slot, func)
+
+    def _grow_table_to(self, length: int) -> None:
+        table = self.table
+        assert table is not None
+        current = table.size(self.store)
+        if length > current:
+            table.grow(self.store, length - current, None)
+
+    def _initialise(self, handles: list[int]) -> None:
+        """Data relocations and TLS relocations for all, then constructors (side modules),
+        in load order: once per program, in the group that loaded the modules."""
+        for handle in handles:
+            for name in ("__wasm_apply_data_relocs", "__wasm_apply_tls_relocs"):
+                self._call_init(handle, name)
+        for handle in handles:
+            if handle != MAIN_HANDLE:
+                self._call_init(handle, "__wasm_call_ctors")
+        if MAIN_HANDLE in handles:
+            self._call_init(MAIN_HANDLE, "_initialize")
+
+    def _call_init(self, handle: int, name: str) -> None:
+        func = self.instances[handle].exports(self.store).get(name)
+        if func is None:
+            return
+        plan = self._plans[handle]
+        if not isinstance(func, wasmtime.Func) or func.type(self.store).params \
+                or func.type(self.store).results:
+            raise LinkError(f"{plan.name}: {name} must be a function of type () -> ()")
+        try:
+            func(self.store)
+        except (GuestExit, wasmtime.ExitTrap):
+            raise
+        except wasmtime.WasmtimeError as err:
+            raise LinkError(f"{plan.name}: {name} failed: {_trap_text(err)}") from None
+
+    def _instantiate(self, plan: ModulePlan) -> None:
+        module = self._load_module(plan.host_path)
+        imports = [self._import_value(plan, binding, imp)
+                   for binding, imp in zip(plan.bindings, module.imports, strict=True)]
+        try:
+            self.instances[plan.handle] = wasmtime.Instance(self.store, module, imports)
+        except wasmtime.WasmtimeError as err:
+            raise LinkError(f"{plan.name}: cannot instantiate: {_trap_text(err)}") from None
+        if plan.handle == MAIN_HANDLE and self.stack_pointer is None:
+            sp = self.instances[plan.handle].exports(self.store).get("__stack_pointer")
+            if isinstance(sp, wasmtime.Global):
+                self.stack_pointer = sp
+
+    def _import_value(self, plan: ModulePlan, binding: Any, imp: wasmtime.ImportType) -> Any:
+        how = binding.how
+        if how == B_MEMORY:
+            return self.memory_object
+        if how == B_TABLE:
+            return self.table
+        if how == B_STACK_POINTER:
+            if self.stack_pointer is None:
+                raise LinkError(f"{plan.name} imports env.__stack_pointer, but the main module "
+                                "neither has dylink.0 nor exports __stack_pointer")
+            return self.stack_pointer
+        if how == B_TAG:
+            if binding.name not in self._tags:
+                self._tags[binding.name] = wasmtime.Tag(
+                    self.store, wasmtime.TagType(wasmtime.FuncType([wasmtime.ValType.i32()], [])))
+            return self._tags[binding.name]
+        if how in (B_CONST, B_TLS):
+            ty = imp.type
+            assert isinstance(ty, wasmtime.GlobalType)
+            value = binding.value
+            if how == B_TLS:
+                value += self.tls_base(binding.source)
+            val = wasmtime.Val.i64(value) if str(ty.content) == "i64" else wasmtime.Val.i32(
+                value if value < 1 << 31 else value - (1 << 32))
+            return wasmtime.Global(self.store, wasmtime.GlobalType(ty.content, ty.mutable), val)
+        ty = imp.type
+        assert isinstance(ty, wasmtime.FuncType)
+        if how == B_FUNC:
+            if binding.source in self.instances:
+                return self.export(binding.source, binding.export)
+            return self._forwarder(ty, binding.source, binding.export)
+        if how == B_STUB:
+            return self._stub(ty, plan, binding.name)
+        if how == B_HOST:
+            return self._host_function(binding.module, binding.name, ty)
+        raise LinkError(f"{plan.name}: unknown binding {how!r} for {binding.module}.{binding.name}")
+
+    def _forwarder(self, ty: wasmtime.FuncType, handle: int, name: str) -> wasmtime.Func:
+        """A function of a module later in the same load: bound when first called."""
+        target: list[wasmtime.Func] = []
+
+        def call(*args: Any) -> Any:
+            if not target:
+                target.append(self.export(handle, name))
+            return target[0](self.store, *args)
+
+        return wasmtime.Func(self.store, ty, call)
+
+    def _stub(self, ty: wasmtime.FuncType, plan: ModulePlan, name: str) -> wasmtime.Func:
+        """A lazy stub: the first call asks the coordinator which module exports `name`."""
+        target: list[wasmtime.Func] = []
+
+        def call(*args: Any) -> Any:
+            if not target:
+                handle, export = self.service.resolve_stub(plan.handle, name, _our_functype(ty))
+                target.append(self.export(handle, export))
+            return target[0](self.store, *args)
+
+        return wasmtime.Func(self.store, ty, call)
+
+    def _host_function(self, module: str, name: str, ty: wasmtime.FuncType) -> Any:
+        if module in WASI_MODULES:
+            return self._wasi_linker.get(self.store, "wasi_snapshot_preview1", name)
+        if module == "wasix_32v1" and name == "path_open2":
+            if self._shim is None:
+                assert self.memory_object is not None
+                self._shim = instantiate_shim(self.store, self.engine, self.memory_object,
+                                              self._wasi_linker)
+            return self._shim.exports(self.store)[name]
+        table = {"wasix_32v1": self._wasix, "wasi": self._wasi_threads}[module]
+        return wasmtime.Func(self.store, ty, table[name])
+
+    # ------------------------------------------------------------------ blocking and threads
+    def service_pending(self) -> None:
+        """A safe point: apply any link operation other groups are waiting on."""
+
+    def futex_wait(self, offset: int, expected: int, timeout_ns: int | None) -> str:
+        return futex_wait(self.memory.address + offset, expected, timeout_ns)
+
+    def thread_exit(self, code: int) -> None:
+        raise GuestExit(code)
+
+    def spawn_thread(self, start_arg: int) -> int:
+        return -EAGAIN  # threads arrive with multi-process groups
+
+    def spawn_thread_v2(self, start: int, ret_tid: int) -> int:
+        return EAGAIN
+
+    # ------------------------------------------------------------------ running
+    def call_entry(self, name: str) -> None:
+        func = self.export(MAIN_HANDLE, name)
+        func(self.store)
+
+
+def _trap_text(err: wasmtime.WasmtimeError) -> str:
+    """One readable line (plus the wasm backtrace, if any) for a trap or error."""
+    return str(err).strip()

@@ -1,0 +1,173 @@
+"""WASIX (`wasix_32v1`) and wasi-threads host functions, as wasix-libc calls them.
+
+Each function takes and returns plain ints (the guest's i32/i64 arguments) and returns a WASI
+errno. They reach the linker through the group's `LinkService`, and memory through
+`GuestMemory`, so they hold no state of their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from wasmgroup.shared.errors import LinkError
+from wasmgroup.shared.futex import futex_wait, futex_wake
+from wasmgroup.worker.memview import GuestFault
+
+if TYPE_CHECKING:
+    from wasmgroup.worker.group import InstanceGroup
+
+ESUCCESS, EAGAIN, EFAULT, EINVAL, ENOEXEC = 0, 6, 21, 28, 45
+ENOTSUP, EOVERFLOW, EMEMVIOLATION = 58, 61, 78
+
+RTLD_DEFAULT = 0
+MAIN_HANDLE = 1
+
+
+class GuestExit(Exception):
+    """The guest asked to end the program (proc_exit2, thread_exit of the last thread)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"exit({code})")
+        self.code = code
+
+
+def _write_error(group: InstanceGroup, buf: int, size: int, message: str) -> None:
+    """The message, NUL-terminated and truncated to the guest's buffer (as the seed does)."""
+    if size <= 0:
+        return
+    data = message.encode("utf-8")[: size - 1] + b"\0"
+    group.memory.write(buf, data)
+
+
+def _faults_to_errno(fn: Callable[..., int]) -> Callable[..., int]:
+    def wrapper(*args: int) -> int:
+        try:
+            return fn(*args)
+        except GuestFault:
+            return EMEMVIOLATION
+    wrapper.__name__ = fn.__name__
+    return wrapper
+
+
+def make_wasix_functions(group: InstanceGroup) -> dict[str, Callable[..., int | None]]:
+    """The `wasix_32v1` functions for one group, by import name."""
+
+    @_faults_to_errno
+    def dlopen(path: int, path_len: int, flags: int, err_buf: int, err_len: int,
+               ld_path: int, ld_path_len: int, out_handle: int) -> int:
+        group.service_pending()
+        if path == 0:
+            group.memory.write_u32(out_handle, MAIN_HANDLE)
+            return ESUCCESS
+        name = group.memory.read_str(path, path_len)
+        lib_path = group.memory.read_str(ld_path, ld_path_len) if ld_path and ld_path_len else ""
+        entries = [e for e in lib_path.split(":") if e] if ld_path else None
+        try:
+            handle = group.service.dlopen(name, entries)
+        except LinkError as err:
+            _write_error(group, err_buf, err_len, f"failed to load module: {err}")
+            return ENOEXEC
+        group.memory.write_u32(out_handle, handle)
+        return ESUCCESS
+
+    @_faults_to_errno
+    def dlsym(handle: int, symbol: int, symbol_len: int, err_buf: int, err_len: int,
+              out: int) -> int:
+        group.service_pending()
+        name = group.memory.read_str(symbol, symbol_len)
+        try:
+            address = group.service.dlsym(handle, name)
+        except LinkError as err:
+            _write_error(group, err_buf, err_len, str(err))
+            return EINVAL
+        value = address.value
+        if address.kind == "tls":
+            value += group.tls_base(address.handle)
+        group.memory.write_u32(out, value)
+        return ESUCCESS
+
+    def dl_invalid_handle(handle: int) -> int:
+        group.service_pending()
+        return ESUCCESS if group.service.is_side_module(handle) else ENOEXEC
+
+    @_faults_to_errno
+    def futex_wait_(futex: int, expected: int, timeout: int, ret_woken: int) -> int:
+        timeout_ns = None
+        if timeout and group.memory.read(timeout, 1)[0] == 1:  # option_timestamp: tag, pad, u64
+            timeout_ns = int.from_bytes(group.memory.read(timeout + 8, 8), "little")
+        group.memory.read(futex, 4)  # bounds check before handing the address to the kernel
+        outcome = group.futex_wait(futex, expected, timeout_ns)
+        group.memory.write(ret_woken, bytes([outcome != "timeout"]))
+        return ESUCCESS
+
+    @_faults_to_errno
+    def futex_wake_(futex: int, ret_woken: int) -> int:
+        group.memory.read(futex, 4)
+        woken = futex_wake(group.memory.address + futex, 1)
+        group.memory.write(ret_woken, bytes([woken > 0]))
+        return ESUCCESS
+
+    @_faults_to_errno
+    def futex_wake_all(futex: int, ret_woken: int) -> int:
+        group.memory.read(futex, 4)
+        woken = futex_wake(group.memory.address + futex, 0x7FFFFFFF)
+        group.memory.write(ret_woken, bytes([woken > 0]))
+        return ESUCCESS
+
+    def thread_exit(code: int) -> None:
+        group.thread_exit(code)
+
+    def proc_exit2(code: int) -> None:
+        raise GuestExit(code)
+
+    def thread_signal(tid: int, signal: int) -> int:
+        return ESUCCESS  # signals are not delivered yet; raise()/abort() fall through
+
+    def callback_signal(name: int, name_len: int) -> None:
+        return None
+
+    @_faults_to_errno
+    def proc_signals_sizes_get(ret: int) -> int:
+        group.memory.write_u32(ret, 0)
+        return ESUCCESS
+
+    def proc_signals_get(buf: int) -> int:
+        return ESUCCESS
+
+    def thread_spawn_v2(start: int, ret_tid: int) -> int:
+        return group.spawn_thread_v2(start, ret_tid)
+
+    @_faults_to_errno
+    def thread_id(ret: int) -> int:
+        group.memory.write_u32(ret, group.thread_id)
+        return ESUCCESS
+
+    @_faults_to_errno
+    def getcwd(buf: int, len_ptr: int) -> int:
+        cwd = group.cwd.encode() + b"\0"
+        capacity = group.memory.read_u32(len_ptr)
+        group.memory.write_u32(len_ptr, len(cwd) - 1)
+        if capacity < len(cwd):
+            return EOVERFLOW
+        group.memory.write(buf, cwd)
+        return ESUCCESS
+
+    return {
+        "dlopen": dlopen, "dlsym": dlsym, "dl_invalid_handle": dl_invalid_handle,
+        "futex_wait": futex_wait_, "futex_wake": futex_wake_, "futex_wake_all": futex_wake_all,
+        "thread_exit": thread_exit, "proc_exit2": proc_exit2, "thread_signal": thread_signal,
+        "callback_signal": callback_signal, "proc_signals_get": proc_signals_get,
+        "proc_signals_sizes_get": proc_signals_sizes_get, "thread_spawn_v2": thread_spawn_v2,
+        "thread_id": thread_id, "getcwd": getcwd,
+    }
+
+
+def make_wasi_threads_functions(group: InstanceGroup) -> dict[str, Callable[..., int | None]]:
+    def thread_spawn(start_arg: int) -> int:
+        return group.spawn_thread(start_arg)
+
+    return {"thread-spawn": thread_spawn}
+
+
+__all__ = ["GuestExit", "futex_wait", "make_wasi_threads_functions", "make_wasix_functions"]

@@ -1,0 +1,69 @@
+"""Bounds-checked access to a guest's linear memory from host functions.
+
+The only place in the worker that touches raw memory pointers.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+
+import wasmtime
+
+
+class GuestFault(Exception):
+    """A guest pointer outside linear memory (the host call returns EFAULT/MEMVIOLATION)."""
+
+
+class GuestMemory:
+    def __init__(self, memory: wasmtime.Memory | wasmtime.SharedMemory,
+                 store: wasmtime.Store) -> None:
+        self._memory = memory
+        self._store = store
+
+    def _base_and_len(self) -> tuple[int, int]:
+        m = self._memory
+        if isinstance(m, wasmtime.SharedMemory):
+            ptr, length = m.data_ptr(), m.data_len()
+        else:
+            ptr, length = m.data_ptr(self._store), m.data_len(self._store)
+        return ctypes.addressof(ptr.contents), length
+
+    def _check(self, addr: int, size: int) -> int:
+        base, length = self._base_and_len()
+        if addr < 0 or size < 0 or addr + size > length:
+            raise GuestFault(f"guest range [{addr:#x}, +{size}) outside memory of {length} bytes")
+        return base + addr
+
+    @property
+    def address(self) -> int:
+        """The host address of byte 0 (for futex syscalls)."""
+        return self._base_and_len()[0]
+
+    def read(self, addr: int, size: int) -> bytes:
+        return ctypes.string_at(self._check(addr, size), size)
+
+    def write(self, addr: int, data: bytes) -> None:
+        ctypes.memmove(self._check(addr, len(data)), data, len(data))
+
+    def read_u32(self, addr: int) -> int:
+        value: int = struct.unpack("<I", self.read(addr, 4))[0]
+        return value
+
+    def write_u32(self, addr: int, value: int) -> None:
+        self.write(addr, struct.pack("<I", value & 0xFFFFFFFF))
+
+    def read_str(self, addr: int, size: int) -> str:
+        return self.read(addr, size).decode("utf-8", errors="replace")
+
+    def read_cstr(self, addr: int, limit: int = 4096) -> str:
+        out = bytearray()
+        while len(out) < limit:
+            b = self.read(addr + len(out), 1)
+            if b == b"\0":
+                break
+            out += b
+        return out.decode("utf-8", errors="replace")
+
+    def fill(self, addr: int, size: int, byte: int = 0) -> None:
+        ctypes.memset(self._check(addr, size), byte, size)
