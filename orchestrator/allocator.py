@@ -37,6 +37,7 @@ class MemoryAllocator:
     def __init__(self, grow: Callable[[int], int]) -> None:
         self._grow = grow
         self.regions: list[FreeRegion] = []
+        self.grown: list[tuple[int, int]] = []  # (base, bytes) of every growth, in order
 
     def allocate(self, size: int, alignment: int) -> int:
         best: tuple[int, FreeRegion, int] | None = None  # (left over, region, padding)
@@ -61,12 +62,17 @@ class MemoryAllocator:
         # Whole pages are 64 KiB-aligned, which covers every alignment a module can ask for.
         address = old_pages * PAGE
         total = pages * PAGE
+        self.grown.append((address, total))
         if total > size:
             self.regions.append(FreeRegion(address + size, total - size))
         return address
 
-    def snapshot(self) -> list[tuple[int, int]]:
-        return [(r.base, r.remaining) for r in self.regions]
+    def snapshot(self) -> tuple[list[tuple[int, int]], int]:
+        return [(r.base, r.remaining) for r in self.regions], len(self.grown)
 
-    def restore(self, snapshot: list[tuple[int, int]]) -> None:
-        self.regions = [FreeRegion(base, remaining) for base, remaining in snapshot]
+    def restore(self, snapshot: tuple[list[tuple[int, int]], int]) -> None:
+        """Back to `snapshot`, except that memory grown since stays usable: each growth
+        becomes one free region (memory cannot shrink, and its pages are still unused)."""
+        regions, grown_before = snapshot
+        self.regions = [FreeRegion(base, remaining) for base, remaining in regions]
+        self.regions += [FreeRegion(base, size) for base, size in self.grown[grown_before:]]

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from wasmgroup.orchestrator.inspect import describe, format_text
+from wasmgroup.orchestrator.program import EXIT_RUNTIME_ERROR, run_program
 from wasmgroup.shared.errors import WasmgroupError
 from wasmgroup.shared.wasm import read_module_file
 
@@ -32,6 +33,27 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    env: dict[str, str] = {}
+    for item in args.env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            print(f"wasmgroup run: --env expects KEY=VALUE, got {item!r}", file=sys.stderr)
+            return EXIT_USAGE
+        env[key] = value
+    program_args = args.args[1:] if args.args[:1] == ["--"] else args.args
+    try:
+        result = run_program(args.program, program_args, env=env, dirs=args.dir,
+                             lib_paths=args.lib_path, cwd=args.cwd, capture_output=False)
+    except (OSError, WasmgroupError) as err:
+        text = f"{err.filename}: {err.strerror}" if isinstance(err, OSError) else str(err)
+        print(f"wasmgroup run: {text}", file=sys.stderr)
+        return EXIT_RUNTIME_ERROR
+    if result.error:
+        print(f"wasmgroup run: {result.error}", file=sys.stderr)
+    return result.exit_code
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wasmgroup",
@@ -43,6 +65,23 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("files", nargs="+", metavar="FILE")
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
     inspect.set_defaults(handler=_inspect)
+
+    run = commands.add_parser(
+        "run", help="run a program (exit status: the program's; 134 trap; 125 cannot run)",
+        description="Run a WebAssembly program. The guest sees only the directories given "
+                    "with --dir; libraries are looked up inside that view.")
+    run.add_argument("--dir", action="append", default=[], metavar="HOST::GUEST",
+                     help="map host directory HOST at guest path GUEST (plain HOST: same name)")
+    run.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                     help="set a guest environment variable (LD_LIBRARY_PATH is honoured)")
+    run.add_argument("--lib-path", action="append", default=[], metavar="DIR",
+                     help="host directory searched for libraries after the guest's own")
+    run.add_argument("--cwd", default="/", metavar="GUEST_DIR",
+                     help="the guest's working directory (default /)")
+    run.add_argument("program", metavar="PROG.wasm")
+    run.add_argument("args", nargs=argparse.REMAINDER, metavar="-- ARGS",
+                     help="arguments for the program")
+    run.set_defaults(handler=_run)
     return parser
 
 

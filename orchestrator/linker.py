@@ -82,7 +82,7 @@ class PendingLoad:
     new: list[LoadedModule]
     names: dict[str, int]
     next_handle: int
-    allocator_before: list[tuple[int, int]]
+    allocator_before: tuple[list[tuple[int, int]], int]
 
 
 @dataclass

@@ -27,7 +27,12 @@ from wasmgroup.orchestrator.locate import GuestFilesystem, Located
 from wasmgroup.shared.errors import LinkError, WasmgroupError
 from wasmgroup.shared.plan import SymbolAddress
 from wasmgroup.shared.wasm import FuncType, WasmModule
-from wasmgroup.worker.group import ENGINE_SETTINGS, InstanceGroup, make_engine_config
+from wasmgroup.worker.group import (
+    ENGINE_SETTINGS,
+    WASM_ERRORS,
+    InstanceGroup,
+    make_engine_config,
+)
 from wasmgroup.worker.host.wasix import GuestExit
 
 EXIT_TRAP = 134
@@ -121,7 +126,8 @@ class Program:
         try:
             self.start()
         except (LinkError, ProgramError, OSError) as err:
-            message = f"{self.path}: {err}" if isinstance(err, OSError) else str(err)
+            message = (f"{err.filename or self.path}: {err.strerror}"
+                       if isinstance(err, OSError) else str(err))
             return self._result(EXIT_RUNTIME_ERROR, f"cannot start: {message}")
         except GuestExit as exit_:
             return self._result(exit_.code)
@@ -135,7 +141,7 @@ class Program:
             return self._result(exit_.code)
         except wasmtime.ExitTrap as exit_trap:
             return self._result(exit_trap.code)
-        except wasmtime.WasmtimeError as trap:
+        except WASM_ERRORS as trap:
             return self._result(EXIT_TRAP, f"the program trapped: {str(trap).strip()}")
         return self._result(0)
 

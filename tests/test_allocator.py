@@ -53,6 +53,17 @@ def test_snapshot_restore() -> None:
     assert alloc.allocate(100, 4) == PAGE + 100
 
 
+def test_restore_keeps_grown_pages_as_free_space() -> None:
+    memory = FakeMemory(1)
+    alloc = MemoryAllocator(memory.grow)
+    saved = alloc.snapshot()
+    assert alloc.allocate(3 * PAGE, 16) == PAGE  # grows 3 pages
+    alloc.restore(saved)
+    # The failed load's pages are reused, not grown again.
+    assert alloc.allocate(100, 16) == PAGE
+    assert memory.pages == 4
+
+
 def test_memory_cannot_grow() -> None:
     alloc = MemoryAllocator(FakeMemory(1, maximum=2).grow)
     with pytest.raises(LinkError, match="cannot grow linear memory by 2 pages"):

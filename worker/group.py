@@ -48,6 +48,8 @@ from wasmgroup.worker.memview import GuestMemory
 wasmtime_compat.apply()
 
 MAIN_HANDLE = 1
+# What a wasm call can raise besides the guest exiting: a trap, or an engine error.
+WASM_ERRORS = (wasmtime.Trap, wasmtime.WasmtimeError)
 WASI_MODULES = ("wasi_snapshot_preview1", "wasi_unstable")
 
 
@@ -196,7 +198,7 @@ class InstanceGroup:
                 self._initialise(new)
         except (GuestExit, wasmtime.ExitTrap):
             raise
-        except (wasmtime.WasmtimeError, LinkError) as err:
+        except (*WASM_ERRORS, LinkError) as err:
             for handle in new:
                 self.instances.pop(handle, None)
                 self._tls_bases.pop(handle, None)
@@ -245,7 +247,7 @@ class InstanceGroup:
             func(self.store)
         except (GuestExit, wasmtime.ExitTrap):
             raise
-        except wasmtime.WasmtimeError as err:
+        except WASM_ERRORS as err:
             raise LinkError(f"{plan.name}: {name} failed: {_trap_text(err)}") from None
 
     def _instantiate(self, plan: ModulePlan) -> None:
@@ -254,7 +256,7 @@ class InstanceGroup:
                    for binding, imp in zip(plan.bindings, module.imports, strict=True)]
         try:
             self.instances[plan.handle] = wasmtime.Instance(self.store, module, imports)
-        except wasmtime.WasmtimeError as err:
+        except WASM_ERRORS as err:
             raise LinkError(f"{plan.name}: cannot instantiate: {_trap_text(err)}") from None
         if plan.handle == MAIN_HANDLE and self.stack_pointer is None:
             sp = self.instances[plan.handle].exports(self.store).get("__stack_pointer")
@@ -355,6 +357,9 @@ class InstanceGroup:
         func(self.store)
 
 
-def _trap_text(err: wasmtime.WasmtimeError) -> str:
-    """One readable line (plus the wasm backtrace, if any) for a trap or error."""
-    return str(err).strip()
+def _trap_text(err: wasmtime.Trap | wasmtime.WasmtimeError) -> str:
+    """One line: the cause, and the innermost wasm frame (dlerror buffers are short)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    cause = lines[-1] if lines else type(err).__name__
+    frame = next((line.split(" - ", 1)[1] for line in lines if " - " in line), None)
+    return f"{cause} (in {frame})" if frame else cause

@@ -1,0 +1,239 @@
+"""Real programs, compiled from tests/programs by scripts/build-guests, run through the linker.
+
+Each runs in one instance group (in this process through the Python API, or in a child
+process through the CLI) and must print exactly what its C source says.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import wasmtime
+
+from wasmgroup.orchestrator.program import (
+    EXIT_RUNTIME_ERROR,
+    EXIT_TRAP,
+    Program,
+    ProgramOptions,
+    run_program,
+)
+
+WASMGROUP = [sys.executable, "-m", "wasmgroup.orchestrator.cli"]
+
+PIE_EXPECTED = """\
+pie main: start
+foo_counter=1005
+foo_ctor_ran=1
+bar(4)=2104
+bar_call_foo_fp(10)=1015
+foo_twice_via_ptr(21)=42
+foo_has_maybe_missing=0
+foo_name=libfoo
+main_fps[0](2)=23
+main_fps[1](1)=1006
+bar_bump(10)=1015
+bar_read_counter=1015
+main_counter_ptr=1015
+baz(5)=122
+baz_magic=4242
+foo_bump via dlsym(1)=1016
+dlsym foo_hidden: not found (expected)
+""".splitlines()
+
+PLUGINS_EXPECTED = """\
+plugin host wasmgroup-demo 1.0: scanning /plugins
+[hello] hello, world! (host wasmgroup-demo 1.0, x=21)
+loaded libhello.so (hello: greets through the host's libc) run(21)=66
+[math] sum(1..21)=231 squares=3311
+loaded libmath.so (math: sums with a malloc'ed table) run(21)=3542
+2 plugin(s), 1 failure(s)
+""".splitlines()
+
+
+def run_pie(guests: Path, *args: str) -> tuple[int, list[str]]:
+    result = run_program(str(guests / "pie" / "main.wasm"), args, dirs=[f"{guests}::/"],
+                         env={"LD_LIBRARY_PATH": "/side"})
+    assert result.error is None, result.error
+    return result.exit_code, result.stdout.decode().splitlines()
+
+
+def test_pie_main_needed_chain_runpath_and_dlsym(guests: Path) -> None:
+    code, lines = run_pie(guests, "/rpath/libbaz.so")
+    assert code == 0
+    assert [line for line in lines if not line.startswith("  error:")][:len(PIE_EXPECTED)] \
+        == PIE_EXPECTED
+    # The hidden export is invisible to dlsym; the missing library fails and the program goes on.
+    assert "  error: symbol 'foo_hidden' not found in libfoo.so" in lines
+    missing = lines.index("dlopen libdoesnotexist.so: failed (expected)")
+    assert "not found; tried: /side/libdoesnotexist.so" in lines[missing + 1]
+    assert lines[-1] == "pie main: done"
+
+
+def test_pie_main_relative_path_dlopen_against_cwd(guests: Path) -> None:
+    # The default argument "../rpath/libbaz.so" is relative with a slash: resolved from cwd.
+    result = run_program(str(guests / "pie" / "main.wasm"), [], dirs=[f"{guests}::/"],
+                         env={"LD_LIBRARY_PATH": "/side"}, cwd="/pie")
+    assert result.exit_code == 0, result.stdout
+    assert "baz(5)=122" in result.stdout.decode().splitlines()
+
+
+def test_plugin_host_dlopens_every_plugin(guests: Path) -> None:
+    result = run_program(str(guests / "plugins" / "host.wasm"), ["/plugins"],
+                         dirs=[f"{guests / 'plugins'}::/"])
+    assert result.exit_code == 0, result.error
+    lines = result.stdout.decode().splitlines()
+    assert [line for line in lines if not line.startswith("failed ")] == PLUGINS_EXPECTED
+    [failed] = [line for line in lines if line.startswith("failed ")]
+    assert failed.startswith("failed libbroken.so: failed to load module: /plugins/libbroken.so")
+    assert "expected the wasm magic" in failed
+    assert str(guests) not in failed  # the guest never learns host paths
+
+
+def test_failed_dlopens_leave_the_linker_as_it_was(guests: Path) -> None:
+    """A trapping constructor, a type mismatch and a missing symbol: each dlopen returns NULL
+    with a reason, and the good plugin loaded between them gets handle 2 and the memory it
+    would get alone. (Table slots grown by the failed attempt stay, null: tables only grow.)"""
+    faulty = Program(str(guests / "plugins" / "host.wasm"),
+                     ProgramOptions(args=["/faulty"], dirs=[f"{guests / 'plugins'}::/"],
+                                    capture_output=True))
+    result = faulty.run()
+    assert result.exit_code == 0, result.error
+    lines = result.stdout.decode().splitlines()
+    failures = {line.split(":")[0]: line for line in lines if line.startswith("failed ")}
+    assert "__wasm_call_ctors failed: wasm trap" in failures["failed libctortrap.so"]
+    assert "libctortrap.so!explode" in failures["failed libctortrap.so"]
+    assert ("imports function host_add as (i32) -> (i32), but /host.wasm exports it as "
+            "(i32, i32) -> (i32)") in failures["failed libmismatch.so"]
+    assert "undefined data symbol no_such_data" in failures["failed libmissing.so"]
+    assert "loaded libhello.so (hello: greets through the host's libc) run(21)=66" in lines
+    assert lines[-1] == "1 plugin(s), 3 failure(s)"
+
+    alone = Program(str(guests / "plugins" / "host.wasm"),
+                    ProgramOptions(args=["/only-hello"], dirs=[
+                        f"{guests / 'plugins'}::/",
+                        f"{guests / 'plugins' / 'plugins'}::/only-hello"],
+                        capture_output=True))
+    # Same program, a directory holding only libhello.so's sibling plugins: compare layouts.
+    alone.run()
+    hello_faulty = faulty.linker.modules[faulty.linker.by_name["/faulty/libhello.so"]]
+    assert hello_faulty.handle == 2
+    assert sorted(faulty.linker.by_name) == ["/faulty/libhello.so"]
+    first_alone = alone.linker.modules[2]
+    assert hello_faulty.memory_base == first_alone.memory_base
+    assert hello_faulty.table_base >= first_alone.table_base
+
+
+def test_same_name_twice_gives_same_handle_and_loads_once(guests: Path) -> None:
+    program = Program(str(guests / "pie" / "main.wasm"),
+                      ProgramOptions(args=["/rpath/libbaz.so"], dirs=[f"{guests}::/"],
+                                     env={"LD_LIBRARY_PATH": "/side"}, capture_output=True))
+    assert program.run().exit_code == 0
+    modules_before = dict(program.linker.modules)
+    handle = program.dlopen("/rpath/libbaz.so", None)
+    assert handle == program.linker.by_name["/rpath/libbaz.so"]
+    assert program.linker.modules == modules_before
+    # libbar and libfoo came in through NEEDED (post-order: libfoo first), then libbaz, libqux.
+    assert program.linker.by_name["libfoo.so"] == 2
+    assert program.linker.by_name["libbar.so"] == 3
+    assert program.linker.by_name["libqux.so"] < program.linker.by_name["/rpath/libbaz.so"]
+
+
+def test_missing_needed_library_fails_at_start(guests: Path) -> None:
+    result = run_program(str(guests / "pie" / "main.wasm"), [], dirs=[f"{guests}::/"])
+    assert result.exit_code == EXIT_RUNTIME_ERROR
+    assert result.error is not None
+    assert "library 'libbar.so' (needed by /pie/main.wasm) not found" in result.error
+    assert "/usr/local/lib/libbar.wasm" in result.error
+
+
+def test_a_trap_is_one_readable_error_with_backtrace(tmp_path: Path) -> None:
+    prog = tmp_path / "trap.wasm"
+    prog.write_bytes(wasmtime.wat2wasm(
+        '(module (func $inner unreachable) (func (export "_start") call $inner))'))
+    result = run_program(str(prog))
+    assert result.exit_code == EXIT_TRAP
+    assert result.error is not None
+    assert "the program trapped" in result.error and "unreachable" in result.error
+    assert "!inner" in result.error  # the wasm backtrace
+
+
+def test_unprovided_import_fails_at_start_naming_it(tmp_path: Path) -> None:
+    prog = tmp_path / "needs.wasm"
+    prog.write_bytes(wasmtime.wat2wasm(
+        '(module (import "wasi_snapshot_preview1" "fd_frobnicate" (func (param i32)))'
+        ' (import "wasix_32v1" "teleport" (func)) (func (export "_start")))'))
+    result = run_program(str(prog))
+    assert result.exit_code == EXIT_RUNTIME_ERROR
+    assert result.error is not None
+    assert "wasi_snapshot_preview1.fd_frobnicate" in result.error
+    assert "wasix_32v1.teleport" in result.error
+
+
+def test_exit_code_is_the_programs(tmp_path: Path) -> None:
+    prog = tmp_path / "exit.wasm"
+    prog.write_bytes(wasmtime.wat2wasm(
+        '(module (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))'
+        ' (memory (export "memory") 1) (func (export "_start") (call $exit (i32.const 7))))'))
+    assert run_program(str(prog)).exit_code == 7
+
+
+def test_compile_cache_hits_and_rebuilds_corrupt_entries(guests: Path, tmp_path: Path) -> None:
+    def run() -> Program:
+        program = Program(str(guests / "pie" / "main.wasm"), ProgramOptions(
+            args=["/rpath/libbaz.so"], dirs=[f"{guests}::/"], env={"LD_LIBRARY_PATH": "/side"},
+            capture_output=True, cache_dir=tmp_path))
+        assert program.run().exit_code == 0
+        return program
+
+    assert run().cache.compiled == 5  # main, libbar, libfoo, libbaz, libqux
+    assert run().cache.compiled == 0
+    artefacts = sorted(tmp_path.glob("*.cwasm"))
+    assert len(artefacts) == 5
+    artefacts[0].write_bytes(artefacts[0].read_bytes()[:100])  # truncated
+    (tmp_path / (artefacts[1].stem + ".sha256")).write_text("0" * 64)  # checksum mismatch
+    assert run().cache.compiled == 2
+
+
+def test_cli_run_exit_status_and_errors(guests: Path) -> None:
+    ok = subprocess.run([*WASMGROUP, "run", "--dir", f"{guests}::/", "--env",
+                         "LD_LIBRARY_PATH=/side", str(guests / "pie" / "main.wasm"), "--",
+                         "/rpath/libbaz.so"], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.splitlines()[-1] == "pie main: done"
+    missing = subprocess.run([*WASMGROUP, "run", str(guests / "nope.wasm")],
+                             capture_output=True, text=True)
+    assert missing.returncode == EXIT_RUNTIME_ERROR
+    assert "nope.wasm: No such file or directory" in missing.stderr
+    bad_env = subprocess.run([*WASMGROUP, "run", "--env", "NOEQUALS", "x.wasm"],
+                             capture_output=True, text=True)
+    assert bad_env.returncode == 2 and "KEY=VALUE" in bad_env.stderr
+    bad_dir = subprocess.run([*WASMGROUP, "run", "--dir", "/definitely/not/here::/",
+                              str(guests / "pie" / "main.wasm")], capture_output=True, text=True)
+    assert bad_dir.returncode == EXIT_RUNTIME_ERROR and "not a directory" in bad_dir.stderr
+
+
+def test_bundled_example_runs_from_cli() -> None:
+    example = Path(__file__).resolve().parent.parent / "examples" / "plugin-host"
+    proc = subprocess.run([*WASMGROUP, "run", "--dir", f"{example}::/", str(example / "host.wasm"),
+                           "--", "/plugins"], capture_output=True, text=True,
+                          env={**os.environ})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "2 plugin(s), 1 failure(s)"
+
+
+def test_guest_cannot_open_libraries_outside_its_view(guests: Path, tmp_path: Path) -> None:
+    program = Program(str(guests / "pie" / "main.wasm"), ProgramOptions(
+        args=["/rpath/libbaz.so"], dirs=[f"{guests / 'pie'}::/", f"{guests / 'side'}::/side"],
+        env={"LD_LIBRARY_PATH": "/side"}, capture_output=True))
+    program.start()
+    os.symlink(guests / "rpath" / "libbaz.so", guests / "side" / "escape.so")
+    try:
+        for attempt in ("/../rpath/libbaz.so", "../../rpath/libbaz.so", "/side/escape.so"):
+            with pytest.raises(Exception, match="not found"):
+                program.dlopen(attempt, None)
+    finally:
+        os.unlink(guests / "side" / "escape.so")

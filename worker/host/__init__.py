@@ -1,0 +1,1 @@
+"""Host functions the runtime gives guests (WASIX, wasi-threads, WASI shims)."""
