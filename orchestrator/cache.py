@@ -18,6 +18,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import wasmtime
+
 from wasmgroup.orchestrator.instrument import REWRITE_VERSION, export_imported_memory
 from wasmgroup.shared.errors import LinkError
 from wasmgroup.shared.wasm import WasmModule, parse_module

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import wasmtime
+
 from wasmgroup.orchestrator.cache import ModuleCache
 from wasmgroup.orchestrator.linker import MAIN_HANDLE, LinkerState
 from wasmgroup.orchestrator.locate import GuestFilesystem, Located

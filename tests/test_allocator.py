@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from wasmgroup.orchestrator.allocator import PAGE, MemoryAllocator
 from wasmgroup.shared.errors import LinkError
 

@@ -16,6 +16,7 @@ from wasm_bytes import (
     subsection,
     uleb,
 )
+
 from wasmgroup.shared import dylink as dl
 from wasmgroup.shared.errors import WasmFormatError, WasmgroupError
 from wasmgroup.shared.wasm import FuncType, GlobalType, MemoryType, TableType, parse_module

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import wasmtime
+
 from wasmgroup.shared.errors import LinkError
 from wasmgroup.shared.futex import futex_wait
 from wasmgroup.shared.plan import (
