@@ -5,7 +5,8 @@ stale entry (another version or configuration) is never looked up. Each artefact
 with the SHA-256 of its own bytes; an entry whose bytes do not match (truncated, corrupt) or
 that wasmtime refuses is deleted and rebuilt, never trusted. Writes are atomic (rename).
 
-Location: `$WASMGROUP_CACHE`, else `~/.cache/wasmgroup`.
+Location: `$WASMGROUP_CACHE`, else `~/.cache/wasmgroup`. Artefacts are mmapped while in use:
+replace entries (as this module does), never truncate or rewrite them in place.
 """
 
 from __future__ import annotations

@@ -144,6 +144,8 @@ class Program:
             return self._result(exit_trap.code)
         except WASM_ERRORS as trap:
             return self._result(EXIT_TRAP, f"the program trapped: {str(trap).strip()}")
+        except LinkError as err:  # a lazy stub whose function no module exports
+            return self._result(EXIT_TRAP, f"the program trapped: {err}")
         return self._result(0)
 
     def _result(self, code: int, error: str | None = None) -> RunResult:

@@ -54,6 +54,12 @@ loaded libmath.so (math: sums with a malloc'ed table) run(21)=3542
 """.splitlines()
 
 
+def replace_file(path: Path, data: bytes) -> None:
+    fresh = path.with_name(path.name + ".new")
+    fresh.write_bytes(data)
+    os.replace(fresh, path)
+
+
 def run_pie(guests: Path, *args: str) -> tuple[int, list[str]]:
     result = run_program(str(guests / "pie" / "main.wasm"), args, dirs=[f"{guests}::/"],
                          env={"LD_LIBRARY_PATH": "/side"})
@@ -142,6 +148,16 @@ def test_same_name_twice_gives_same_handle_and_loads_once(guests: Path) -> None:
     assert program.linker.by_name["libqux.so"] < program.linker.by_name["/rpath/libbaz.so"]
 
 
+def test_call_to_unresolved_function_traps_naming_it(guests: Path) -> None:
+    """The plugin loads (its missing import is a lazy stub); calling it ends the program."""
+    result = run_program(str(guests / "plugins" / "host.wasm"), ["/stubcall"],
+                         dirs=[f"{guests / 'plugins'}::/"])
+    assert result.exit_code == EXIT_TRAP
+    assert result.error == ("the program trapped: unresolved function no_such_function "
+                            "(imported by /stubcall/libcallsmissing.so) was called, but no "
+                            "loaded module exports it")
+
+
 def test_missing_needed_library_fails_at_start(guests: Path) -> None:
     result = run_program(str(guests / "pie" / "main.wasm"), [], dirs=[f"{guests}::/"])
     assert result.exit_code == EXIT_RUNTIME_ERROR
@@ -193,8 +209,10 @@ def test_compile_cache_hits_and_rebuilds_corrupt_entries(guests: Path, tmp_path:
     assert run().cache.compiled == 0
     artefacts = sorted(tmp_path.glob("*.cwasm"))
     assert len(artefacts) == 5
-    artefacts[0].write_bytes(artefacts[0].read_bytes()[:100])  # truncated
-    (tmp_path / (artefacts[1].stem + ".sha256")).write_text("0" * 64)  # checksum mismatch
+    # Corrupt copies replace the files (a new inode, as any writer but an in-place one
+    # makes): truncating in place would pull pages from under this process's live mmap.
+    replace_file(artefacts[0], artefacts[0].read_bytes()[:100])  # truncated
+    replace_file(tmp_path / (artefacts[1].stem + ".sha256"), b"0" * 64)  # checksum mismatch
     assert run().cache.compiled == 2
 
 
