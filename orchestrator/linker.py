@@ -422,6 +422,19 @@ class LinkerState:
         if pending.plan.modules and pending.plan.modules[0].handle == MAIN_HANDLE:
             self.modules.pop(MAIN_HANDLE, None)
 
+    def replay_log(self) -> tuple[list[ModulePlan], list[SlotAssignment]]:
+        """What a group created now must apply to match every other group: each loaded
+        module's plan in handle order, then every table slot in the order it was assigned."""
+        plans: dict[int, ModulePlan] = {}
+        slots: list[SlotAssignment] = []
+        for entry in self.log:
+            if isinstance(entry, SlotAssignment):
+                slots.append(entry)
+            else:
+                plans.update((m.handle, m) for m in entry.modules)
+                slots.extend(entry.slots)
+        return [plans[h] for h in sorted(plans)], slots
+
     # ------------------------------------------------------------------ dlsym and stubs
     def dlsym(self, handle: int, name: str) -> tuple[SymbolAddress, SlotAssignment | None]:
         """Resolve `dlsym(handle, name)`; handle 0 searches main, then side modules in handle

@@ -70,7 +70,9 @@ class GuestFilesystem:
 
     def absolute(self, guest_path: str) -> str:
         """A guest path made absolute against the cwd, with `.`/`..` resolved lexically."""
-        return posixpath.normpath(posixpath.join(self.cwd, guest_path))
+        path = posixpath.normpath(posixpath.join(self.cwd, guest_path))
+        # POSIX keeps a leading "//"; in the guest namespace it is just "/".
+        return "/" + path.lstrip("/")
 
     def to_host(self, guest_path: str) -> str | None:
         """The host path behind an absolute guest path, or None when no mapping covers it or
@@ -144,9 +146,10 @@ def locate(fs: GuestFilesystem, name: str, *, ld_library_path: list[str],
             if host is not None:
                 return Located(guest_path, host)
     if "/" not in name:
-        for host_dir in fs.host_library_dirs:
+        for index, host_dir in enumerate(fs.host_library_dirs, start=1):
             for file_name in _with_wasm_fallback(name):
-                tried.append(f"{host_dir}/{file_name} (host --lib-path)")
+                # The guest never learns host paths: name the option, not the directory.
+                tried.append(f"{file_name} in --lib-path directory {index}")
                 host = _contained(host_dir, file_name)
                 if host is not None:
                     return Located(f"/{file_name}", host)

@@ -1,11 +1,21 @@
-"""Running one program: the coordinator's side of the linker, driving its instance group.
+"""Running one program: the coordinator's side of the linker, driving its instance groups.
 
 `Program.run()` lays out and links the main module and its NEEDED tree, applies that plan in
-the group (data relocations and constructors included), runs `_start`, and returns a
-`RunResult`. The program's dlopen/dlsym reach `Program` through the `LinkService` protocol;
-each dlopen is planned by `LinkerState`, applied by the group, and only then committed, so a
-failing dlopen (missing library, bad module, type mismatch, trapping constructor) leaves the
-linker state as it was and the guest's dlopen returns NULL with the reason in dlerror.
+the main thread's group (data relocations and constructors included), runs `_start`, and
+returns a `RunResult`. Every wasm thread is its own instance group (its own Store and table,
+one shared memory); groups reach `Program` through the `LinkService` protocol.
+
+- dlopen/dlsym/thread spawn take the topology lock (cooperatively: a group waiting for it
+  keeps applying operations others broadcast). A dlopen is planned by `LinkerState`, applied
+  by the instigating group with its constructors, committed, then posted to every other group,
+  which applies it at its next safe point (a host call, a futex-wait slice, or an epoch tick
+  inside guest code); the caller returns only when all have. A failing dlopen (missing
+  library, bad module, type mismatch, trapping constructor) leaves the linker state as it was
+  and the guest's dlopen returns NULL with the reason in dlerror.
+- A new thread's group replays the log: every module in handle order (no constructors, TLS
+  initialised for the thread), then every table slot, and only then runs `wasi_thread_start`.
+- `proc_exit` from any thread, or a trap in any thread, ends the program: the first outcome
+  wins and every other group is stopped at its next safe point.
 
 Exit status: the program's own exit code; 134 when it traps; 125 when wasmgroup cannot run it
 (bad module, missing import, failed start-up link).
@@ -13,28 +23,31 @@ Exit status: the program's own exit code; 134 when it traps; 125 when wasmgroup 
 
 from __future__ import annotations
 
-import os
+import itertools
 import posixpath
-import tempfile
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import wasmtime
 
 from wasmgroup.orchestrator.cache import ModuleCache
+from wasmgroup.orchestrator.capture import PipeCapture
 from wasmgroup.orchestrator.linker import MAIN_HANDLE, LinkerState
 from wasmgroup.orchestrator.locate import GuestFilesystem, Located
 from wasmgroup.shared.errors import LinkError, WasmgroupError
-from wasmgroup.shared.plan import SymbolAddress
+from wasmgroup.shared.plan import LoadPlan, SlotAssignment, SymbolAddress
 from wasmgroup.shared.wasm import FuncType, WasmModule
+from wasmgroup.worker.epoch import STOP_MESSAGE
 from wasmgroup.worker.group import (
     ENGINE_SETTINGS,
     WASM_ERRORS,
     InstanceGroup,
     make_engine_config,
 )
-from wasmgroup.worker.host.wasix import GuestExit
+from wasmgroup.worker.host.wasix import EAGAIN, GuestExit, ThreadExit
 
 EXIT_TRAP = 134
 EXIT_RUNTIME_ERROR = 125
@@ -63,6 +76,10 @@ class ProgramOptions:
     cache_dir: Path | None = None
 
 
+MAX_THREAD_ID = (1 << 29) - 1  # wasi-threads: thread ids are in [1, 2^29)
+JOIN_TIMEOUT = 5.0  # seconds a stopped thread gets to reach a safe point at exit
+
+
 class Program:
     def __init__(self, path: str, options: ProgramOptions) -> None:
         self.path = path
@@ -70,10 +87,18 @@ class Program:
         self.fs = GuestFilesystem.from_specs(options.dirs, options.lib_paths, options.cwd)
         self.engine = wasmtime.Engine(make_engine_config())
         self.cache = ModuleCache(self.engine, ENGINE_SETTINGS, options.cache_dir)
-        self._capture_dir: tempfile.TemporaryDirectory[str] | None = None
+        self._stdout = PipeCapture() if options.capture_output else None
+        self._stderr = PipeCapture() if options.capture_output else None
+        self._topology = threading.RLock()
+        self._stop = threading.Event()
+        self._outcome: tuple[int, str | None] | None = None
+        self._outcome_lock = threading.Lock()
+        self._thread_ids = itertools.count(2)
+        self.threads: dict[int, threading.Thread] = {}
+        self._main_runner = threading.current_thread()  # runs group 1 (the one calling run())
+        self.group = self._new_group(1)
+        self.groups: dict[int, InstanceGroup] = {1: self.group}
         lib_path = options.env.get("LD_LIBRARY_PATH", "")
-        self.group = InstanceGroup(self.engine, self._wasmtime_module, self, self._wasi_config(),
-                                   cwd=self.fs.cwd)
         self.linker = LinkerState(self.fs, self._parsed_module, self.group.grow_memory,
                                   [e for e in lib_path.split(":") if e])
 
@@ -82,18 +107,20 @@ class Program:
         return self.fs.guest_path_of_host(self.path) or posixpath.join(
             self.fs.cwd, Path(self.path).name)
 
+    def _new_group(self, thread_id: int) -> InstanceGroup:
+        return InstanceGroup(self.engine, self._wasmtime_module, self, self._wasi_config(),
+                             cwd=self.fs.cwd, thread_id=thread_id)
+
     def _wasi_config(self) -> wasmtime.WasiConfig:
+        """Each group's WASI context: same arguments, environment, directories and output."""
         wasi = wasmtime.WasiConfig()
         wasi.argv = [self._guest_path_of_main(), *self.options.args]
         wasi.env = list(self.options.env.items())
         for m in self.fs.mappings:
             wasi.preopen_dir(m.host, m.guest)
-        if self.options.capture_output:
-            # Files, not wasmtime's custom-output callbacks: those run on a runtime thread
-            # and abort the process if it is still writing while Python shuts down.
-            self._capture_dir = tempfile.TemporaryDirectory(prefix="wasmgroup-out-")
-            wasi.stdout_file = os.path.join(self._capture_dir.name, "stdout")
-            wasi.stderr_file = os.path.join(self._capture_dir.name, "stderr")
+        if self._stdout is not None and self._stderr is not None:
+            wasi.stdout_file = self._stdout.path
+            wasi.stderr_file = self._stderr.path
         else:
             wasi.inherit_stdout()
             wasi.inherit_stderr()
@@ -124,64 +151,163 @@ class Program:
         self.linker.commit(pending)
 
     def run(self) -> RunResult:
+        self._main_runner = threading.current_thread()
         try:
             self.start()
         except (LinkError, ProgramError, OSError) as err:
             message = (f"{err.filename or self.path}: {err.strerror}"
                        if isinstance(err, OSError) else str(err))
-            return self._result(EXIT_RUNTIME_ERROR, f"cannot start: {message}")
-        except GuestExit as exit_:
-            return self._result(exit_.code)
-        except wasmtime.ExitTrap as exit_trap:
-            return self._result(exit_trap.code)
-        if self.linker.modules[MAIN_HANDLE].module.export_named("_start") is None:
-            return self._result(0)  # a reactor: linking and _initialize were the whole job
-        try:
-            self.group.call_entry("_start")
-        except GuestExit as exit_:
-            return self._result(exit_.code)
-        except wasmtime.ExitTrap as exit_trap:
-            return self._result(exit_trap.code)
-        except WASM_ERRORS as trap:
-            return self._result(EXIT_TRAP, f"the program trapped: {str(trap).strip()}")
-        except LinkError as err:  # a lazy stub whose function no module exports
-            return self._result(EXIT_TRAP, f"the program trapped: {err}")
-        return self._result(0)
+            self.finish(EXIT_RUNTIME_ERROR, f"cannot start: {message}")
+        except (GuestExit, wasmtime.ExitTrap) as exit_:
+            self.finish(exit_.code)
+        if not self._stop.is_set():
+            if self.linker.modules[MAIN_HANDLE].module.export_named("_start") is None:
+                self.finish(0)  # a reactor: linking and _initialize were the whole job
+            else:
+                self._run_thread(self.group, "_start")
+                self.finish(0)  # returning from _start ends the process, as in WASI
+        return self._wind_up()
 
-    def _result(self, code: int, error: str | None = None) -> RunResult:
-        stdout = stderr = b""
-        if self._capture_dir is not None:
-            out_dir = Path(self._capture_dir.name)
-            stdout = (out_dir / "stdout").read_bytes() if (out_dir / "stdout").exists() else b""
-            stderr = (out_dir / "stderr").read_bytes() if (out_dir / "stderr").exists() else b""
-            self._capture_dir.cleanup()
-            self._capture_dir = None
+    def _run_thread(self, group: InstanceGroup, entry: str, *args: int) -> None:
+        """Run one thread's entry point; an exit or trap ends the whole program."""
+        name = "main thread" if group.thread_id == 1 else f"thread {group.thread_id}"
+        try:
+            group.call_entry(entry, *args)
+        except ThreadExit as exit_:
+            if group.thread_id == 1:
+                self._join_threads(None)  # the main thread left: the last thread's code wins
+                self.finish(exit_.code)
+        except (GuestExit, wasmtime.ExitTrap) as exit_:
+            self.finish(exit_.code)
+        except WASM_ERRORS as trap:
+            text = str(trap).strip()
+            if STOP_MESSAGE not in text:
+                self.finish(EXIT_TRAP, f"the program trapped in {name}: {text}")
+        except LinkError as err:  # a lazy stub whose function no module exports
+            self.finish(EXIT_TRAP, f"the program trapped in {name}: {err}")
+
+    def finish(self, code: int, error: str | None = None) -> None:
+        """End the program with this outcome, unless another came first; stop every group."""
+        with self._outcome_lock:
+            if self._outcome is None:
+                self._outcome = (code, error)
+        self._stop.set()
+        self.engine.increment_epoch()  # running groups stop at their next safe point
+
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def _join_threads(self, timeout: float | None) -> None:
+        for thread in list(self.threads.values()):
+            if thread is not threading.current_thread():
+                thread.join(timeout)
+
+    def _wind_up(self) -> RunResult:
+        self._join_threads(JOIN_TIMEOUT)
+        assert self._outcome is not None
+        code, error = self._outcome
+        stdout = self._stdout.collect() if self._stdout else b""
+        stderr = self._stderr.collect() if self._stderr else b""
         return RunResult(code, stdout, stderr, error)
 
-    # ------------------------------------------------------------------ LinkService
-    def dlopen(self, name: str, ld_library_path: list[str] | None) -> int:
-        outcome = self.linker.plan_load(name, ld_library_path)
-        if isinstance(outcome, int):
-            return outcome
+    # ------------------------------------------------------------------ the topology lock
+    @contextmanager
+    def _topology_lock(self, group: InstanceGroup) -> Iterator[None]:
+        """Held for every change of link topology. Waiting for it never blocks a broadcast:
+        the waiting group keeps applying what the holder posts."""
+        while not self._topology.acquire(timeout=0.001):
+            group.service_pending()
+            if self._stop.is_set():
+                raise GuestExit(0)  # the coordinator already holds the program's outcome
         try:
-            self.group.apply_load(outcome.plan, initialise=True)
-        except LinkError:
-            self.linker.abort(outcome)
-            raise
-        self.linker.commit(outcome)
-        return outcome.names[name]
+            yield
+        finally:
+            self._topology.release()
 
-    def dlsym(self, handle: int, name: str) -> SymbolAddress:
-        address, assignment = self.linker.dlsym(handle, name)
-        if assignment is not None:
-            self.group.apply_slot(assignment)
-        return address
+    def _broadcast(self, instigator: InstanceGroup, op: LoadPlan | SlotAssignment) -> None:
+        """Every other live group applies `op` before the instigator's call returns."""
+        posted = [(tid, g.post(op)) for tid, g in self.groups.items() if g is not instigator]
+        if not posted:
+            return
+        self.engine.increment_epoch()  # groups inside guest code reach a safe point
+        for tid, pending in posted:
+            runner = self.threads.get(tid, self._main_runner)
+            while not pending.done.wait(0.01):
+                if self._stop.is_set() or not runner.is_alive():
+                    break  # a group that is gone has nothing left to apply
+            if pending.error is not None:
+                self.finish(EXIT_RUNTIME_ERROR,
+                            f"thread {tid} could not apply a link operation: {pending.error}")
+                raise GuestExit(EXIT_RUNTIME_ERROR)
+
+    # ------------------------------------------------------------------ LinkService
+    def dlopen(self, group: InstanceGroup, name: str, ld_library_path: list[str] | None) -> int:
+        with self._topology_lock(group):
+            outcome = self.linker.plan_load(name, ld_library_path)
+            if isinstance(outcome, int):
+                return outcome
+            try:
+                group.apply_load(outcome.plan, initialise=True)
+            except LinkError:
+                self.linker.abort(outcome)
+                raise
+            self.linker.commit(outcome)
+            self._broadcast(group, outcome.plan)
+            return outcome.names[name]
+
+    def dlsym(self, group: InstanceGroup, handle: int, name: str) -> SymbolAddress:
+        with self._topology_lock(group):
+            address, assignment = self.linker.dlsym(handle, name)
+            if assignment is not None:
+                group.apply_slot(assignment)
+                self._broadcast(group, assignment)
+            return address
 
     def is_side_module(self, handle: int) -> bool:
         return handle != MAIN_HANDLE and handle in self.linker.modules
 
-    def resolve_stub(self, importer: int, name: str, func_type: FuncType) -> tuple[int, str]:
-        return self.linker.resolve_stub(importer, name, func_type)
+    def resolve_stub(self, group: InstanceGroup, importer: int, name: str,
+                     func_type: FuncType) -> tuple[int, str]:
+        with self._topology_lock(group):
+            return self.linker.resolve_stub(importer, name, func_type)
+
+    def spawn_thread(self, group: InstanceGroup, start_arg: int) -> int:
+        """wasi-threads `thread-spawn`: a new group replays the log, then a thread runs
+        `wasi_thread_start(tid, start_arg)` in it. Returns the tid, or -errno."""
+        memory = self.group.memory_object
+        if not isinstance(memory, wasmtime.SharedMemory):
+            return -EAGAIN  # threads need a shared memory
+        with self._topology_lock(group):
+            tid = next(self._thread_ids)
+            if tid > MAX_THREAD_ID:
+                return -EAGAIN
+            child = self._new_group(tid)
+            child.attach(memory, self.linker.table_length)
+            plans, slots = self.linker.replay_log()
+            main_has_dylink = self.linker.modules[MAIN_HANDLE].module.dylink is not None
+            try:
+                child.replay(plans, slots, main_has_dylink)
+            except LinkError as err:
+                self.finish(EXIT_RUNTIME_ERROR, f"cannot start thread {tid}: {err}")
+                return -EAGAIN
+            self.groups[tid] = child
+            thread = threading.Thread(target=self._thread_body, args=(child, start_arg),
+                                      name=f"wasm-thread-{tid}", daemon=True)
+            self.threads[tid] = thread
+            thread.start()
+            return tid
+
+    def _thread_body(self, group: InstanceGroup, start_arg: int) -> None:
+        try:
+            self._run_thread(group, "wasi_thread_start", group.thread_id, start_arg)
+        finally:
+            # Leave the group set under the lock, so no broadcast waits for this group.
+            while not self._topology.acquire(timeout=0.001):
+                group.service_pending()
+            try:
+                self.groups.pop(group.thread_id, None)
+            finally:
+                self._topology.release()
 
 
 def run_program(path: str, args: Sequence[str] = (), *, env: dict[str, str] | None = None,

@@ -139,7 +139,7 @@ def test_same_name_twice_gives_same_handle_and_loads_once(guests: Path) -> None:
                                      env={"LD_LIBRARY_PATH": "/side"}, capture_output=True))
     assert program.run().exit_code == 0
     modules_before = dict(program.linker.modules)
-    handle = program.dlopen("/rpath/libbaz.so", None)
+    handle = program.dlopen(program.group, "/rpath/libbaz.so", None)
     assert handle == program.linker.by_name["/rpath/libbaz.so"]
     assert program.linker.modules == modules_before
     # libbar and libfoo came in through NEEDED (post-order: libfoo first), then libbaz, libqux.
@@ -153,9 +153,9 @@ def test_call_to_unresolved_function_traps_naming_it(guests: Path) -> None:
     result = run_program(str(guests / "plugins" / "host.wasm"), ["/stubcall"],
                          dirs=[f"{guests / 'plugins'}::/"])
     assert result.exit_code == EXIT_TRAP
-    assert result.error == ("the program trapped: unresolved function no_such_function "
-                            "(imported by /stubcall/libcallsmissing.so) was called, but no "
-                            "loaded module exports it")
+    assert result.error == (
+        "the program trapped in main thread: unresolved function no_such_function "
+        "(imported by /stubcall/libcallsmissing.so) was called, but no loaded module exports it")
 
 
 def test_missing_needed_library_fails_at_start(guests: Path) -> None:
@@ -252,6 +252,6 @@ def test_guest_cannot_open_libraries_outside_its_view(guests: Path, tmp_path: Pa
     try:
         for attempt in ("/../rpath/libbaz.so", "../../rpath/libbaz.so", "/side/escape.so"):
             with pytest.raises(Exception, match="not found"):
-                program.dlopen(attempt, None)
+                program.dlopen(program.group, attempt, None)
     finally:
         os.unlink(guests / "side" / "escape.so")

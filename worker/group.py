@@ -13,7 +13,11 @@ modules' data regions are zeroed so the coordinator can place other data there.
 
 from __future__ import annotations
 
+import queue
+import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import wasmtime
@@ -36,11 +40,11 @@ from wasmgroup.shared.plan import (
     SymbolAddress,
 )
 from wasmgroup.shared.wasm import FuncType
-from wasmgroup.worker import wasmtime_compat
+from wasmgroup.worker import epoch, wasmtime_compat
 from wasmgroup.worker.host.shim import instantiate_shim
 from wasmgroup.worker.host.wasix import (
-    EAGAIN,
     GuestExit,
+    ThreadExit,
     make_wasi_threads_functions,
     make_wasix_functions,
 )
@@ -55,12 +59,25 @@ WASI_MODULES = ("wasi_snapshot_preview1", "wasi_unstable")
 
 
 class LinkService(Protocol):
-    """What a group asks of the coordinator."""
+    """What a group asks of the coordinator. Each call names the calling group."""
 
-    def dlopen(self, name: str, ld_library_path: list[str] | None) -> int: ...
-    def dlsym(self, handle: int, name: str) -> SymbolAddress: ...
+    def dlopen(self, group: InstanceGroup, name: str, ld_library_path: list[str] | None
+               ) -> int: ...
+    def dlsym(self, group: InstanceGroup, handle: int, name: str) -> SymbolAddress: ...
     def is_side_module(self, handle: int) -> bool: ...
-    def resolve_stub(self, importer: int, name: str, func_type: FuncType) -> tuple[int, str]: ...
+    def resolve_stub(self, group: InstanceGroup, importer: int, name: str,
+                     func_type: FuncType) -> tuple[int, str]: ...
+    def spawn_thread(self, group: InstanceGroup, start_arg: int) -> int: ...
+    def stopping(self) -> bool: ...
+
+
+@dataclass
+class PendingOperation:
+    """A link operation another group instigated, to apply at this group's next safe point."""
+
+    op: LoadPlan | SlotAssignment
+    done: threading.Event = field(default_factory=threading.Event)
+    error: str | None = None
 
 
 def make_engine_config() -> wasmtime.Config:
@@ -72,10 +89,13 @@ def make_engine_config() -> wasmtime.Config:
     config.wasm_reference_types = True
     config.wasm_multi_value = True
     config.wasm_exceptions = True
+    config.epoch_interruption = True  # safe points inside guest code (worker/epoch.py)
     return config
 
 
-ENGINE_SETTINGS = "threads,shared_memory,bulk_memory,reference_types,multi_value,exceptions"
+ENGINE_SETTINGS = ("threads,shared_memory,bulk_memory,reference_types,multi_value,exceptions,"
+                   "epochs")
+FUTEX_SLICE_NS = 20_000_000  # a blocked futex wait checks for pending work this often
 
 
 def _val_type(name: str) -> wasmtime.ValType:
@@ -116,6 +136,8 @@ class InstanceGroup:
         self.instances: dict[int, wasmtime.Instance] = {}
         self._plans: dict[int, ModulePlan] = {}
         self._tls_bases: dict[int, int] = {}
+        self._pending: queue.SimpleQueue[PendingOperation] = queue.SimpleQueue()
+        self._epoch_hooks = epoch.install(self.store, self._on_tick)
 
     # ------------------------------------------------------------------ accessors
     @property
@@ -168,6 +190,44 @@ class InstanceGroup:
                 self.store, wasmtime.GlobalType(wasmtime.ValType.i32(), True),
                 wasmtime.Val.i32(stack_high))
 
+    def attach(self, memory: wasmtime.Memory | wasmtime.SharedMemory, table_length: int
+               ) -> None:
+        """A later thread's group: the program's (shared) memory and a table of the current
+        length, all null, filled by `replay`."""
+        self.memory_object = memory
+        self._memory = GuestMemory(memory, self.store)
+        table_type = wasmtime.TableType(wasmtime.ValType.funcref(),
+                                        wasmtime.Limits(table_length, None))
+        self.table = wasmtime.Table(self.store, table_type, None)
+        # A PIE main's threads get their stack pointer from wasi_thread_start.
+        self.stack_pointer = wasmtime.Global(
+            self.store, wasmtime.GlobalType(wasmtime.ValType.i32(), True), wasmtime.Val.i32(0))
+
+    def replay(self, plans: list[ModulePlan], slots: list[SlotAssignment],
+               main_has_dylink: bool) -> None:
+        """Instantiate every loaded module in handle order, initialise each side module's TLS
+        for this thread, then fill every GOT.func and dlsym slot: no data relocations and no
+        constructors (they ran once, in the group that loaded each module)."""
+        if not main_has_dylink:
+            self.stack_pointer = None  # a static main defines its own
+        for module_plan in plans:
+            self._plans[module_plan.handle] = module_plan
+            self._grow_table_to(module_plan.table_base + module_plan.table_size)
+            self._instantiate(module_plan)
+            if module_plan.handle != MAIN_HANDLE:
+                self._init_thread_tls(module_plan)
+        for slot in slots:
+            self.apply_slot(slot)
+
+    def _init_thread_tls(self, plan: ModulePlan) -> None:
+        init = self.instances[plan.handle].exports(self.store).get("__wasix_init_tls")
+        if isinstance(init, wasmtime.Func):
+            try:
+                self._tls_bases[plan.handle] = int(init(self.store))
+            except WASM_ERRORS as err:
+                raise LinkError(f"{plan.name}: __wasix_init_tls failed: {_trap_text(err)}"
+                                ) from None
+
     def grow_memory(self, pages: int) -> int:
         """memory.grow from the host: the old size in pages, or -1."""
         m = self.memory_object
@@ -192,6 +252,8 @@ class InstanceGroup:
                 self._grow_table_to(max(end, table.size(self.store)))
                 self._instantiate(module_plan)
                 new.append(module_plan.handle)
+                if not initialise and module_plan.handle != MAIN_HANDLE:
+                    self._init_thread_tls(module_plan)
             self._grow_table_to(plan.table_length)
             for slot in plan.slots:
                 self.apply_slot(slot)
@@ -318,7 +380,8 @@ class InstanceGroup:
 
         def call(*args: Any) -> Any:
             if not target:
-                handle, export = self.service.resolve_stub(plan.handle, name, _our_functype(ty))
+                handle, export = self.service.resolve_stub(self, plan.handle, name,
+                                                           _our_functype(ty))
                 target.append(self.export(handle, export))
             return target[0](self.store, *args)
 
@@ -337,25 +400,68 @@ class InstanceGroup:
         return wasmtime.Func(self.store, ty, table[name])
 
     # ------------------------------------------------------------------ blocking and threads
+    def post(self, op: LoadPlan | SlotAssignment) -> PendingOperation:
+        """Queue an operation for this group's next safe point (called from other threads)."""
+        pending = PendingOperation(op)
+        self._pending.put(pending)
+        return pending
+
     def service_pending(self) -> None:
-        """A safe point: apply any link operation other groups are waiting on."""
+        """A safe point: apply every operation other groups are waiting on, in order."""
+        while True:
+            try:
+                pending = self._pending.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                if isinstance(pending.op, SlotAssignment):
+                    self.apply_slot(pending.op)
+                else:
+                    self.apply_load(pending.op, initialise=False)
+            except LinkError as err:
+                pending.error = str(err)
+            finally:
+                pending.done.set()
+
+    def _on_tick(self) -> bool:
+        self.service_pending()
+        return not self.service.stopping()
 
     def futex_wait(self, offset: int, expected: int, timeout_ns: int | None) -> str:
-        return futex_wait(self.memory.address + offset, expected, timeout_ns)
+        """Wait in slices, so that a pending operation or a stop never waits on a sleeper."""
+        address = self.memory.address + offset
+        deadline = None if timeout_ns is None else time.monotonic_ns() + timeout_ns
+        while True:
+            self.service_pending()
+            if self.service.stopping():
+                raise GuestExit(0)  # the program is ending; the coordinator has the code
+            slice_ns = FUTEX_SLICE_NS
+            if deadline is not None:
+                slice_ns = min(slice_ns, deadline - time.monotonic_ns())
+                if slice_ns <= 0:
+                    return "timeout"
+            outcome = futex_wait(address, expected, slice_ns)
+            if outcome != "timeout":
+                return outcome
 
     def thread_exit(self, code: int) -> None:
-        raise GuestExit(code)
+        raise ThreadExit(code)
 
     def spawn_thread(self, start_arg: int) -> int:
-        return -EAGAIN  # threads arrive with multi-process groups
+        self.service_pending()
+        return self.service.spawn_thread(self, start_arg)
 
     def spawn_thread_v2(self, start: int, ret_tid: int) -> int:
-        return EAGAIN
+        tid = self.spawn_thread(start)
+        if tid < 0:
+            return -tid
+        self.memory.write_u32(ret_tid, tid)
+        return 0
 
     # ------------------------------------------------------------------ running
-    def call_entry(self, name: str) -> None:
+    def call_entry(self, name: str, *args: int) -> None:
         func = self.export(MAIN_HANDLE, name)
-        func(self.store)
+        func(self.store, *args)
 
 
 def _trap_text(err: wasmtime.Trap | wasmtime.WasmtimeError) -> str:

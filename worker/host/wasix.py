@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from wasmgroup.shared.errors import LinkError
-from wasmgroup.shared.futex import futex_wait, futex_wake
+from wasmgroup.shared.futex import futex_wake
 from wasmgroup.worker.memview import GuestFault
 
 if TYPE_CHECKING:
@@ -25,10 +25,18 @@ MAIN_HANDLE = 1
 
 
 class GuestExit(Exception):
-    """The guest asked to end the program (proc_exit2, thread_exit of the last thread)."""
+    """The guest asked to end the program (proc_exit2)."""
 
     def __init__(self, code: int) -> None:
         super().__init__(f"exit({code})")
+        self.code = code
+
+
+class ThreadExit(Exception):
+    """The calling thread ends (thread_exit); the program goes on unless it was the last."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"thread_exit({code})")
         self.code = code
 
 
@@ -64,7 +72,7 @@ def make_wasix_functions(group: InstanceGroup) -> dict[str, Callable[..., int | 
         lib_path = group.memory.read_str(ld_path, ld_path_len) if ld_path and ld_path_len else ""
         entries = [e for e in lib_path.split(":") if e] if ld_path else None
         try:
-            handle = group.service.dlopen(name, entries)
+            handle = group.service.dlopen(group, name, entries)
         except LinkError as err:
             _write_error(group, err_buf, err_len, f"failed to load module: {err}")
             return ENOEXEC
@@ -77,7 +85,7 @@ def make_wasix_functions(group: InstanceGroup) -> dict[str, Callable[..., int | 
         group.service_pending()
         name = group.memory.read_str(symbol, symbol_len)
         try:
-            address = group.service.dlsym(handle, name)
+            address = group.service.dlsym(group, handle, name)
         except LinkError as err:
             _write_error(group, err_buf, err_len, str(err))
             return EINVAL
@@ -170,4 +178,4 @@ def make_wasi_threads_functions(group: InstanceGroup) -> dict[str, Callable[...,
     return {"thread-spawn": thread_spawn}
 
 
-__all__ = ["GuestExit", "futex_wait", "make_wasi_threads_functions", "make_wasix_functions"]
+__all__ = ["GuestExit", "ThreadExit", "make_wasi_threads_functions", "make_wasix_functions"]

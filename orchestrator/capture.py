@@ -1,0 +1,48 @@
+"""Collecting a program's stdout/stderr when every thread has its own WASI context.
+
+Each instance group opens the capture target itself, so a regular file would be truncated
+and overwritten by each thread; a pipe is shared safely (writes append). A reader thread
+drains it so writers never block, and `collect()` returns everything written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import threading
+
+
+class PipeCapture:
+    def __init__(self) -> None:
+        self._read_fd, self._write_fd = os.pipe()
+        self._chunks: list[bytes] = []
+        self._closed = threading.Event()
+        self._reader = threading.Thread(target=self._drain, name="wasmgroup-capture",
+                                        daemon=True)
+        self._reader.start()
+
+    @property
+    def path(self) -> str:
+        """A path that opens this pipe's write end (what WASI's stdout_file wants)."""
+        return f"/proc/self/fd/{self._write_fd}"
+
+    def _drain(self) -> None:
+        while True:
+            ready, _, _ = select.select([self._read_fd], [], [], 0.05)
+            if ready:
+                data = os.read(self._read_fd, 65536)
+                if not data:
+                    return
+                self._chunks.append(data)
+            elif self._closed.is_set():
+                return
+
+    def collect(self) -> bytes:
+        """Everything written so far, once writers are done (stops the reader)."""
+        self._closed.set()
+        self._reader.join(timeout=5)
+        for fd in (self._read_fd, self._write_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        return b"".join(self._chunks)

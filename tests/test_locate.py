@@ -1,0 +1,232 @@
+"""Finding libraries in the guest's filesystem view (reference §2.5, §9.2): pure, on tmp dirs."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from wasmgroup.orchestrator.locate import GuestFilesystem, Located, locate
+from wasmgroup.shared.errors import LinkError, ModuleNotFound
+
+
+def touch(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x00asm\x01\x00\x00\x00")
+    return path
+
+
+def find(fs: GuestFilesystem, lib_name: str, *, ld: list[str] | None = None,
+         runpath: list[str] | None = None, origin: str | None = None) -> Located:
+    return locate(fs, lib_name, ld_library_path=ld or [], runtime_path=runpath or [],
+                  origin=origin)
+
+
+def not_found(fs: GuestFilesystem, lib_name: str, **kw: object) -> ModuleNotFound:
+    with pytest.raises(ModuleNotFound) as info:
+        find(fs, lib_name, **kw)  # type: ignore[arg-type]
+    return info.value
+
+
+@pytest.fixture
+def tmp_path(tmp_path: Path) -> Path:
+    """Resolved: the locator reports host paths with symlinks resolved."""
+    return tmp_path.resolve()
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    r = tmp_path / "root"
+    r.mkdir()
+    return r
+
+
+def fs_at(root: Path, cwd: str = "/app", lib_paths: tuple[str, ...] = ()) -> GuestFilesystem:
+    return GuestFilesystem.from_specs([f"{root}::/"], lib_paths=lib_paths, cwd=cwd)
+
+
+def test_absolute_path_is_exactly_that_path(root: Path) -> None:
+    host = touch(root / "opt" / "libx.so")
+    touch(root / "lib" / "libx.so")
+    found = find(fs_at(root), "/opt/libx.so")
+    assert found == Located("/opt/libx.so", str(host))
+    err = not_found(fs_at(root), "/nowhere/libx.so")
+    assert err.tried == ["/nowhere/libx.so", "/nowhere/libx.wasm"]
+
+
+def test_path_with_slash_is_relative_to_cwd(root: Path) -> None:
+    touch(root / "app" / "sub" / "liby.so")
+    touch(root / "lib" / "libz.so")
+    fs = fs_at(root, cwd="/app")
+    assert find(fs, "sub/liby.so").guest_path == "/app/sub/liby.so"
+    assert find(fs, "./sub/liby.so").guest_path == "/app/sub/liby.so"
+    assert find(fs, "../lib/libz.so").guest_path == "/lib/libz.so"
+    # RUNPATH and library directories play no part.
+    err = not_found(fs, "./libz.so", ld=["/lib"], runpath=["/lib"])
+    assert err.tried == ["/app/libz.so", "/app/libz.wasm"]
+
+
+def test_bare_name_never_searches_cwd(root: Path) -> None:
+    touch(root / "app" / "libc.so")
+    err = not_found(fs_at(root, cwd="/app"), "libc.so")
+    assert not any(path.startswith("/app/") for path in err.tried)
+
+
+def test_search_order(root: Path, tmp_path: Path) -> None:
+    host_lib = tmp_path / "hostlib"
+    places = {
+        "/ld": root / "ld" / "libo.so",
+        "/rp": root / "rp" / "libo.so",
+        "/lib": root / "lib" / "libo.so",
+        "/usr/lib": root / "usr" / "lib" / "libo.so",
+        "/usr/local/lib": root / "usr" / "local" / "lib" / "libo.so",
+    }
+    for path in places.values():
+        touch(path)
+    touch(host_lib / "libo.so")
+    fs = fs_at(root, lib_paths=(str(host_lib),))
+    for guest_dir, host in places.items():
+        found = find(fs, "libo.so", ld=["/ld"], runpath=["/rp"], origin="/app")
+        assert found == Located(f"{guest_dir}/libo.so", str(host))
+        host.unlink()
+    # Last come the host --lib-path directories; the module appears at the guest's root.
+    found = find(fs, "libo.so", ld=["/ld"], runpath=["/rp"], origin="/app")
+    assert found == Located("/libo.so", str(host_lib / "libo.so"))
+
+
+def test_ld_library_path_entries_in_order(root: Path) -> None:
+    touch(root / "b" / "libq.so")
+    touch(root / "a" / "libq.so")
+    fs = fs_at(root)
+    assert find(fs, "libq.so", ld=["/a", "/b"]).guest_path == "/a/libq.so"
+    assert find(fs, "libq.so", ld=["/b", "/a"]).guest_path == "/b/libq.so"
+
+
+@pytest.mark.parametrize("token", ["$ORIGIN", "${ORIGIN}"])
+def test_origin_is_the_requesting_modules_directory(root: Path, token: str) -> None:
+    touch(root / "app" / "plugins" / "deps" / "libd.so")
+    fs = fs_at(root)
+    found = find(fs, "libd.so", runpath=[f"{token}/deps"], origin="/app/plugins")
+    assert found.guest_path == "/app/plugins/deps/libd.so"
+    found = find(fs, "libd.so", runpath=[f"{token}/../plugins/deps"], origin="/app/plugins")
+    assert found.guest_path == "/app/plugins/deps/libd.so"
+
+
+def test_origin_at_guest_root(tmp_path: Path) -> None:
+    deps = tmp_path / "deps"
+    host = touch(deps / "libd.so")
+    fs = GuestFilesystem.from_specs([f"{deps}::/deps"])
+    found = find(fs, "libd.so", runpath=["$ORIGIN/deps"], origin="/")
+    assert found == Located("/deps/libd.so", str(host))
+
+
+def test_so_falls_back_to_wasm_at_every_candidate(root: Path, tmp_path: Path) -> None:
+    touch(root / "ld" / "libw.wasm")
+    touch(root / "lib" / "libw.so")
+    fs = fs_at(root)
+    # The .wasm in the first directory beats the .so in a later one.
+    assert find(fs, "libw.so", ld=["/ld"]).guest_path == "/ld/libw.wasm"
+    assert find(fs, "libw.so").guest_path == "/lib/libw.so"
+    touch(root / "rp" / "libr.wasm")
+    assert find(fs, "libr.so", runpath=["/rp"]).guest_path == "/rp/libr.wasm"
+    touch(root / "usr" / "local" / "lib" / "libu.wasm")
+    assert find(fs, "libu.so").guest_path == "/usr/local/lib/libu.wasm"
+    touch(root / "app" / "liba.wasm")
+    assert find(fs, "./liba.so").guest_path == "/app/liba.wasm"
+    assert find(fs, "/app/liba.so").guest_path == "/app/liba.wasm"
+    host_lib = tmp_path / "hostlib"
+    touch(host_lib / "libh.wasm")
+    fs = fs_at(root, lib_paths=(str(host_lib),))
+    assert find(fs, "libh.so") == Located("/libh.wasm", str(host_lib / "libh.wasm"))
+    # Only a .so name falls back.
+    touch(root / "lib" / "libv.so.1.wasm")
+    assert not_found(fs, "libv.so.1").tried[:2] == ["/lib/libv.so.1", "/usr/lib/libv.so.1"]
+
+
+def test_not_found_lists_every_path_tried(root: Path) -> None:
+    err = not_found(fs_at(root), "libn.so", ld=["/ld", "rel"], runpath=["$ORIGIN/rp"],
+                    origin="/app/bin")
+    assert err.tried == [
+        "/ld/libn.so", "/ld/libn.wasm",
+        "/app/rel/libn.so", "/app/rel/libn.wasm",  # a relative entry is against the cwd
+        "/app/bin/rp/libn.so", "/app/bin/rp/libn.wasm",
+        "/lib/libn.so", "/lib/libn.wasm",
+        "/usr/lib/libn.so", "/usr/lib/libn.wasm",
+        "/usr/local/lib/libn.so", "/usr/local/lib/libn.wasm",
+    ]
+    message = str(err)
+    assert "'libn.so'" in message
+    assert all(path in message for path in err.tried)
+    assert isinstance(err, LinkError)
+
+
+def test_cannot_escape_the_mapping_with_dotdot(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    touch(tmp_path / "secret.so")
+    touch(data / "inside.so")
+    fs = GuestFilesystem.from_specs([f"{data}::/data"], cwd="/data")
+    assert find(fs, "/data/inside.so").guest_path == "/data/inside.so"
+    for request in ("/data/../secret.so", "../secret.so", "../../../secret.so",
+                    "/data/../../secret.so"):
+        err = not_found(fs, request)
+        assert err.tried == ["/secret.so", "/secret.wasm"]
+    assert fs.to_host("/secret.so") is None
+
+
+def test_symlink_out_of_the_mapping_is_not_found(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    outside = touch(tmp_path / "outside" / "secret.so")
+    inside = touch(root / "lib" / "real.so")
+    os.symlink(outside, root / "lib" / "evil.so")
+    os.symlink(outside.parent, root / "lib" / "evildir")
+    os.symlink(inside, root / "lib" / "alias.so")
+    fs = GuestFilesystem.from_specs([f"{root}::/"])
+    not_found(fs, "evil.so")
+    not_found(fs, "/lib/evildir/secret.so")
+    # A symlink that stays inside is followed.
+    assert find(fs, "alias.so") == Located("/lib/alias.so", str(inside))
+
+
+def test_mapping_at_dot_is_root(root: Path) -> None:
+    host = touch(root / "lib" / "libdot.so")
+    fs = GuestFilesystem.from_specs([f"{root}::."])
+    assert fs.mappings[0].guest == "/" and fs.cwd == "/"
+    assert find(fs, "libdot.so") == Located("/lib/libdot.so", str(host))
+    assert find(fs, "lib/libdot.so").guest_path == "/lib/libdot.so"
+
+
+def test_longest_prefix_mapping_wins(tmp_path: Path) -> None:
+    outer, inner = tmp_path / "outer", tmp_path / "inner"
+    touch(outer / "lib" / "libp.so")
+    touch(outer / "lib" / "libshadowed.so")
+    mounted = touch(inner / "libp.so")
+    for specs in ([f"{outer}::/", f"{inner}::/lib"], [f"{inner}::/lib", f"{outer}::/"]):
+        fs = GuestFilesystem.from_specs(specs)
+        assert find(fs, "libp.so") == Located("/lib/libp.so", str(mounted))
+        # The mount hides what lies beneath it.
+        assert fs.to_host("/lib/libshadowed.so") is None
+    # A mapping at /li is no prefix of /lib/...
+    fs = GuestFilesystem.from_specs([f"{outer}::/", f"{inner}::/li"])
+    assert find(fs, "libp.so").host_path == str(outer / "lib" / "libp.so")
+
+
+def test_from_specs_rejects_a_non_directory(tmp_path: Path) -> None:
+    a_file = touch(tmp_path / "file.so")
+    with pytest.raises(LinkError, match=re.escape("file.so")):
+        GuestFilesystem.from_specs([f"{a_file}::/"])
+    with pytest.raises(LinkError, match="missing"):
+        GuestFilesystem.from_specs([f"{tmp_path / 'missing'}::/"])
+    with pytest.raises(LinkError, match=re.escape("file.so")):
+        GuestFilesystem.from_specs([f"{tmp_path}::/"], lib_paths=[str(a_file)])
+
+
+def test_plain_dir_spec_is_seen_under_its_own_name(tmp_path: Path) -> None:
+    host = touch(tmp_path / "same" / "libs.so")
+    fs = GuestFilesystem.from_specs([str(tmp_path / "same")])
+    assert find(fs, f"{tmp_path}/same/libs.so").host_path == str(host)
+
+
+def test_empty_name_is_not_found(root: Path) -> None:
+    assert not_found(fs_at(root), "").tried == []
