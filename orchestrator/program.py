@@ -26,6 +26,7 @@ from __future__ import annotations
 import itertools
 import posixpath
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -78,6 +79,7 @@ class ProgramOptions:
 
 MAX_THREAD_ID = (1 << 29) - 1  # wasi-threads: thread ids are in [1, 2^29)
 JOIN_TIMEOUT = 5.0  # seconds a stopped thread gets to reach a safe point at exit
+TICK_INTERVAL = 0.01  # seconds between epoch ticks while waiting on other groups
 
 
 class Program:
@@ -95,6 +97,7 @@ class Program:
         self._outcome_lock = threading.Lock()
         self._thread_ids = itertools.count(2)
         self.threads: dict[int, threading.Thread] = {}
+        self._created: list[InstanceGroup] = []
         self._main_runner = threading.current_thread()  # runs group 1 (the one calling run())
         self.group = self._new_group(1)
         self.groups: dict[int, InstanceGroup] = {1: self.group}
@@ -108,8 +111,10 @@ class Program:
             self.fs.cwd, Path(self.path).name)
 
     def _new_group(self, thread_id: int) -> InstanceGroup:
-        return InstanceGroup(self.engine, self._wasmtime_module, self, self._wasi_config(),
-                             cwd=self.fs.cwd, thread_id=thread_id)
+        group = InstanceGroup(self.engine, self._wasmtime_module, self, self._wasi_config(),
+                              cwd=self.fs.cwd, thread_id=thread_id)
+        self._created.append(group)
+        return group
 
     def _wasi_config(self) -> wasmtime.WasiConfig:
         """Each group's WASI context: same arguments, environment, directories and output."""
@@ -198,12 +203,23 @@ class Program:
         return self._stop.is_set()
 
     def _join_threads(self, timeout: float | None) -> None:
+        """Wait for the other threads; once the program is stopping, keep ticking the epoch
+        so that a thread inside guest code reaches the safe point where it stops."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         for thread in list(self.threads.values()):
-            if thread is not threading.current_thread():
-                thread.join(timeout)
+            while thread is not threading.current_thread() and thread.is_alive():
+                if deadline is not None and time.monotonic() > deadline:
+                    return
+                if self._stop.is_set():
+                    self.engine.increment_epoch()
+                thread.join(TICK_INTERVAL)
 
     def _wind_up(self) -> RunResult:
         self._join_threads(JOIN_TIMEOUT)
+        for group in self._created:
+            runner = self.threads.get(group.thread_id, self._main_runner)
+            if group.thread_id == 1 or not runner.is_alive():
+                group.close()  # a thread stuck in a host sleep keeps its group until it ends
         assert self._outcome is not None
         code, error = self._outcome
         stdout = self._stdout.collect() if self._stdout else b""
@@ -229,12 +245,15 @@ class Program:
         posted = [(tid, g.post(op)) for tid, g in self.groups.items() if g is not instigator]
         if not posted:
             return
-        self.engine.increment_epoch()  # groups inside guest code reach a safe point
         for tid, pending in posted:
             runner = self.threads.get(tid, self._main_runner)
-            while not pending.done.wait(0.01):
+            # Tick until it is applied: a tick that lands while a group's callback is already
+            # running is absorbed by it, so a single tick could be lost.
+            self.engine.increment_epoch()
+            while not pending.done.wait(TICK_INTERVAL):
                 if self._stop.is_set() or not runner.is_alive():
                     break  # a group that is gone has nothing left to apply
+                self.engine.increment_epoch()
             if pending.error is not None:
                 self.finish(EXIT_RUNTIME_ERROR,
                             f"thread {tid} could not apply a link operation: {pending.error}")

@@ -459,6 +459,13 @@ class InstanceGroup:
         return 0
 
     # ------------------------------------------------------------------ running
+    def close(self) -> None:
+        """Release the Store (and with it this group's WASI descriptors). Only once its
+        thread has left wasm; the group is unusable afterwards."""
+        self.instances.clear()
+        self._shim = None
+        self.store.close()
+
     def call_entry(self, name: str, *args: int) -> None:
         func = self.export(MAIN_HANDLE, name)
         func(self.store, *args)

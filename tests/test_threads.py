@@ -1,0 +1,122 @@
+"""Threaded programs: one instance group per wasm thread over one shared memory.
+
+The groups currently run on threads of the coordinator process (worker processes are the
+next step). Each program runs several times: thread interleavings differ between runs.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from wasmgroup.orchestrator.program import EXIT_TRAP, Program, ProgramOptions, run_program
+
+RUNS = 3
+
+
+@pytest.fixture(scope="module", autouse=True)
+def warm_runtime(guests: Path) -> None:
+    """wasmtime starts its I/O runtime (an epoll, an eventfd, a pipe) once per process."""
+    run_program(str(guests / "threads" / "pthreads.wasm"))
+
+
+def open_fds() -> int:
+    gc.collect()  # modules (and their mapped .cwasm files) go with the last reference
+    return len(os.listdir("/proc/self/fd"))
+
+
+def assert_nothing_left(fds_before: int) -> None:
+    assert not [t for t in threading.enumerate() if t.name.startswith("wasm-thread-")]
+    assert open_fds() <= fds_before
+
+
+@pytest.mark.parametrize("run", range(RUNS))
+def test_pthreads_mutex_condvar_join(guests: Path, run: int) -> None:
+    fds = open_fds()
+    result = run_program(str(guests / "threads" / "pthreads.wasm"))
+    assert result.exit_code == 0, result.error
+    assert result.stdout.decode().splitlines() == [
+        "pthreads: 8 threads ready", "counter=80000 joined=8 retsum=36 tls_ok=8"]
+    assert_nothing_left(fds)
+
+
+@pytest.mark.parametrize("run", range(RUNS))
+def test_raw_atomic_wait_notify(guests: Path, run: int) -> None:
+    result = run_program(str(guests / "threads" / "raw_atomics.wasm"))
+    assert result.exit_code == 0, result.error
+    assert result.stdout.decode().splitlines()[-1] == "counter=10000 joined=4 tls_ok=4 main_tls=7"
+
+
+def test_each_thread_has_its_own_group(guests: Path) -> None:
+    program = Program(str(guests / "threads" / "pthreads.wasm"),
+                      ProgramOptions(capture_output=True))
+    spawned: list[int] = []
+    original = program.spawn_thread
+
+    def counting_spawn(group: object, start_arg: int) -> int:
+        tid = original(group, start_arg)  # type: ignore[arg-type]
+        spawned.append(tid)
+        return tid
+
+    program.spawn_thread = counting_spawn  # type: ignore[method-assign]
+    assert program.run().exit_code == 0
+    assert sorted(spawned) == list(range(2, 10))  # 8 threads, 8 new groups
+    assert len(program.threads) == 8
+
+
+@pytest.mark.parametrize("run", range(RUNS))
+def test_threads_share_a_plugin_with_per_thread_tls(guests: Path, run: int) -> None:
+    result = run_program(str(guests / "threads" / "mt_host.wasm"),
+                         dirs=[f"{guests / 'threads'}::/"])
+    assert result.exit_code == 0, result.error
+    lines = result.stdout.decode().splitlines()
+    assert lines[0] == "mt_host: main mtplug_work(5)=26 calls=1"
+    assert sorted(lines[1:5]) == [f"thread {i}: sum=332834500 calls=1000 same_handle=1"
+                                  for i in range(4)]
+    assert lines[5] == "mt_host: joined=4 total=1998005 main_calls=1"
+
+
+@pytest.mark.parametrize("run", range(RUNS))
+def test_dlopen_while_threads_spin_in_guest_code(guests: Path, run: int) -> None:
+    """Threads spinning without host calls apply the load and the dlsym'd slot (epoch
+    interruption), so they can call the new function through their own tables."""
+    fds = open_fds()
+    result = run_program(str(guests / "threads" / "dlopen_spin.wasm"),
+                         dirs=[f"{guests / 'threads'}::/"])
+    assert result.exit_code == 0, result.error
+    assert result.stdout.decode().splitlines() == [
+        "dlopen_spin: 3 threads spinning",
+        "thread 0: mtplug_work(1)=2", "thread 1: mtplug_work(2)=5", "thread 2: mtplug_work(3)=10",
+        "dlopen_spin: total=6"]
+    assert_nothing_left(fds)
+
+
+def test_trap_in_a_thread_ends_the_program_naming_it(guests: Path) -> None:
+    fds = open_fds()
+    result = run_program(str(guests / "threads" / "thread_faults.wasm"), ["trap"])
+    assert result.exit_code == EXIT_TRAP
+    assert result.error is not None
+    assert result.error.startswith("the program trapped in thread 2:")
+    assert "thread_faults.wasm!crash_here" in result.error
+    assert result.stdout.decode().splitlines() == ["thread_faults: trap"]  # main never resumed
+    assert_nothing_left(fds)
+
+
+def test_exit_from_a_thread_ends_the_program_with_its_code(guests: Path) -> None:
+    fds = open_fds()
+    result = run_program(str(guests / "threads" / "thread_faults.wasm"), ["exit"])
+    assert result.exit_code == 3, result.error
+    assert result.error is None
+    assert result.stdout.decode().splitlines() == ["thread_faults: exit"]
+    assert_nothing_left(fds)
+
+
+def test_memory_malloced_in_one_thread_is_freed_by_another(guests: Path) -> None:
+    result = run_program(str(guests / "threads" / "thread_faults.wasm"), ["malloc"])
+    assert result.exit_code == 0, result.error
+    assert result.stdout.decode().splitlines()[-1] == \
+        "malloc: 1000 blocks checked and freed by main"
