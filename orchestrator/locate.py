@@ -87,6 +87,18 @@ class GuestFilesystem:
         rest = posixpath.relpath(guest_path, best.guest)
         return _contained(best.host, rest)
 
+    def is_directory(self, guest_path: str) -> bool:
+        """Whether an absolute guest path is a directory the guest can see."""
+        for m in self.mappings:
+            if guest_path == m.guest or m.guest.startswith(guest_path.rstrip("/") + "/"):
+                return True  # a mapping point, or a directory above one
+            if guest_path.startswith(m.guest.rstrip("/") + "/"):
+                rest = posixpath.relpath(guest_path, m.guest)
+                real = os.path.realpath(os.path.join(m.host, rest))
+                if os.path.commonpath([m.host, real]) == m.host and os.path.isdir(real):
+                    return True
+        return False
+
     def guest_path_of_host(self, host_path: str) -> str | None:
         """Where a host file appears in the guest, if any mapping shows it."""
         real = os.path.realpath(host_path)

@@ -112,7 +112,7 @@ class Program:
 
     def _new_group(self, thread_id: int) -> InstanceGroup:
         group = InstanceGroup(self.engine, self._wasmtime_module, self, self._wasi_config(),
-                              cwd=self.fs.cwd, thread_id=thread_id)
+                              thread_id=thread_id)
         self._created.append(group)
         return group
 
@@ -281,6 +281,17 @@ class Program:
                 group.apply_slot(assignment)
                 self._broadcast(group, assignment)
             return address
+
+    def cwd(self) -> str:
+        return self.fs.cwd
+
+    def change_directory(self, path: str) -> bool:
+        """chdir: the new guest directory must be visible (one cwd for the whole program)."""
+        target = self.fs.absolute(path)
+        if not self.fs.is_directory(target):
+            return False
+        self.fs.cwd = target
+        return True
 
     def is_side_module(self, handle: int) -> bool:
         return handle != MAIN_HANDLE and handle in self.linker.modules

@@ -43,6 +43,12 @@ WASIX_32V1: dict[str, FuncType] = {
     "thread_spawn_v2": _f(2),
     "thread_id": _f(1),
     "getcwd": _f(2),
+    "chdir": _f(2),
+    "thread_parallelism": _f(1),
+    "proc_id": _f(1),
+    "fd_fdflags_get": _f(2),
+    "fd_fdflags_set": _f(2),
+    "fd_dup2": _f(4),
     "path_open2": FuncType((I32, I32, I32, I32, I32, "i64", "i64", I32, I32, I32), (I32,)),
 }
 

@@ -255,3 +255,16 @@ def test_guest_cannot_open_libraries_outside_its_view(guests: Path, tmp_path: Pa
                 program.dlopen(program.group, attempt, None)
     finally:
         os.unlink(guests / "side" / "escape.so")
+
+
+def test_everyday_posix_calls(guests: Path, tmp_path: Path) -> None:
+    """Sleeps, sysconf, getpid, files and directories by absolute path, chdir/getcwd."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "input.txt").write_text("hello\n")
+    result = run_program(str(guests / "libc" / "posix.wasm"), dirs=[f"{tmp_path}::/"])
+    assert result.exit_code == 0, result.error
+    source = (Path(__file__).parent / "programs" / "libc" / "posix.c").read_text()
+    header = source.split("Expected stdout:\n", 1)[1].split("*/", 1)[0]
+    expected = [line.removeprefix(" *   ") for line in header.splitlines() if line.strip(" *")]
+    assert result.stdout.decode().splitlines() == expected
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["input.txt", "sub"]  # cleaned up

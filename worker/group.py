@@ -41,7 +41,7 @@ from wasmgroup.shared.plan import (
 )
 from wasmgroup.shared.wasm import FuncType
 from wasmgroup.worker import epoch, wasmtime_compat
-from wasmgroup.worker.host.shim import instantiate_shim
+from wasmgroup.worker.host.shim import PATH_FUNCTIONS, instantiate_shim
 from wasmgroup.worker.host.wasix import (
     GuestExit,
     ThreadExit,
@@ -69,6 +69,8 @@ class LinkService(Protocol):
                      func_type: FuncType) -> tuple[int, str]: ...
     def spawn_thread(self, group: InstanceGroup, start_arg: int) -> int: ...
     def stopping(self) -> bool: ...
+    def cwd(self) -> str: ...
+    def change_directory(self, path: str) -> bool: ...
 
 
 @dataclass
@@ -114,14 +116,12 @@ def _our_functype(t: wasmtime.FuncType) -> FuncType:
 
 class InstanceGroup:
     def __init__(self, engine: wasmtime.Engine, load_module: Callable[[str], wasmtime.Module],
-                 service: LinkService, wasi: wasmtime.WasiConfig, cwd: str = "/",
-                 thread_id: int = 1) -> None:
+                 service: LinkService, wasi: wasmtime.WasiConfig, thread_id: int = 1) -> None:
         self.engine = engine
         self.store = wasmtime.Store(engine)
         self.store.set_wasi(wasi)
         self._load_module = load_module
         self.service = service
-        self.cwd = cwd
         self.thread_id = thread_id
         self._wasi_linker = wasmtime.Linker(engine)
         self._wasi_linker.define_wasi()
@@ -388,14 +388,15 @@ class InstanceGroup:
         return wasmtime.Func(self.store, ty, call)
 
     def _host_function(self, module: str, name: str, ty: wasmtime.FuncType) -> Any:
-        if module in WASI_MODULES:
-            return self._wasi_linker.get(self.store, "wasi_snapshot_preview1", name)
-        if module == "wasix_32v1" and name == "path_open2":
+        adapted = (module in WASI_MODULES and name in PATH_FUNCTIONS) or (
+            module == "wasix_32v1" and name == "path_open2")
+        if adapted and self.memory_object is not None:
             if self._shim is None:
-                assert self.memory_object is not None
                 self._shim = instantiate_shim(self.store, self.engine, self.memory_object,
                                               self._wasi_linker)
             return self._shim.exports(self.store)[name]
+        if module in WASI_MODULES:
+            return self._wasi_linker.get(self.store, "wasi_snapshot_preview1", name)
         table = {"wasix_32v1": self._wasix, "wasi": self._wasi_threads}[module]
         return wasmtime.Func(self.store, ty, table[name])
 

@@ -7,6 +7,7 @@ errno. They reach the linker through the group's `LinkService`, and memory throu
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -17,7 +18,7 @@ from wasmgroup.worker.memview import GuestFault
 if TYPE_CHECKING:
     from wasmgroup.worker.group import InstanceGroup
 
-ESUCCESS, EAGAIN, EFAULT, EINVAL, ENOEXEC = 0, 6, 21, 28, 45
+ESUCCESS, EAGAIN, EFAULT, EINVAL, ENOENT, ENOEXEC = 0, 6, 21, 28, 44, 45
 ENOTSUP, EOVERFLOW, EMEMVIOLATION = 58, 61, 78
 
 RTLD_DEFAULT = 0
@@ -153,7 +154,7 @@ def make_wasix_functions(group: InstanceGroup) -> dict[str, Callable[..., int | 
 
     @_faults_to_errno
     def getcwd(buf: int, len_ptr: int) -> int:
-        cwd = group.cwd.encode() + b"\0"
+        cwd = group.service.cwd().encode() + b"\0"
         capacity = group.memory.read_u32(len_ptr)
         group.memory.write_u32(len_ptr, len(cwd) - 1)
         if capacity < len(cwd):
@@ -161,7 +162,36 @@ def make_wasix_functions(group: InstanceGroup) -> dict[str, Callable[..., int | 
         group.memory.write(buf, cwd)
         return ESUCCESS
 
+    @_faults_to_errno
+    def chdir(path: int, path_len: int) -> int:
+        group.service_pending()
+        target = group.memory.read_str(path, path_len)
+        return ESUCCESS if group.service.change_directory(target) else ENOENT
+
+    @_faults_to_errno
+    def thread_parallelism(ret: int) -> int:
+        group.memory.write_u32(ret, os.cpu_count() or 1)
+        return ESUCCESS
+
+    @_faults_to_errno
+    def proc_id(ret: int) -> int:
+        group.memory.write_u32(ret, os.getpid())  # unique per running program
+        return ESUCCESS
+
+    @_faults_to_errno
+    def fd_fdflags_get(fd: int, ret: int) -> int:
+        group.memory.write(ret, b"\0\0")  # no close-on-exec: there is no exec
+        return ESUCCESS
+
+    def fd_fdflags_set(fd: int, flags: int) -> int:
+        return ESUCCESS
+
+    def fd_dup2(fd: int, min_fd: int, cloexec: int, ret: int) -> int:
+        return ENOTSUP  # wasmtime's WASI descriptors cannot be duplicated
+
     return {
+        "chdir": chdir, "thread_parallelism": thread_parallelism, "proc_id": proc_id,
+        "fd_fdflags_get": fd_fdflags_get, "fd_fdflags_set": fd_fdflags_set, "fd_dup2": fd_dup2,
         "dlopen": dlopen, "dlsym": dlsym, "dl_invalid_handle": dl_invalid_handle,
         "futex_wait": futex_wait_, "futex_wake": futex_wake_, "futex_wake_all": futex_wake_all,
         "thread_exit": thread_exit, "proc_exit2": proc_exit2, "thread_signal": thread_signal,
