@@ -120,3 +120,22 @@ def test_memory_malloced_in_one_thread_is_freed_by_another(guests: Path) -> None
     assert result.exit_code == 0, result.error
     assert result.stdout.decode().splitlines()[-1] == \
         "malloc: 1000 blocks checked and freed by main"
+
+
+@pytest.mark.parametrize("run", range(2))
+@pytest.mark.parametrize("scenario", ["dl-concurrent-open-and-spawn",
+                                      "dl-spawn-under-dlsym-worker",
+                                      "spawn-under-nanosleep-worker"])
+def test_seed_topology_scenarios(guests: Path, scenario: str, run: int) -> None:
+    fds = open_fds()
+    program = Program(str(guests / "threads" / "topology.wasm"), ProgramOptions(
+        args=[scenario], dirs=[f"{guests / 'threads'}::/"], capture_output=True))
+    result = program.run()
+    assert result.exit_code == 0, (result.stdout, result.error)
+    assert result.stdout.decode() == f"topology {scenario} ok\n"
+    if scenario == "dl-concurrent-open-and-spawn":
+        # 8 distinct names for one file: 8 real loads, each replayed by later threads.
+        assert len(program.linker.modules) == 1 + 8
+        assert len(program.threads) == 49
+    del program
+    assert_nothing_left(fds)
