@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -49,6 +50,7 @@ class ModuleCache:
         self._by_path: dict[str, CachedModule] = {}
         self._by_key: dict[str, CachedModule] = {}
         self.compiled = 0  # how many modules this cache had to compile (tests read it)
+        self.compile_seconds = 0.0  # time spent compiling them (--trace reads it)
 
     def load(self, host_path: str) -> CachedModule:
         """The parsed and compiled module at `host_path`, compiling only on a cache miss."""
@@ -77,11 +79,13 @@ class ModuleCache:
                 pass  # unreadable or refused: rebuild below
             for stale in (artefact, checksum):
                 stale.unlink(missing_ok=True)
+        started = time.perf_counter()
         try:
             module = wasmtime.Module(self.engine, data)
         except wasmtime.WasmtimeError as err:
             raise LinkError(f"{host_path}: invalid module: {str(err).strip()}") from None
         self.compiled += 1
+        self.compile_seconds += time.perf_counter() - started
         serialized = module.serialize()
         _atomic_write(artefact, serialized)
         _atomic_write(checksum, hashlib.sha256(serialized).hexdigest().encode())

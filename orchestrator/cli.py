@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from wasmgroup.orchestrator.inspect import describe, format_text
 from wasmgroup.orchestrator.program import EXIT_RUNTIME_ERROR, run_program
@@ -44,7 +45,8 @@ def _run(args: argparse.Namespace) -> int:
     program_args = args.args[1:] if args.args[:1] == ["--"] else args.args
     try:
         result = run_program(args.program, program_args, env=env, dirs=args.dir,
-                             lib_paths=args.lib_path, cwd=args.cwd, capture_output=False)
+                             lib_paths=args.lib_path, cwd=args.cwd, capture_output=False,
+                             verify_groups=args.verify_groups, trace=args.trace)
     except (OSError, WasmgroupError) as err:
         text = f"{err.filename}: {err.strerror}" if isinstance(err, OSError) else str(err)
         print(f"wasmgroup run: {text}", file=sys.stderr)
@@ -78,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="host directory searched for libraries after the guest's own")
     run.add_argument("--cwd", default="/", metavar="GUEST_DIR",
                      help="the guest's working directory (default /)")
+    run.add_argument("--verify-groups", action="store_true",
+                     help="after every link operation, check that all threads' instance groups "
+                          "agree on modules, table slots and GOT values; stop at the first "
+                          "difference")
+    run.add_argument("--trace", type=Path, metavar="FILE",
+                     help="write one JSON line per link operation with per-phase timings")
     run.add_argument("program", metavar="PROG.wasm")
     run.add_argument("args", nargs=argparse.REMAINDER, metavar="-- ARGS",
                      help="arguments for the program")

@@ -38,6 +38,8 @@ from wasmgroup.orchestrator.cache import ModuleCache
 from wasmgroup.orchestrator.capture import PipeCapture
 from wasmgroup.orchestrator.linker import MAIN_HANDLE, LinkerState
 from wasmgroup.orchestrator.locate import GuestFilesystem, Located
+from wasmgroup.orchestrator.trace import Tracer, ms
+from wasmgroup.orchestrator.verify import first_difference
 from wasmgroup.shared.errors import LinkError, WasmgroupError
 from wasmgroup.shared.plan import LoadPlan, SlotAssignment, SymbolAddress
 from wasmgroup.shared.wasm import FuncType, WasmModule
@@ -45,7 +47,9 @@ from wasmgroup.worker.epoch import STOP_MESSAGE
 from wasmgroup.worker.group import (
     ENGINE_SETTINGS,
     WASM_ERRORS,
+    DescribeRequest,
     InstanceGroup,
+    PendingOperation,
     make_engine_config,
 )
 from wasmgroup.worker.host.wasix import EAGAIN, GuestExit, ThreadExit
@@ -75,6 +79,8 @@ class ProgramOptions:
     cwd: str = "/"
     capture_output: bool = False  # else the program writes to this process's stdout/stderr
     cache_dir: Path | None = None
+    verify_groups: bool = False  # after every link operation, check all groups agree
+    trace: Path | None = None  # one JSON line per link operation, with phase timings
 
 
 MAX_THREAD_ID = (1 << 29) - 1  # wasi-threads: thread ids are in [1, 2^29)
@@ -91,6 +97,7 @@ class Program:
         self.cache = ModuleCache(self.engine, ENGINE_SETTINGS, options.cache_dir)
         self._stdout = PipeCapture() if options.capture_output else None
         self._stderr = PipeCapture() if options.capture_output else None
+        self.tracer = Tracer(options.trace)
         self._topology = threading.RLock()
         self._stop = threading.Event()
         self._outcome: tuple[int, str | None] | None = None
@@ -154,6 +161,7 @@ class Program:
             self.linker.abort(pending)
             raise
         self.linker.commit(pending)
+        self.tracer.record(op="start", thread=1, groups=1, ok=True, handles=pending.plan.handles)
 
     def run(self) -> RunResult:
         self._main_runner = threading.current_thread()
@@ -216,6 +224,7 @@ class Program:
 
     def _wind_up(self) -> RunResult:
         self._join_threads(JOIN_TIMEOUT)
+        self.tracer.close()
         for group in self._created:
             runner = self.threads.get(group.thread_id, self._main_runner)
             if group.thread_id == 1 or not runner.is_alive():
@@ -240,12 +249,12 @@ class Program:
         finally:
             self._topology.release()
 
-    def _broadcast(self, instigator: InstanceGroup, op: LoadPlan | SlotAssignment) -> None:
-        """Every other live group applies `op` before the instigator's call returns."""
-        posted = [(tid, g.post(op)) for tid, g in self.groups.items() if g is not instigator]
-        if not posted:
-            return
-        for tid, pending in posted:
+    def _broadcast(self, instigator: InstanceGroup, op: LoadPlan | SlotAssignment | DescribeRequest
+                   ) -> dict[int, PendingOperation]:
+        """Every other live group applies `op` before the instigator's call returns.
+        Returns what each group did with it (timings, and its state for a DescribeRequest)."""
+        posted = {tid: g.post(op) for tid, g in self.groups.items() if g is not instigator}
+        for tid, pending in posted.items():
             runner = self.threads.get(tid, self._main_runner)
             # Tick until it is applied: a tick that lands while a group's callback is already
             # running is absorbed by it, so a single tick could be lost.
@@ -258,28 +267,79 @@ class Program:
                 self.finish(EXIT_RUNTIME_ERROR,
                             f"thread {tid} could not apply a link operation: {pending.error}")
                 raise GuestExit(EXIT_RUNTIME_ERROR)
+        return {tid: p for tid, p in posted.items() if p.done.is_set()}
+
+    def _verify(self, instigator: InstanceGroup, after: str,
+                extra: InstanceGroup | None = None) -> float:
+        """With --verify-groups: stop the program if any group disagrees. Returns seconds."""
+        if not self.options.verify_groups:
+            return 0.0
+        started = time.perf_counter()
+        states = [instigator.describe_state()]
+        states += [p.state for p in self._broadcast(instigator, DescribeRequest()).values()
+                   if p.state is not None]
+        if extra is not None:
+            states.append(extra.describe_state())
+        difference = first_difference(states)
+        if difference is not None:
+            self.finish(EXIT_RUNTIME_ERROR, f"--verify-groups: after {after}: {difference}")
+            raise GuestExit(EXIT_RUNTIME_ERROR)
+        return time.perf_counter() - started
+
+    def _trace_op(self, op: str, group: InstanceGroup, started: float, **fields: object
+                  ) -> None:
+        if self.tracer.enabled:
+            self.tracer.record(op=op, thread=group.thread_id, groups=len(self.groups),
+                               total_ms=ms(time.perf_counter() - started), **fields)
 
     # ------------------------------------------------------------------ LinkService
     def dlopen(self, group: InstanceGroup, name: str, ld_library_path: list[str] | None) -> int:
+        started = time.perf_counter()
         with self._topology_lock(group):
-            outcome = self.linker.plan_load(name, ld_library_path)
+            compiled_before = self.cache.compile_seconds
+            try:
+                outcome = self.linker.plan_load(name, ld_library_path)
+            except LinkError as err:
+                self._trace_op("dlopen", group, started, name=name, ok=False, error=str(err))
+                raise
+            planned = time.perf_counter()
             if isinstance(outcome, int):
+                self._trace_op("dlopen", group, started, name=name, ok=True, handles=[outcome],
+                               loaded=False)
                 return outcome
             try:
                 group.apply_load(outcome.plan, initialise=True)
-            except LinkError:
+            except LinkError as err:
                 self.linker.abort(outcome)
+                self._trace_op("dlopen", group, started, name=name, ok=False, error=str(err))
                 raise
+            applied = time.perf_counter()
             self.linker.commit(outcome)
-            self._broadcast(group, outcome.plan)
+            others = self._broadcast(group, outcome.plan)
+            broadcast = time.perf_counter()
+            verify_seconds = self._verify(group, f"dlopen {name}")
+            self._trace_op(
+                "dlopen", group, started, name=name, ok=True, loaded=True,
+                handles=outcome.plan.handles, plan_ms=ms(planned - started),
+                compile_ms=ms(self.cache.compile_seconds - compiled_before),
+                apply_ms=ms(applied - planned), broadcast_ms=ms(broadcast - applied),
+                group_apply_ms={str(t): ms(p.seconds) for t, p in others.items()},
+                verify_ms=ms(verify_seconds))
             return outcome.names[name]
 
     def dlsym(self, group: InstanceGroup, handle: int, name: str) -> SymbolAddress:
         with self._topology_lock(group):
+            started = time.perf_counter()
             address, assignment = self.linker.dlsym(handle, name)
             if assignment is not None:
                 group.apply_slot(assignment)
-                self._broadcast(group, assignment)
+                others = self._broadcast(group, assignment)
+                broadcast = time.perf_counter()
+                verify_seconds = self._verify(group, f"dlsym {name}")
+                self._trace_op("dlsym", group, started, name=name, ok=True,
+                               slot=assignment.slot, broadcast_ms=ms(broadcast - started),
+                               group_apply_ms={str(t): ms(p.seconds) for t, p in others.items()},
+                               verify_ms=ms(verify_seconds))
             return address
 
     def cwd(self) -> str:
@@ -315,12 +375,17 @@ class Program:
             child.attach(memory, self.linker.table_length)
             plans, slots = self.linker.replay_log()
             main_has_dylink = self.linker.modules[MAIN_HANDLE].module.dylink is not None
+            started = time.perf_counter()
             try:
                 child.replay(plans, slots, main_has_dylink)
             except LinkError as err:
                 self.finish(EXIT_RUNTIME_ERROR, f"cannot start thread {tid}: {err}")
                 return -EAGAIN
+            replayed = time.perf_counter()
+            verify_seconds = self._verify(group, f"spawning thread {tid}", extra=child)
             self.groups[tid] = child
+            self._trace_op("spawn", group, started, ok=True, new_thread=tid,
+                           replay_ms=ms(replayed - started), verify_ms=ms(verify_seconds))
             thread = threading.Thread(target=self._thread_body, args=(child, start_arg),
                                       name=f"wasm-thread-{tid}", daemon=True)
             self.threads[tid] = thread
@@ -342,7 +407,8 @@ class Program:
 
 def run_program(path: str, args: Sequence[str] = (), *, env: dict[str, str] | None = None,
                 dirs: Sequence[str] = (), lib_paths: Sequence[str] = (), cwd: str = "/",
-                capture_output: bool = True, cache_dir: Path | None = None) -> RunResult:
+                capture_output: bool = True, cache_dir: Path | None = None,
+                verify_groups: bool = False, trace: Path | None = None) -> RunResult:
     """Run a WebAssembly program to completion and return its exit code and output.
 
     `dirs` are `HOST::GUEST` directory mappings (the guest sees nothing else); `lib_paths` are
@@ -350,5 +416,6 @@ def run_program(path: str, args: Sequence[str] = (), *, env: dict[str, str] | No
     `capture_output` (the default) the program's stdout and stderr come back in the result.
     """
     options = ProgramOptions(args=args, env=dict(env or {}), dirs=dirs, lib_paths=lib_paths,
-                             cwd=cwd, capture_output=capture_output, cache_dir=cache_dir)
+                             cwd=cwd, capture_output=capture_output, cache_dir=cache_dir,
+                             verify_groups=verify_groups, trace=trace)
     return Program(path, options).run()

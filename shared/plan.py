@@ -68,6 +68,16 @@ class SymbolAddress:
     handle: int
 
 
+@dataclass(frozen=True)
+class GroupState:
+    """What one group has linked (see orchestrator/verify.py)."""
+
+    thread_id: int
+    handles: tuple[int, ...]
+    table: tuple[str, ...]
+    got: tuple[tuple[str, int], ...]  # ("handle:GOT.mem.name", value), sorted
+
+
 @dataclass
 class LoadPlan:
     modules: list[ModulePlan]

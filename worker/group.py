@@ -34,6 +34,7 @@ from wasmgroup.shared.plan import (
     B_TABLE,
     B_TAG,
     B_TLS,
+    GroupState,
     LoadPlan,
     ModulePlan,
     SlotAssignment,
@@ -73,13 +74,19 @@ class LinkService(Protocol):
     def change_directory(self, path: str) -> bool: ...
 
 
+class DescribeRequest:
+    """Asks a group for its `GroupState` (for `--verify-groups`), at its own safe point."""
+
+
 @dataclass
 class PendingOperation:
     """A link operation another group instigated, to apply at this group's next safe point."""
 
-    op: LoadPlan | SlotAssignment
+    op: LoadPlan | SlotAssignment | DescribeRequest
     done: threading.Event = field(default_factory=threading.Event)
     error: str | None = None
+    seconds: float = 0.0  # time this group spent applying it
+    state: GroupState | None = None  # the answer to a DescribeRequest
 
 
 def make_engine_config() -> wasmtime.Config:
@@ -137,6 +144,7 @@ class InstanceGroup:
         self._plans: dict[int, ModulePlan] = {}
         self._tls_bases: dict[int, int] = {}
         self._pending: queue.SimpleQueue[PendingOperation] = queue.SimpleQueue()
+        self._got: dict[str, wasmtime.Global] = {}  # non-TLS GOT globals, for verification
         self._epoch_hooks = epoch.install(self.store, self._on_tick)
 
     # ------------------------------------------------------------------ accessors
@@ -265,6 +273,9 @@ class InstanceGroup:
             for handle in new:
                 self.instances.pop(handle, None)
                 self._tls_bases.pop(handle, None)
+                prefix = f"{self._plans[handle].name}:"
+                for key in [k for k in self._got if k.startswith(prefix)]:
+                    del self._got[key]
             for module_plan in plan.modules:
                 if module_plan.handle != MAIN_HANDLE and module_plan.memory_size:
                     self.memory.fill(module_plan.memory_base, module_plan.memory_size)
@@ -350,7 +361,11 @@ class InstanceGroup:
                 value += self.tls_base(binding.source)
             val = wasmtime.Val.i64(value) if str(ty.content) == "i64" else wasmtime.Val.i32(
                 value if value < 1 << 31 else value - (1 << 32))
-            return wasmtime.Global(self.store, wasmtime.GlobalType(ty.content, ty.mutable), val)
+            created = wasmtime.Global(self.store, wasmtime.GlobalType(ty.content, ty.mutable),
+                                      val)
+            if binding.module.startswith("GOT.") and how == B_CONST:
+                self._got[f"{plan.name}:{binding.module}.{binding.name}"] = created
+            return created
         ty = imp.type
         assert isinstance(ty, wasmtime.FuncType)
         if how == B_FUNC:
@@ -401,7 +416,7 @@ class InstanceGroup:
         return wasmtime.Func(self.store, ty, table[name])
 
     # ------------------------------------------------------------------ blocking and threads
-    def post(self, op: LoadPlan | SlotAssignment) -> PendingOperation:
+    def post(self, op: LoadPlan | SlotAssignment | DescribeRequest) -> PendingOperation:
         """Queue an operation for this group's next safe point (called from other threads)."""
         pending = PendingOperation(op)
         self._pending.put(pending)
@@ -414,14 +429,18 @@ class InstanceGroup:
                 pending = self._pending.get_nowait()
             except queue.Empty:
                 return
+            started = time.perf_counter()
             try:
                 if isinstance(pending.op, SlotAssignment):
                     self.apply_slot(pending.op)
+                elif isinstance(pending.op, DescribeRequest):
+                    pending.state = self.describe_state()
                 else:
                     self.apply_load(pending.op, initialise=False)
             except LinkError as err:
                 pending.error = str(err)
             finally:
+                pending.seconds = time.perf_counter() - started
                 pending.done.set()
 
     def _on_tick(self) -> bool:
@@ -459,6 +478,31 @@ class InstanceGroup:
         self.memory.write_u32(ret_tid, tid)
         return 0
 
+    def describe_state(self) -> GroupState:
+        """Handles, what sits in each table slot, and non-TLS GOT values, as plain data.
+        Only on this group's own thread (or while it runs no wasm)."""
+        labels: dict[int, str] = {}
+        for handle, instance in self.instances.items():
+            name = self._plans[handle].name if handle in self._plans else str(handle)
+            for export, value in instance.exports(self.store).items():
+                if isinstance(value, wasmtime.Func):
+                    labels.setdefault(_func_identity(value), f"{name}:{export}")
+        table = self.table
+        assert table is not None
+        slots = []
+        for slot in range(table.size(self.store)):
+            entry = table.get(self.store, slot)
+            if not isinstance(entry, wasmtime.Func):
+                slots.append("null")
+                continue
+            owner = next((p.name for p in self._plans.values()
+                          if p.table_base <= slot < p.table_base + p.table_size), "?")
+            slots.append(labels.get(_func_identity(entry), f"{owner}:<unexported>"))
+        got = sorted((key, int(g.value(self.store)) & 0xFFFFFFFFFFFFFFFF)
+                     for key, g in self._got.items())
+        return GroupState(self.thread_id, tuple(sorted(self.instances)), tuple(slots),
+                          tuple(got))
+
     # ------------------------------------------------------------------ running
     def close(self) -> None:
         """Release the Store (and with it this group's WASI descriptors). Only once its
@@ -470,6 +514,13 @@ class InstanceGroup:
     def call_entry(self, name: str, *args: int) -> None:
         func = self.export(MAIN_HANDLE, name)
         func(self.store, *args)
+
+
+def _func_identity(func: wasmtime.Func) -> int:
+    """The same number for the same function of one store, however it was reached (an
+    export lookup or a table read): the address of its function reference."""
+    # getattr, not `._func.__private`: inside a class body that name would be mangled.
+    return int(getattr(func._func, "__private"))
 
 
 def _trap_text(err: wasmtime.Trap | wasmtime.WasmtimeError) -> str:
