@@ -10,7 +10,7 @@ as a new one), so WASI calls from any module work. Nothing else changes: no inde
 
 from __future__ import annotations
 
-from wasmgroup.shared.binary import Reader
+from wasmgroup.shared.binary import Reader, encode_u32
 from wasmgroup.shared.errors import LinkError
 from wasmgroup.shared.wasm import SEC_CUSTOM, SEC_DATACOUNT, SEC_EXPORT, SEC_TAG, WasmModule
 
@@ -21,18 +21,8 @@ _ORDER = {1: 1, 2: 2, 3: 3, 4: 4, 5: 5, SEC_TAG: 5.5, 6: 6, SEC_EXPORT: 7, 8: 8,
           SEC_DATACOUNT: 9.5, 10: 10, 11: 11}
 
 
-def _uleb(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 def _section(sec_id: int, payload: bytes) -> bytes:
-    return bytes([sec_id]) + _uleb(len(payload)) + payload
+    return bytes([sec_id]) + encode_u32(len(payload)) + payload
 
 
 def export_imported_memory(data: bytes, module: WasmModule) -> bytes:
@@ -42,7 +32,7 @@ def export_imported_memory(data: bytes, module: WasmModule) -> bytes:
         if existing is not None and existing.kind != "memory":
             raise LinkError("the module exports a non-memory named 'memory'")
         return data
-    entry = _uleb(len(b"memory")) + b"memory" + bytes([2]) + _uleb(0)
+    entry = encode_u32(len(b"memory")) + b"memory" + bytes([2]) + encode_u32(0)
     r = Reader(data, 8)
     out = bytearray(data[:8])
     done = False
@@ -55,14 +45,14 @@ def export_imported_memory(data: bytes, module: WasmModule) -> bytes:
         if sec_id == SEC_EXPORT:
             body = Reader(data, body_start, body_start + size)
             count = body.u32()
-            out += _section(SEC_EXPORT, _uleb(count + 1) + data[body.pos:body_start + size]
+            out += _section(SEC_EXPORT, encode_u32(count + 1) + data[body.pos:body_start + size]
                             + entry)
             done = True
             continue
         if not done and sec_id != SEC_CUSTOM and _ORDER[sec_id] > _ORDER[SEC_EXPORT]:
-            out += _section(SEC_EXPORT, _uleb(1) + entry)
+            out += _section(SEC_EXPORT, encode_u32(1) + entry)
             done = True
         out += data[start:r.pos]
     if not done:
-        out += _section(SEC_EXPORT, _uleb(1) + entry)
+        out += _section(SEC_EXPORT, encode_u32(1) + entry)
     return bytes(out)

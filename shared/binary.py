@@ -1,4 +1,4 @@
-"""A bounds-checked cursor over wasm bytes: LEB128, names and nested sections.
+"""Wasm bytes: a bounds-checked cursor (LEB128, names, nested sections) and the LEB128 writer.
 
 Every read that would run past its bounds, or meets an overlong LEB128, raises
 `WasmFormatError` with the offset and what was expected there.
@@ -100,3 +100,14 @@ class Reader:
     def expect_end(self, what: str) -> None:
         if self.pos != self.end:
             raise self.fail(f"end of {what} ({self.end - self.pos} trailing bytes)")
+
+
+def encode_u32(n: int) -> bytes:
+    """Unsigned LEB128, the shortest form."""
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)

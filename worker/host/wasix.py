@@ -110,19 +110,19 @@ def make_wasix_functions(group: InstanceGroup) -> dict[str, Callable[..., int | 
         group.memory.write(ret_woken, bytes([outcome != "timeout"]))
         return ESUCCESS
 
-    @_faults_to_errno
-    def futex_wake_(futex: int, ret_woken: int) -> int:
-        group.memory.read(futex, 4)
-        woken = futex_wake(group.memory.address + futex, 1)
+    def wake(futex: int, ret_woken: int, count: int) -> int:
+        group.memory.read(futex, 4)  # bounds check before handing the address to the kernel
+        woken = futex_wake(group.memory.address + futex, count)
         group.memory.write(ret_woken, bytes([woken > 0]))
         return ESUCCESS
 
     @_faults_to_errno
+    def futex_wake_(futex: int, ret_woken: int) -> int:
+        return wake(futex, ret_woken, 1)
+
+    @_faults_to_errno
     def futex_wake_all(futex: int, ret_woken: int) -> int:
-        group.memory.read(futex, 4)
-        woken = futex_wake(group.memory.address + futex, 0x7FFFFFFF)
-        group.memory.write(ret_woken, bytes([woken > 0]))
-        return ESUCCESS
+        return wake(futex, ret_woken, 0x7FFFFFFF)
 
     def thread_exit(code: int) -> None:
         group.thread_exit(code)
