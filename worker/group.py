@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import wasmtime
 
 from wasmgroup.shared.errors import LinkError
-from wasmgroup.shared.futex import futex_wait
+from wasmgroup.shared.futex import futex_wait, futex_wake
 from wasmgroup.shared.plan import (
     B_CONST,
     B_FUNC,
@@ -104,7 +104,7 @@ def make_engine_config() -> wasmtime.Config:
 
 ENGINE_SETTINGS = ("threads,shared_memory,bulk_memory,reference_types,multi_value,exceptions,"
                    "epochs")
-FUTEX_SLICE_NS = 20_000_000  # a blocked futex wait checks for pending work this often
+FUTEX_SLICE_NS = 20_000_000  # a futex wait re-checks pending work this often at least
 
 
 def _val_type(name: str) -> wasmtime.ValType:
@@ -145,6 +145,7 @@ class InstanceGroup:
         self._tls_bases: dict[int, int] = {}
         self._pending: queue.SimpleQueue[PendingOperation] = queue.SimpleQueue()
         self._got: dict[str, wasmtime.Global] = {}  # non-TLS GOT globals, for verification
+        self._waiting_on: int | None = None  # host address this group's futex_wait sleeps on
         self._epoch_hooks = epoch.install(self.store, self._on_tick)
 
     # ------------------------------------------------------------------ accessors
@@ -420,6 +421,11 @@ class InstanceGroup:
         """Queue an operation for this group's next safe point (called from other threads)."""
         pending = PendingOperation(op)
         self._pending.put(pending)
+        waiting_on = self._waiting_on
+        if waiting_on is not None:
+            # Parked in futex_wait: wake it now (a spurious wake-up, which futex users
+            # tolerate) rather than at the end of its wait slice.
+            futex_wake(waiting_on, 0x7FFFFFFF)
         return pending
 
     def service_pending(self) -> None:
@@ -460,7 +466,15 @@ class InstanceGroup:
                 slice_ns = min(slice_ns, deadline - time.monotonic_ns())
                 if slice_ns <= 0:
                     return "timeout"
-            outcome = futex_wait(address, expected, slice_ns)
+            self._waiting_on = address
+            try:
+                if not self._pending.empty():
+                    continue  # posted between the check above and now: apply it first
+                outcome = futex_wait(address, expected, slice_ns)
+            finally:
+                self._waiting_on = None
+            # A wake-up for a link operation reaches the guest as a spurious one, which every
+            # futex user re-checks; the operation is applied at the guest's next safe point.
             if outcome != "timeout":
                 return outcome
 
