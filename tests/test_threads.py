@@ -139,3 +139,15 @@ def test_seed_topology_scenarios(guests: Path, scenario: str, run: int) -> None:
         assert len(program.threads) == 49
     del program
     assert_nothing_left(fds)
+
+
+def test_dlopen_with_parked_groups(guests: Path) -> None:
+    """The latency benchmark's program, for correctness only: 4 groups, 5 real loads, every
+    parked group applies each load (checked by --verify-groups)."""
+    program = Program(str(guests / "threads" / "dlopen_latency.wasm"), ProgramOptions(
+        args=["4", "5"], dirs=[f"{guests / 'threads'}::/"], capture_output=True,
+        verify_groups=True))
+    result = program.run()
+    assert result.exit_code == 0, result.error
+    assert result.stdout.decode().startswith("dlopen_latency: groups=4 rounds=5 p50_us=")
+    assert len(program.linker.modules) == 1 + 5
