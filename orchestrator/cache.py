@@ -22,6 +22,7 @@ from pathlib import Path
 import wasmtime
 
 from wasmgroup.orchestrator.instrument import REWRITE_VERSION, export_imported_memory
+from wasmgroup.orchestrator.rewrite import rewrite_memory_instructions
 from wasmgroup.shared.errors import LinkError
 from wasmgroup.shared.wasm import WasmModule, parse_module
 
@@ -61,7 +62,10 @@ class ModuleCache:
         parsed = parse_module(data, source=host_path)
         key = hashlib.sha256(self._salt.encode() + b"\0" + data).hexdigest()
         if key not in self._by_key:
-            runnable = export_imported_memory(data, parsed)
+            runnable = data
+            if parsed.imports_of("memory"):  # a program memory shared by instance groups
+                runnable = rewrite_memory_instructions(runnable, parsed)
+            runnable = export_imported_memory(runnable, parsed)
             module, artefact = self._compiled(key, runnable, host_path)
             self._by_key[key] = CachedModule(key, parsed, module, artefact)
         self._by_path[host_path] = self._by_key[key]

@@ -14,7 +14,7 @@ from wasmgroup.shared.binary import Reader, encode_u32
 from wasmgroup.shared.errors import LinkError
 from wasmgroup.shared.wasm import SEC_CUSTOM, SEC_DATACOUNT, SEC_EXPORT, SEC_TAG, WasmModule
 
-REWRITE_VERSION = "1"
+REWRITE_VERSION = "3"  # 2: memory size/grow and atomic wait/notify as host calls
 
 # Position of each section id in the required order (datacount and tag sit between others).
 _ORDER = {1: 1, 2: 2, 3: 3, 4: 4, 5: 5, SEC_TAG: 5.5, 6: 6, SEC_EXPORT: 7, 8: 8, 9: 9,

@@ -54,6 +54,16 @@ WASIX_32V1: dict[str, FuncType] = {
 
 WASI_THREADS: dict[str, FuncType] = {"thread-spawn": _f(1)}
 
+# Imports that only the load-time rewrite adds (orchestrator/rewrite.py), never a guest.
+HELPER_MODULE = "wasmgroup"
+HELPERS: dict[str, FuncType] = {
+    "memory_size": FuncType((), (I32,)),
+    "memory_grow": FuncType((I32,), (I32,)),
+    "atomic_notify": FuncType((I32, I32, I32), (I32,)),
+    "atomic_wait32": FuncType((I32, I32, "i64", I32), (I32,)),
+    "atomic_wait64": FuncType((I32, "i64", "i64", I32), (I32,)),
+}
+
 
 def check(module: str, name: str, func_type: FuncType) -> str | None:
     """None when the runtime provides `module.name` with this type, else what is wrong."""

@@ -268,3 +268,20 @@ def test_everyday_posix_calls(guests: Path, tmp_path: Path) -> None:
     expected = [line.removeprefix(" *   ") for line in header.splitlines() if line.strip(" *")]
     assert result.stdout.decode().splitlines() == expected
     assert sorted(p.name for p in tmp_path.iterdir()) == ["input.txt", "sub"]  # cleaned up
+
+
+@pytest.mark.parametrize("memory", ["(memory (export \"memory\") 1)",
+                                    "(import \"env\" \"memory\" (memory 1 10 shared))"])
+def test_memory_grow_and_size_with_own_or_imported_memory(tmp_path: Path, memory: str) -> None:
+    """A module's memory.grow/size work whether it defines its memory or imports the
+    program's (where the load-time rewrite turns them into host calls)."""
+    prog = tmp_path / "grow.wasm"
+    prog.write_bytes(wasmtime.wat2wasm(f"""
+        (module
+          (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+          {memory}
+          (func (export "_start")
+            (drop (memory.grow (i32.const 2)))
+            (call $exit (i32.add (i32.mul (memory.size) (i32.const 10))
+                                 (memory.grow (i32.const 0))))))"""))
+    assert run_program(str(prog)).exit_code == 33  # size 3 pages, grow(0) returns 3

@@ -24,6 +24,7 @@ import wasmtime
 
 from wasmgroup.shared.errors import LinkError
 from wasmgroup.shared.futex import futex_wait, futex_wake
+from wasmgroup.shared.hostabi import HELPER_MODULE
 from wasmgroup.shared.plan import (
     B_CONST,
     B_FUNC,
@@ -42,6 +43,7 @@ from wasmgroup.shared.plan import (
 )
 from wasmgroup.shared.wasm import FuncType
 from wasmgroup.worker import epoch, wasmtime_compat
+from wasmgroup.worker.host.memory import make_memory_functions
 from wasmgroup.worker.host.shim import PATH_FUNCTIONS, instantiate_shim
 from wasmgroup.worker.host.wasix import (
     GuestExit,
@@ -135,6 +137,7 @@ class InstanceGroup:
         self._shim: wasmtime.Instance | None = None
         self._wasix = make_wasix_functions(self)
         self._wasi_threads = make_wasi_threads_functions(self)
+        self._memory_helpers = make_memory_functions(self)
         self.memory_object: wasmtime.Memory | wasmtime.SharedMemory | None = None
         self._memory: GuestMemory | None = None
         self.table: wasmtime.Table | None = None
@@ -237,6 +240,14 @@ class InstanceGroup:
                 raise LinkError(f"{plan.name}: __wasix_init_tls failed: {_trap_text(err)}"
                                 ) from None
 
+    def memory_pages(self) -> int:
+        m = self.memory_object
+        if m is None:
+            return 0
+        if isinstance(m, wasmtime.SharedMemory):
+            return m.data_len() // 65536
+        return int(m.size(self.store))
+
     def grow_memory(self, pages: int) -> int:
         """memory.grow from the host: the old size in pages, or -1."""
         m = self.memory_object
@@ -327,8 +338,16 @@ class InstanceGroup:
 
     def _instantiate(self, plan: ModulePlan) -> None:
         module = self._load_module(plan.host_path)
+        wanted = module.imports
+        # The plan covers the module's own imports; the load-time rewrite appends host
+        # helpers (orchestrator/rewrite.py) after them.
+        helpers = wanted[len(plan.bindings):]
+        if any(imp.module != HELPER_MODULE for imp in helpers):
+            raise LinkError(f"{plan.name}: the compiled module does not match its plan")
         imports = [self._import_value(plan, binding, imp)
-                   for binding, imp in zip(plan.bindings, module.imports, strict=True)]
+                   for binding, imp in zip(plan.bindings, wanted, strict=False)]
+        imports += [wasmtime.Func(self.store, imp.type, self._memory_helpers[str(imp.name)])
+                    for imp in helpers if isinstance(imp.type, wasmtime.FuncType)]
         try:
             self.instances[plan.handle] = wasmtime.Instance(self.store, module, imports)
         except WASM_ERRORS as err:
