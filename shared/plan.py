@@ -83,7 +83,6 @@ class LoadPlan:
     modules: list[ModulePlan]
     table_length: int  # every group's table length once applied
     slots: list[SlotAssignment]
-    memory_pages: int = 0  # minimum memory size in pages before instantiating
     stack_low: int = 0
     stack_high: int = 0
 
@@ -105,7 +104,6 @@ def to_wire(obj: LoadPlan | SlotAssignment) -> dict[str, Any]:
                                   for b in m.bindings]} for m in obj.modules],
         "table_length": obj.table_length,
         "slots": [[s.slot, s.handle, s.export] for s in obj.slots],
-        "memory_pages": obj.memory_pages,
         "stack_low": obj.stack_low,
         "stack_high": obj.stack_high,
     }
@@ -118,5 +116,5 @@ def from_wire(data: dict[str, Any]) -> LoadPlan | SlotAssignment:
                for m in data["modules"]]
     return LoadPlan(modules=modules, table_length=data["table_length"],
                     slots=[SlotAssignment(*s) for s in data["slots"]],
-                    memory_pages=data["memory_pages"], stack_low=data["stack_low"],
+                    stack_low=data["stack_low"],
                     stack_high=data["stack_high"])

@@ -3,22 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from fakes import FakeMemory
 
 from wasmgroup.orchestrator.allocator import PAGE, MemoryAllocator
 from wasmgroup.shared.errors import LinkError
-
-
-class FakeMemory:
-    def __init__(self, pages: int, maximum: int = 1 << 16) -> None:
-        self.pages = pages
-        self.maximum = maximum
-
-    def grow(self, pages: int) -> int:
-        if self.pages + pages > self.maximum:
-            return -1
-        old = self.pages
-        self.pages += pages
-        return old
 
 
 def test_reference_vectors() -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import msgpack
 import pytest
 import wasmtime
+from fakes import FakeMemory
 from wasm_bytes import HEADER, dylink, mem_info, name, strings, subsection, uleb
 
 from wasmgroup.orchestrator.allocator import PAGE
@@ -109,19 +110,6 @@ def main_wat(*extra_imports: str) -> str:
         got_mem("__heap_base"), got_mem("__stack_low"), got_mem("__stack_high"),
         *extra_imports,
         func("mf"), data("mdata", 8), data("shared", 4))
-
-
-class FakeMemory:
-    def __init__(self, pages: int = 1, maximum: int = 1 << 16) -> None:
-        self.pages = pages
-        self.maximum = maximum
-
-    def grow(self, pages: int) -> int:
-        if self.pages + pages > self.maximum:
-            return -1
-        old = self.pages
-        self.pages += pages
-        return old
 
 
 def read_located(located: Located) -> WasmModule:
