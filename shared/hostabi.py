@@ -49,6 +49,8 @@ WASIX_32V1: dict[str, FuncType] = {
     "fd_fdflags_get": _f(2),
     "fd_fdflags_set": _f(2),
     "fd_dup2": _f(4),
+    "fd_dup": _f(2),
+    "fd_pipe": _f(2),
     "path_open2": FuncType((I32, I32, I32, I32, I32, "i64", "i64", I32, I32, I32), (I32,)),
 }
 

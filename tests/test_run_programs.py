@@ -285,3 +285,28 @@ def test_memory_grow_and_size_with_own_or_imported_memory(tmp_path: Path, memory
             (call $exit (i32.add (i32.mul (memory.size) (i32.const 10))
                                  (memory.grow (i32.const 0))))))"""))
     assert run_program(str(prog)).exit_code == 33  # size 3 pages, grow(0) returns 3
+
+
+@pytest.mark.parametrize(("call", "errno"), [("(call $pipe (i32.const 0) (i32.const 4))", 58),
+                                             ("(call $dup (i32.const 1) (i32.const 0))", 58)])
+def test_descriptor_calls_the_runtime_cannot_do_report_enotsup(tmp_path: Path, call: str,
+                                                               errno: int) -> None:
+    prog = tmp_path / "fds.wasm"
+    prog.write_bytes(wasmtime.wat2wasm(f"""
+        (module
+          (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+          (import "wasix_32v1" "fd_pipe" (func $pipe (param i32 i32) (result i32)))
+          (import "wasix_32v1" "fd_dup" (func $dup (param i32 i32) (result i32)))
+          (memory (export "memory") 1)
+          (func (export "_start") (call $exit {call})))"""))
+    assert run_program(str(prog)).exit_code == errno
+
+
+def test_setjmp_without_host_unwinding_fails_at_start_naming_it(tmp_path: Path) -> None:
+    prog = tmp_path / "jmp.wasm"
+    prog.write_bytes(wasmtime.wat2wasm(
+        '(module (import "wasix_32v1" "stack_checkpoint" (func (param i32 i32) (result i32)))'
+        ' (memory (export "memory") 1) (func (export "_start")))'))
+    result = run_program(str(prog))
+    assert result.exit_code == EXIT_RUNTIME_ERROR
+    assert result.error is not None and "wasix_32v1.stack_checkpoint" in result.error
