@@ -18,7 +18,7 @@ one shared memory); groups reach `Program` through the `LinkService` protocol.
   wins and every other group is stopped at its next safe point.
 
 Exit status: the program's own exit code; 134 when it traps; 125 when wasmgroup cannot run it
-(bad module, missing import, failed start-up link).
+(bad module, missing import, failed start-up link); 130 when interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ from wasmgroup.worker.host.wasix import EAGAIN, GuestExit, ThreadExit
 
 EXIT_TRAP = 134
 EXIT_RUNTIME_ERROR = 125
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 
 class ProgramError(WasmgroupError):
@@ -177,9 +178,26 @@ class Program:
             if self.linker.modules[MAIN_HANDLE].module.export_named("_start") is None:
                 self.finish(0)  # a reactor: linking and _initialize were the whole job
             else:
-                self._run_thread(self.group, "_start")
-                self.finish(0)  # returning from _start ends the process, as in WASI
+                self._run_main_thread()
         return self._wind_up()
+
+    def _run_main_thread(self) -> None:
+        """`_start` on a thread of its own, so that the calling thread stays free to take
+        signals: Ctrl-C (KeyboardInterrupt) stops every group, even one spinning in wasm."""
+
+        def body() -> None:
+            self._run_thread(self.group, "_start")
+            self.finish(0)  # returning from _start ends the process, as in WASI
+
+        runner = threading.Thread(target=body, name="wasm-thread-1", daemon=True)
+        self._main_runner = runner
+        runner.start()
+        try:
+            while runner.is_alive():
+                runner.join(0.1)
+        except KeyboardInterrupt:
+            self.finish(EXIT_INTERRUPTED, "interrupted")
+            self._await_thread(runner, time.monotonic() + JOIN_TIMEOUT)
 
     def _run_thread(self, group: InstanceGroup, entry: str, *args: int) -> None:
         """Run one thread's entry point; an exit or trap ends the whole program."""
@@ -211,16 +229,21 @@ class Program:
         return self._stop.is_set()
 
     def _join_threads(self, timeout: float | None) -> None:
-        """Wait for the other threads; once the program is stopping, keep ticking the epoch
-        so that a thread inside guest code reaches the safe point where it stops."""
+        """Wait for the other threads (all of them within `timeout` seconds)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         for thread in list(self.threads.values()):
-            while thread is not threading.current_thread() and thread.is_alive():
-                if deadline is not None and time.monotonic() > deadline:
-                    return
-                if self._stop.is_set():
-                    self.engine.increment_epoch()
-                thread.join(TICK_INTERVAL)
+            if thread is not threading.current_thread():
+                self._await_thread(thread, deadline)
+
+    def _await_thread(self, thread: threading.Thread, deadline: float | None) -> None:
+        """Join `thread`; once the program is stopping, keep ticking the epoch so that a
+        thread inside guest code reaches the safe point where it stops."""
+        while thread.is_alive():
+            if deadline is not None and time.monotonic() > deadline:
+                return
+            if self._stop.is_set():
+                self.engine.increment_epoch()
+            thread.join(TICK_INTERVAL)
 
     def _wind_up(self) -> RunResult:
         self._join_threads(JOIN_TIMEOUT)

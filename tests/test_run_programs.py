@@ -7,8 +7,10 @@ process through the CLI) and must print exactly what its C source says.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -310,3 +312,15 @@ def test_setjmp_without_host_unwinding_fails_at_start_naming_it(tmp_path: Path) 
     result = run_program(str(prog))
     assert result.exit_code == EXIT_RUNTIME_ERROR
     assert result.error is not None and "wasix_32v1.stack_checkpoint" in result.error
+
+
+def test_ctrl_c_stops_a_program_spinning_in_guest_code(tmp_path: Path) -> None:
+    prog = tmp_path / "spin.wasm"
+    prog.write_bytes(wasmtime.wat2wasm(
+        '(module (memory (export "memory") 1) (func (export "_start") (loop (br 0))))'))
+    proc = subprocess.Popen([*WASMGROUP, "run", str(prog)], stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)  # well into the loop (Python start-up and compiling come first)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=20)
+    assert proc.returncode == 130
+    assert "interrupted" in stderr
