@@ -44,6 +44,7 @@ from wasmgroup.shared.plan import (
 from wasmgroup.shared.wasm import FuncType
 from wasmgroup.worker import epoch, wasmtime_compat
 from wasmgroup.worker.host.memory import make_memory_functions
+from wasmgroup.worker.host.poll import make_poll_oneoff
 from wasmgroup.worker.host.shim import PATH_FUNCTIONS, instantiate_shim
 from wasmgroup.worker.host.wasix import (
     GuestExit,
@@ -422,14 +423,22 @@ class InstanceGroup:
 
         return wasmtime.Func(self.store, ty, call)
 
+    def _shim_export(self, name: str) -> Any:
+        if self._shim is None:
+            assert self.memory_object is not None
+            self._shim = instantiate_shim(self.store, self.engine, self.memory_object,
+                                          self._wasi_linker)
+        return self._shim.exports(self.store)[name]
+
     def _host_function(self, module: str, name: str, ty: wasmtime.FuncType) -> Any:
         adapted = (module in WASI_MODULES and name in PATH_FUNCTIONS) or (
             module == "wasix_32v1" and name == "path_open2")
         if adapted and self.memory_object is not None:
-            if self._shim is None:
-                self._shim = instantiate_shim(self.store, self.engine, self.memory_object,
-                                              self._wasi_linker)
-            return self._shim.exports(self.store)[name]
+            return self._shim_export(name)
+        if module in WASI_MODULES and name == "poll_oneoff" and self.memory_object is not None:
+            original = self._shim_export("poll_oneoff")
+            return wasmtime.Func(self.store, ty, make_poll_oneoff(
+                self, lambda *args: int(original(self.store, *args))))
         if module in WASI_MODULES:
             return self._wasi_linker.get(self.store, "wasi_snapshot_preview1", name)
         table = {"wasix_32v1": self._wasix, "wasi": self._wasi_threads}[module]
@@ -479,7 +488,7 @@ class InstanceGroup:
         while True:
             self.service_pending()
             if self.service.stopping():
-                raise GuestExit(0)  # the program is ending; the coordinator has the code
+                self.raise_stopped()
             slice_ns = FUTEX_SLICE_NS
             if deadline is not None:
                 slice_ns = min(slice_ns, deadline - time.monotonic_ns())
@@ -496,6 +505,10 @@ class InstanceGroup:
             # futex user re-checks; the operation is applied at the guest's next safe point.
             if outcome != "timeout":
                 return outcome
+
+    def raise_stopped(self) -> None:
+        """Leave guest code because the program is ending (the coordinator has its outcome)."""
+        raise GuestExit(0)
 
     def thread_exit(self, code: int) -> None:
         raise ThreadExit(code)

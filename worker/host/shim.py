@@ -29,6 +29,9 @@ PATH_FUNCTIONS: dict[str, tuple[tuple[str, ...], tuple[tuple[int, int], ...]]] =
     # The link's target text (params 0, 1) is stored as written, not resolved.
     "path_symlink": ((I32, I32, I32, I32, I32), ((3, 4),)),
 }
+# Called from Python (worker/host/poll.py) for what it does not serve itself: WASI needs the
+# calling instance to export the memory, so the call goes through the shim unchanged.
+PASSTHROUGH_FUNCTIONS: dict[str, tuple[str, ...]] = {"poll_oneoff": (I32, I32, I32, I32)}
 
 # Rights bits WASI preview1 defines (WASIX adds socket rights above them); for O_DIRECTORY,
 # the write-ish rights that wasix-libc's opendir asks for and wasmtime refuses (PERM).
@@ -57,11 +60,12 @@ def _function(name: str, params: tuple[str, ...], paths: tuple[tuple[int, int], 
 
 def shim_wat(maximum: int | None, shared: bool) -> str:
     limits = f"0{'' if maximum is None else f' {maximum}'}{' shared' if shared else ''}"
+    wrapped = {**PATH_FUNCTIONS, **{n: (p, ()) for n, p in PASSTHROUGH_FUNCTIONS.items()}}
     imports = "".join(
         f'\n  (import "wasi_snapshot_preview1" "{name}" '
         f'(func ${name} (param {" ".join(params)}) (result i32)))'
-        for name, (params, _) in PATH_FUNCTIONS.items())
-    functions = "".join(_function(n, p, paths) for n, (p, paths) in PATH_FUNCTIONS.items())
+        for name, (params, _) in wrapped.items())
+    functions = "".join(_function(n, p, paths) for n, (p, paths) in wrapped.items())
     return f"""
 (module
   (import "env" "memory" (memory {limits})){imports}
@@ -90,5 +94,5 @@ def instantiate_shim(store: wasmtime.Store, engine: wasmtime.Engine,
         limits, shared = memory.type(store).limits, False
     module = wasmtime.Module(engine, shim_wat(limits.max, shared))
     originals = [wasi_linker.get(store, "wasi_snapshot_preview1", name)
-                 for name in PATH_FUNCTIONS]
+                 for name in (*PATH_FUNCTIONS, *PASSTHROUGH_FUNCTIONS)]
     return wasmtime.Instance(store, module, [memory, *originals])
