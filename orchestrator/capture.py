@@ -23,6 +23,11 @@ class PipeCapture:
         self._reader.start()
 
     @property
+    def write_fd(self) -> int:
+        """The pipe's write end, for worker processes (they receive it over their socket)."""
+        return self._write_fd
+
+    @property
     def path(self) -> str:
         """A path that opens this pipe's write end (what WASI's stdout_file wants)."""
         return f"/proc/self/fd/{self._write_fd}"

@@ -1,62 +1,66 @@
-"""Running one program: the coordinator's side of the linker, driving its instance groups.
+"""Running one program: the coordinator, driving one worker process per instance group.
 
-`Program.run()` lays out and links the main module and its NEEDED tree, applies that plan in
-the main thread's group (data relocations and constructors included), runs `_start`, and
-returns a `RunResult`. Every wasm thread is its own instance group (its own Store and table,
-one shared memory); groups reach `Program` through the `LinkService` protocol.
+`Program.run()` lays out and links the main module and its NEEDED tree, creates the program's
+shared memory (shared/memory.py), hands the main thread's group to a worker process, which
+applies the plan (data relocations and constructors included) and runs `_start`; it returns a
+`RunResult` once the program has ended and every worker is gone. Every wasm thread is its own
+instance group in its own worker process, over the one memfd-backed linear memory.
 
-- dlopen/dlsym/thread spawn take the topology lock (cooperatively: a group waiting for it
-  keeps applying operations others broadcast). A dlopen is planned by `LinkerState`, applied
-  by the instigating group with its constructors, committed, then posted to every other group,
-  which applies it at its next safe point (a host call, a futex-wait slice, or an epoch tick
-  inside guest code); the caller returns only when all have. A failing dlopen (missing
-  library, bad module, type mismatch, trapping constructor) leaves the linker state as it was
-  and the guest's dlopen returns NULL with the reason in dlerror.
-- A new thread's group replays the log: every module in handle order (no constructors, TLS
+- dlopen/dlsym/thread spawn/stub resolution are requests from a worker, served under one
+  topology lock. A dlopen is planned by `LinkerState`, applied by the instigating group with
+  its constructors, committed, then posted to every other group, each of which applies it at
+  its next safe point (a host call, a futex-wait slice, a sleep slice, or an epoch tick inside
+  guest code); the caller's dlopen returns only when all have acknowledged. A failing dlopen
+  (missing library, bad module, type mismatch, trapping constructor) leaves the linker state as
+  it was and the guest's dlopen returns NULL with the reason in dlerror.
+- A new thread's worker replays the log: every module in handle order (no constructors, TLS
   initialised for the thread), then every table slot, and only then runs `wasi_thread_start`.
-- `proc_exit` from any thread, or a trap in any thread, ends the program: the first outcome
-  wins and every other group is stopped at its next safe point.
+- `proc_exit` from any thread, a trap in any thread, a worker that dies, or Ctrl-C end the
+  program: the first outcome wins and every other group is stopped at its next safe point.
 
 Exit status: the program's own exit code; 134 when it traps; 125 when wasmgroup cannot run it
-(bad module, missing import, failed start-up link); 130 when interrupted (Ctrl-C).
+(bad module, missing import, failed start-up link, a worker lost); 130 when interrupted.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 import posixpath
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import wasmtime
 
 from wasmgroup.orchestrator.cache import ModuleCache
 from wasmgroup.orchestrator.capture import PipeCapture
-from wasmgroup.orchestrator.linker import MAIN_HANDLE, LinkerState
+from wasmgroup.orchestrator.linker import MAIN_HANDLE, LinkerState, PendingLoad
 from wasmgroup.orchestrator.locate import GuestFilesystem, Located
 from wasmgroup.orchestrator.trace import Tracer, ms
 from wasmgroup.orchestrator.verify import first_difference
-from wasmgroup.shared.errors import LinkError, WasmgroupError
-from wasmgroup.shared.plan import LoadPlan, SlotAssignment, SymbolAddress
-from wasmgroup.shared.wasm import FuncType, WasmModule
-from wasmgroup.worker.epoch import STOP_MESSAGE
-from wasmgroup.worker.group import (
-    ENGINE_SETTINGS,
-    WASM_ERRORS,
-    DescribeRequest,
-    InstanceGroup,
-    PendingOperation,
-    make_engine_config,
+from wasmgroup.orchestrator.workers import (
+    CallFailed,
+    CallStopped,
+    OperationFuture,
+    WorkerPool,
+    WorkerProcess,
+    WorkerStartError,
 )
-from wasmgroup.worker.host.wasix import EAGAIN, GuestExit, ThreadExit
+from wasmgroup.shared.errors import LinkError, WasmgroupError
+from wasmgroup.shared.memory import MAX_PAGES_32, SharedRegion
+from wasmgroup.shared.plan import LoadPlan, ModulePlan, state_from_wire, to_wire
+from wasmgroup.shared.wasm import FuncType, Limits, WasmModule
+from wasmgroup.worker.group import ENGINE_SETTINGS, make_engine_config
 
 EXIT_TRAP = 134
 EXIT_RUNTIME_ERROR = 125
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+EAGAIN = 6
 
 
 class ProgramError(WasmgroupError):
@@ -71,6 +75,10 @@ class RunResult:
     error: str | None = None  # a trap or start-up failure, as one readable message
 
 
+def default_pool_size() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 @dataclass
 class ProgramOptions:
     args: Sequence[str] = ()
@@ -82,11 +90,18 @@ class ProgramOptions:
     cache_dir: Path | None = None
     verify_groups: bool = False  # after every link operation, check all groups agree
     trace: Path | None = None  # one JSON line per link operation, with phase timings
+    pool_size: int = field(default_factory=default_pool_size)  # idle workers kept ready
 
 
 MAX_THREAD_ID = (1 << 29) - 1  # wasi-threads: thread ids are in [1, 2^29)
-JOIN_TIMEOUT = 5.0  # seconds a stopped thread gets to reach a safe point at exit
-TICK_INTERVAL = 0.01  # seconds between epoch ticks while waiting on other groups
+JOIN_TIMEOUT = 5.0  # seconds stopped threads get to reach a safe point at exit
+WAIT_SLICE = 0.05  # seconds between checks for a stopping program while waiting on workers
+
+
+@dataclass
+class _Assignment:
+    done: threading.Event = field(default_factory=threading.Event)
+    error: str | None = None
 
 
 class Program:
@@ -94,23 +109,29 @@ class Program:
         self.path = path
         self.options = options
         self.fs = GuestFilesystem.from_specs(options.dirs, options.lib_paths, options.cwd)
+        # Workers start first: their Python start-up overlaps this process's compiling.
+        self.pool = WorkerPool(options.pool_size)
         self.engine = wasmtime.Engine(make_engine_config())
         self.cache = ModuleCache(self.engine, ENGINE_SETTINGS, options.cache_dir)
         self._stdout = PipeCapture() if options.capture_output else None
         self._stderr = PipeCapture() if options.capture_output else None
         self.tracer = Tracer(options.trace)
-        self._topology = threading.RLock()
+        self._topology = threading.Lock()
+        self._groups_lock = threading.Lock()
+        self._memory_lock = threading.RLock()  # allocate_tls may grow memory
         self._stop = threading.Event()
         self._outcome: tuple[int, str | None] | None = None
         self._outcome_lock = threading.Lock()
         self._thread_ids = itertools.count(2)
-        self.threads: dict[int, threading.Thread] = {}
-        self._created: list[InstanceGroup] = []
-        self._main_runner = threading.current_thread()  # runs group 1 (the one calling run())
-        self.group = self._new_group(1)
-        self.groups: dict[int, InstanceGroup] = {1: self.group}
+        self.threads: dict[int, WorkerProcess] = {}  # every thread ever spawned (tid > 1)
+        self.groups: dict[int, WorkerProcess] = {}  # the live instance groups, by thread id
+        self._assignments: dict[int, _Assignment] = {}  # worker pid -> its pending assign
+        self.main_worker: WorkerProcess | None = None
+        self.region: SharedRegion | None = None
+        self._shared_memory = False
+        self._closed = False
         lib_path = options.env.get("LD_LIBRARY_PATH", "")
-        self.linker = LinkerState(self.fs, self._parsed_module, self.group.grow_memory,
+        self.linker = LinkerState(self.fs, self._parsed_module, self.grow_memory,
                                   [e for e in lib_path.split(":") if e])
 
     # ------------------------------------------------------------------ set-up
@@ -118,104 +139,149 @@ class Program:
         return self.fs.guest_path_of_host(self.path) or posixpath.join(
             self.fs.cwd, Path(self.path).name)
 
-    def _new_group(self, thread_id: int) -> InstanceGroup:
-        group = InstanceGroup(self.engine, self._wasmtime_module, self, self._wasi_config(),
-                              thread_id=thread_id)
-        self._created.append(group)
-        return group
-
-    def _wasi_config(self) -> wasmtime.WasiConfig:
-        """Each group's WASI context: same arguments, environment, directories and output."""
-        wasi = wasmtime.WasiConfig()
-        wasi.argv = [self._guest_path_of_main(), *self.options.args]
-        wasi.env = list(self.options.env.items())
-        for m in self.fs.mappings:
-            wasi.preopen_dir(m.host, m.guest)
-        if self._stdout is not None and self._stderr is not None:
-            wasi.stdout_file = self._stdout.path
-            wasi.stderr_file = self._stderr.path
-        else:
-            wasi.inherit_stdout()
-            wasi.inherit_stderr()
-        wasi.inherit_stdin()
-        return wasi
-
-    def _wasmtime_module(self, host_path: str) -> wasmtime.Module:
-        return self.cache.load(host_path).module
-
     def _parsed_module(self, found: Located) -> WasmModule:
         return self.cache.load(found.host_path).parsed
 
-    # ------------------------------------------------------------------ running
+    def _artefacts(self, modules: Iterable[ModulePlan]) -> dict[str, str]:
+        return {m.host_path: str(self.cache.load(m.host_path).artefact) for m in modules}
+
+    def _load_op(self, plan: LoadPlan) -> dict[str, Any]:
+        return {**to_wire(plan), "artefacts": self._artefacts(plan.modules)}
+
+    def grow_memory(self, pages: int) -> int:
+        """memory.grow for the whole program: the old size in pages, or -1."""
+        with self._memory_lock:
+            region = self.region
+            if region is None:
+                return -1
+            old = region.pages
+            if old + pages > region.max_pages:
+                return -1
+            region.set_pages(old + pages)
+            return old
+
+    def allocate_tls(self, size: int, align: int) -> int:
+        """A TLS block for one thread's instance of a side module (never freed: a thread's
+        blocks are few and small). Called while the topology-lock holder waits for the
+        requesting group, so the linker is not placing data at the same time."""
+        with self._memory_lock:
+            if align & (align - 1):
+                raise LinkError(f"TLS alignment {align} is not a power of two")
+            return self.linker.allocator.allocate(max(size, 1), align)
+
+    def _create_memory(self, main: WasmModule) -> int:
+        """The shared region for main's imported memory; returns the start size in pages."""
+        memory_imports = [i for i in main.imports if i.kind == "memory"]
+        limits = getattr(memory_imports[0].type, "limits", None) if memory_imports else None
+        pages = self.linker.layout_main(main, limits.minimum if limits else 0)
+        if not isinstance(limits, Limits):
+            return pages
+        if limits.is64:
+            raise ProgramError(f"{self.path}: 64-bit memories are not supported")
+        maximum = MAX_PAGES_32 if limits.maximum is None else limits.maximum
+        if pages > maximum:
+            raise LinkError(f"the program needs {pages} pages of memory but its memory import "
+                            f"allows at most {maximum}")
+        self.region = SharedRegion.create(maximum, pages)
+        self._shared_memory = limits.shared
+        return pages
+
+    def _base_config(self) -> tuple[dict[str, Any], list[int]]:
+        """What every group's worker gets: WASI arguments, environment, directories, output,
+        the memory (the fds travel beside the frame)."""
+        fds: list[int] = []
+        memory = None
+        if self.region is not None:
+            memory = {"max_pages": self.region.max_pages, "shared": self._shared_memory}
+            fds.append(self.region.fd)
+        if self._stdout is not None and self._stderr is not None:
+            fds += [self._stdout.write_fd, self._stderr.write_fd]
+        config = {
+            "argv": [self._guest_path_of_main(), *self.options.args],
+            "env": [[k, v] for k, v in self.options.env.items()],
+            "preopens": [[m.host, m.guest] for m in self.fs.mappings],
+            "capture": self._stdout is not None,
+            "memory": memory,
+            "table_length": self.linker.table_length,
+            "stack_high": 0,
+            "artefacts": {},
+            "plans": [],
+            "slots": [],
+            "main_has_dylink": False,
+        }
+        return config, fds
+
+    def _assign(self, worker: WorkerProcess, thread_id: int, role: str,
+                config: dict[str, Any], fds: list[int]) -> None:
+        """Give `worker` the group of `thread_id`; raises LinkError if it cannot build it."""
+        assignment = _Assignment()
+        self._assignments[worker.pid] = assignment
+        worker.thread_id = thread_id
+        worker.listener = self
+        worker.send("assign", fds=fds, thread=thread_id, role=role, config=config)
+        while not assignment.done.wait(WAIT_SLICE):
+            if worker.lost is not None:
+                raise LinkError(f"its worker process {worker.pid} {worker.lost}")
+        if assignment.error is not None:
+            raise LinkError(assignment.error)
+
     def start(self) -> None:
         """Link the main module and its NEEDED tree, constructors included."""
         main = self.cache.load(self.path)
-        memory_imports = [i for i in main.parsed.imports if i.kind == "memory"]
-        limits = getattr(memory_imports[0].type, "limits", None) if memory_imports else None
-        pages = self.linker.layout_main(main.parsed, limits.minimum if limits else 0)
-        self.group.create_memory_and_table(main.module, pages, self.linker.table_length,
-                                           self.linker.stack_high)
+        self._create_memory(main.parsed)
         pending = self.linker.plan_main(main.parsed, self._guest_path_of_main(), self.path)
+        worker = self.pool.take()
+        self.main_worker = worker
+        config, fds = self._base_config()
+        config["stack_high"] = self.linker.stack_high or None
+        with self._groups_lock:
+            self.groups[1] = worker
         try:
-            self.group.apply_load(pending.plan, initialise=True)
+            self._assign(worker, 1, "main", config, fds)
+            self._apply_first(worker, pending)
         except LinkError:
-            self.linker.abort(pending)
+            with self._groups_lock:
+                self.groups.pop(1, None)
             raise
-        self.linker.commit(pending)
         self.tracer.record(op="start", thread=1, groups=1, ok=True, handles=pending.plan.handles)
 
+    def _apply_first(self, worker: WorkerProcess, pending: PendingLoad) -> None:
+        """The instigating group applies a load with its initialisation; commit or abort."""
+        future = worker.post(self._load_op(pending.plan), initialise=True)
+        try:
+            self._await(future)
+        except CallStopped:
+            self.linker.abort(pending)
+            raise
+        if future.gone or future.error is not None:
+            self.linker.abort(pending)
+            if future.gone:
+                raise CallStopped()
+            raise LinkError(future.error or "")
+        self.linker.commit(pending)
+
+    # ------------------------------------------------------------------ running
     def run(self) -> RunResult:
-        self._main_runner = threading.current_thread()
         try:
-            self.start()
-        except (LinkError, ProgramError, OSError) as err:
-            message = (f"{err.filename or self.path}: {err.strerror}"
-                       if isinstance(err, OSError) else str(err))
-            self.finish(EXIT_RUNTIME_ERROR, f"cannot start: {message}")
-        except (GuestExit, wasmtime.ExitTrap) as exit_:
-            self.finish(exit_.code)
-        if not self._stop.is_set():
-            if self.linker.modules[MAIN_HANDLE].module.export_named("_start") is None:
-                self.finish(0)  # a reactor: linking and _initialize were the whole job
-            else:
-                self._run_main_thread()
-        return self._wind_up()
-
-    def _run_main_thread(self) -> None:
-        """`_start` on a thread of its own, so that the calling thread stays free to take
-        signals: Ctrl-C (KeyboardInterrupt) stops every group, even one spinning in wasm."""
-
-        def body() -> None:
-            self._run_thread(self.group, "_start")
-            self.finish(0)  # returning from _start ends the process, as in WASI
-
-        runner = threading.Thread(target=body, name="wasm-thread-1", daemon=True)
-        self._main_runner = runner
-        runner.start()
-        try:
-            while runner.is_alive():
-                runner.join(0.1)
+            try:
+                self.start()
+            except (LinkError, ProgramError, OSError, WorkerStartError) as err:
+                message = (f"{err.filename or self.path}: {err.strerror}"
+                           if isinstance(err, OSError) else str(err))
+                self.finish(EXIT_RUNTIME_ERROR, f"cannot start: {message}")
+            except CallStopped:
+                pass  # the outcome is already set (the main group exited in a constructor)
+            if not self._stop.is_set():
+                if self.linker.modules[MAIN_HANDLE].module.export_named("_start") is None:
+                    self.finish(0)  # a reactor: linking and _initialize were the whole job
+                else:
+                    assert self.main_worker is not None
+                    self.main_worker.send("run", entry="_start", args=[])
+            while not self._stop.wait(0.1):
+                pass
         except KeyboardInterrupt:
             self.finish(EXIT_INTERRUPTED, "interrupted")
-            self._await_thread(runner, time.monotonic() + JOIN_TIMEOUT)
-
-    def _run_thread(self, group: InstanceGroup, entry: str, *args: int) -> None:
-        """Run one thread's entry point; an exit or trap ends the whole program."""
-        name = "main thread" if group.thread_id == 1 else f"thread {group.thread_id}"
-        try:
-            group.call_entry(entry, *args)
-        except ThreadExit as exit_:
-            if group.thread_id == 1:
-                self._join_threads(None)  # the main thread left: the last thread's code wins
-                self.finish(exit_.code)
-        except (GuestExit, wasmtime.ExitTrap) as exit_:
-            self.finish(exit_.code)
-        except WASM_ERRORS as trap:
-            text = str(trap).strip()
-            if STOP_MESSAGE not in text:
-                self.finish(EXIT_TRAP, f"the program trapped in {name}: {text}")
-        except LinkError as err:  # a lazy stub whose function no module exports
-            self.finish(EXIT_TRAP, f"the program trapped in {name}: {err}")
+        return self._wind_up()
 
     def finish(self, code: int, error: str | None = None) -> None:
         """End the program with this outcome, unless another came first; stop every group."""
@@ -223,150 +289,237 @@ class Program:
             if self._outcome is None:
                 self._outcome = (code, error)
         self._stop.set()
-        self.engine.increment_epoch()  # running groups stop at their next safe point
+        with self._groups_lock:
+            live = list(self.groups.values())
+        for worker in live:
+            worker.send("stop")
 
     def stopping(self) -> bool:
         return self._stop.is_set()
 
-    def _join_threads(self, timeout: float | None) -> None:
-        """Wait for the other threads (all of them within `timeout` seconds)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for thread in list(self.threads.values()):
-            if thread is not threading.current_thread():
-                self._await_thread(thread, deadline)
-
-    def _await_thread(self, thread: threading.Thread, deadline: float | None) -> None:
-        """Join `thread`; once the program is stopping, keep ticking the epoch so that a
-        thread inside guest code reaches the safe point where it stops."""
-        while thread.is_alive():
-            if deadline is not None and time.monotonic() > deadline:
-                return
-            if self._stop.is_set():
-                self.engine.increment_epoch()
-            thread.join(TICK_INTERVAL)
-
     def _wind_up(self) -> RunResult:
-        self._join_threads(JOIN_TIMEOUT)
-        self.tracer.close()
-        for group in self._created:
-            runner = self.threads.get(group.thread_id, self._main_runner)
-            if group.thread_id == 1 or not runner.is_alive():
-                group.close()  # a thread stuck in a host sleep keeps its group until it ends
+        deadline = time.monotonic() + JOIN_TIMEOUT
+        while self.groups and time.monotonic() < deadline:
+            time.sleep(0.01)  # stopped groups report their exit at their next safe point
+        self.close()
         assert self._outcome is not None
         code, error = self._outcome
         stdout = self._stdout.collect() if self._stdout else b""
         stderr = self._stderr.collect() if self._stderr else b""
         return RunResult(code, stdout, stderr, error)
 
-    # ------------------------------------------------------------------ the topology lock
+    def close(self) -> None:
+        """Stop every worker process and release the shared memory (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        self.pool.close()
+        self.tracer.close()
+        if self.region is not None:
+            self.region.close()
+
+    def __enter__(self) -> Program:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+        for capture in (self._stdout, self._stderr):
+            if capture is not None:
+                capture.collect()
+
+    # ------------------------------------------------------------------ WorkerListener
+    def worker_message(self, worker: WorkerProcess, message: dict[str, Any]) -> None:
+        if message["t"] == "assigned":
+            assignment = self._assignments.pop(worker.pid, None)
+            if assignment is not None:
+                assignment.error = message["error"]
+                assignment.done.set()
+            return
+        self._thread_ended(worker, message["how"], message["code"], message["message"])
+
+    def _thread_ended(self, worker: WorkerProcess, how: str, code: int, text: str | None
+                      ) -> None:
+        tid = worker.thread_id
+        name = "main thread" if tid == 1 else f"thread {tid}"
+        with self._groups_lock:
+            self.groups.pop(tid, None)
+            others_left = bool(self.groups)
+        if how == "trap":
+            self.finish(EXIT_TRAP, f"the program trapped in {name}: {text}")
+        elif how == "exit":
+            self.finish(code)
+        elif how == "failed":
+            self.finish(EXIT_RUNTIME_ERROR, f"{name} failed inside wasmgroup: {text}")
+        elif tid == 1 and how == "returned":
+            self.finish(0)  # returning from _start ends the process, as in WASI
+        elif tid == 1 and how == "thread_exit":
+            # The main thread left with pthread_exit: the program ends with the last thread.
+            if others_left:
+                threading.Thread(target=self._finish_after_threads, args=(code,),
+                                 daemon=True).start()
+            else:
+                self.finish(code)
+        if tid != 1:
+            self.pool.give_back(worker)
+
+    def _finish_after_threads(self, code: int) -> None:
+        while self.groups and not self._stop.is_set():
+            time.sleep(0.01)
+        self.finish(code)
+
+    def worker_lost(self, worker: WorkerProcess, reason: str) -> None:
+        tid = worker.thread_id
+        with self._groups_lock:
+            hosted = self.groups.pop(tid, None) is worker
+        assignment = self._assignments.pop(worker.pid, None)
+        if assignment is not None:
+            assignment.error = f"its worker process {worker.pid} {reason}"
+            assignment.done.set()
+        if hosted and not self._stop.is_set():
+            name = "the main thread" if tid == 1 else f"thread {tid}"
+            self.finish(EXIT_RUNTIME_ERROR,
+                        f"the worker process of {name} (pid {worker.pid}) {reason}")
+
+    def worker_call(self, worker: WorkerProcess, name: str, args: list[Any]) -> Any:
+        """A request from a group's host function. Raises CallFailed (the guest sees the
+        error) or CallStopped (the program is ending)."""
+        if self._stop.is_set():
+            raise CallStopped()
+        try:
+            if name == "dlopen":
+                return self.dlopen(worker, str(args[0]), args[1])
+            if name == "dlsym":
+                address = self.dlsym(worker, int(args[0]), str(args[1]))
+                return [address.kind, address.value, address.handle]
+            if name == "is_side_module":
+                return self.is_side_module(int(args[0]))
+            if name == "resolve_stub":
+                func_type = FuncType(tuple(args[2]), tuple(args[3]))
+                return list(self.resolve_stub(worker, int(args[0]), str(args[1]), func_type))
+            if name == "spawn":
+                return self.spawn_thread(worker, int(args[0]))
+            if name == "grow":
+                return self.grow_memory(int(args[0]))
+            if name == "allocate_tls":
+                return self.allocate_tls(int(args[0]), int(args[1]))
+            if name == "cwd":
+                return self.fs.cwd
+            if name == "chdir":
+                return self.change_directory(str(args[0]))
+        except LinkError as err:
+            raise CallFailed(str(err)) from None
+        except (IndexError, TypeError, ValueError) as err:
+            self.finish(EXIT_RUNTIME_ERROR, f"thread {worker.thread_id} sent a malformed "
+                                            f"{name!r} request: {err}")
+            raise CallStopped() from None
+        self.finish(EXIT_RUNTIME_ERROR,
+                    f"thread {worker.thread_id} sent an unknown request {name!r}")
+        raise CallStopped()
+
+    # ------------------------------------------------------------------ the barrier
     @contextmanager
-    def _topology_lock(self, group: InstanceGroup) -> Iterator[None]:
-        """Held for every change of link topology. Waiting for it never blocks a broadcast:
-        the waiting group keeps applying what the holder posts."""
-        while not self._topology.acquire(timeout=0.001):
-            group.service_pending()
+    def _topology_lock(self) -> Iterator[None]:
+        """Held for every change of link topology. The groups waiting for it keep applying
+        what the holder broadcasts (their worker services operations while it waits)."""
+        while not self._topology.acquire(timeout=WAIT_SLICE):
             if self._stop.is_set():
-                raise GuestExit(0)  # the coordinator already holds the program's outcome
+                raise CallStopped()
         try:
             yield
         finally:
             self._topology.release()
 
-    def _broadcast(self, instigator: InstanceGroup, op: LoadPlan | SlotAssignment | DescribeRequest
-                   ) -> dict[int, PendingOperation]:
-        """Every other live group applies `op` before the instigator's call returns.
-        Returns what each group did with it (timings, and its state for a DescribeRequest)."""
-        posted = {tid: g.post(op) for tid, g in self.groups.items() if g is not instigator}
-        for tid, pending in posted.items():
-            runner = self.threads.get(tid, self._main_runner)
-            # Tick until it is applied: a tick that lands while a group's callback is already
-            # running is absorbed by it, so a single tick could be lost.
-            self.engine.increment_epoch()
-            while not pending.done.wait(TICK_INTERVAL):
-                if self._stop.is_set() or not runner.is_alive():
-                    break  # a group that is gone has nothing left to apply
-                self.engine.increment_epoch()
-            if pending.error is not None:
-                self.finish(EXIT_RUNTIME_ERROR,
-                            f"thread {tid} could not apply a link operation: {pending.error}")
-                raise GuestExit(EXIT_RUNTIME_ERROR)
-        return {tid: p for tid, p in posted.items() if p.done.is_set()}
+    def _await(self, future: OperationFuture) -> None:
+        while not future.done.wait(WAIT_SLICE):
+            if self._stop.is_set():
+                raise CallStopped()
 
-    def _verify(self, instigator: InstanceGroup, after: str,
-                extra: InstanceGroup | None = None) -> float:
+    def _broadcast(self, op: dict[str, Any], exclude: WorkerProcess | None = None,
+                   extra: Sequence[WorkerProcess] = ()) -> dict[int, OperationFuture]:
+        """Every live group (but `exclude`) applies `op` before this returns. Returns what
+        each group reported (timings, and its state for a describe)."""
+        with self._groups_lock:
+            targets = {tid: w for tid, w in self.groups.items() if w is not exclude}
+        targets.update((w.thread_id, w) for w in extra)
+        posted = {tid: w.post(op) for tid, w in targets.items()}
+        for tid, future in posted.items():
+            self._await(future)
+            if future.error is not None:
+                self.finish(EXIT_RUNTIME_ERROR,
+                            f"thread {tid} could not apply a link operation: {future.error}")
+                raise CallStopped()
+        return {tid: f for tid, f in posted.items() if not f.gone}
+
+    def _verify(self, after: str, extra: Sequence[WorkerProcess] = ()) -> float:
         """With --verify-groups: stop the program if any group disagrees. Returns seconds."""
         if not self.options.verify_groups:
             return 0.0
         started = time.perf_counter()
-        states = [instigator.describe_state()]
-        states += [p.state for p in self._broadcast(instigator, DescribeRequest()).values()
-                   if p.state is not None]
-        if extra is not None:
-            states.append(extra.describe_state())
-        difference = first_difference(states)
+        answers = self._broadcast({"op": "describe"}, extra=extra)
+        states = [state_from_wire(f.state) for f in answers.values() if f.state is not None]
+        difference = first_difference(sorted(states, key=lambda s: s.thread_id))
         if difference is not None:
             self.finish(EXIT_RUNTIME_ERROR, f"--verify-groups: after {after}: {difference}")
-            raise GuestExit(EXIT_RUNTIME_ERROR)
+            raise CallStopped()
         return time.perf_counter() - started
 
-    def _trace_op(self, op: str, group: InstanceGroup, started: float, **fields: object
+    def _trace_op(self, op: str, worker: WorkerProcess, started: float, **fields: object
                   ) -> None:
         if self.tracer.enabled:
-            self.tracer.record(op=op, thread=group.thread_id, groups=len(self.groups),
+            self.tracer.record(op=op, thread=worker.thread_id, groups=len(self.groups),
                                total_ms=ms(time.perf_counter() - started), **fields)
 
-    # ------------------------------------------------------------------ LinkService
-    def dlopen(self, group: InstanceGroup, name: str, ld_library_path: list[str] | None) -> int:
+    # ------------------------------------------------------------------ link operations
+    def dlopen(self, worker: WorkerProcess, name: str, ld_library_path: list[str] | None
+               ) -> int:
+        """Load `name` (and what it needs) in every group; its handle. Raises LinkError."""
         started = time.perf_counter()
-        with self._topology_lock(group):
+        with self._topology_lock():
             compiled_before = self.cache.compile_seconds
             try:
                 outcome = self.linker.plan_load(name, ld_library_path)
+                if not isinstance(outcome, int):
+                    self._artefacts(outcome.plan.modules)  # compiled before anything runs
             except LinkError as err:
-                self._trace_op("dlopen", group, started, name=name, ok=False, error=str(err))
+                self._trace_op("dlopen", worker, started, name=name, ok=False, error=str(err))
                 raise
             planned = time.perf_counter()
             if isinstance(outcome, int):
-                self._trace_op("dlopen", group, started, name=name, ok=True, handles=[outcome],
-                               loaded=False)
+                self._trace_op("dlopen", worker, started, name=name, ok=True,
+                               handles=[outcome], loaded=False)
                 return outcome
             try:
-                group.apply_load(outcome.plan, initialise=True)
+                self._apply_first(worker, outcome)
             except LinkError as err:
-                self.linker.abort(outcome)
-                self._trace_op("dlopen", group, started, name=name, ok=False, error=str(err))
+                self._trace_op("dlopen", worker, started, name=name, ok=False, error=str(err))
                 raise
             applied = time.perf_counter()
-            self.linker.commit(outcome)
-            others = self._broadcast(group, outcome.plan)
+            others = self._broadcast(self._load_op(outcome.plan), exclude=worker)
             broadcast = time.perf_counter()
-            verify_seconds = self._verify(group, f"dlopen {name}")
+            verify_seconds = self._verify(f"dlopen {name}")
             self._trace_op(
-                "dlopen", group, started, name=name, ok=True, loaded=True,
+                "dlopen", worker, started, name=name, ok=True, loaded=True,
                 handles=outcome.plan.handles, plan_ms=ms(planned - started),
                 compile_ms=ms(self.cache.compile_seconds - compiled_before),
                 apply_ms=ms(applied - planned), broadcast_ms=ms(broadcast - applied),
-                group_apply_ms={str(t): ms(p.seconds) for t, p in others.items()},
+                group_apply_ms={str(t): ms(f.seconds) for t, f in others.items()},
                 verify_ms=ms(verify_seconds))
             return outcome.names[name]
 
-    def dlsym(self, group: InstanceGroup, handle: int, name: str) -> SymbolAddress:
-        with self._topology_lock(group):
+    def dlsym(self, worker: WorkerProcess, handle: int, name: str) -> Any:
+        with self._topology_lock():
             started = time.perf_counter()
             address, assignment = self.linker.dlsym(handle, name)
             if assignment is not None:
-                group.apply_slot(assignment)
-                others = self._broadcast(group, assignment)
+                others = self._broadcast(to_wire(assignment))
                 broadcast = time.perf_counter()
-                verify_seconds = self._verify(group, f"dlsym {name}")
-                self._trace_op("dlsym", group, started, name=name, ok=True,
+                verify_seconds = self._verify(f"dlsym {name}")
+                self._trace_op("dlsym", worker, started, name=name, ok=True,
                                slot=assignment.slot, broadcast_ms=ms(broadcast - started),
-                               group_apply_ms={str(t): ms(p.seconds) for t, p in others.items()},
+                               group_apply_ms={str(t): ms(f.seconds) for t, f in others.items()},
                                verify_ms=ms(verify_seconds))
             return address
-
-    def cwd(self) -> str:
-        return self.fs.cwd
 
     def change_directory(self, path: str) -> bool:
         """chdir: the new guest directory must be visible (one cwd for the whole program)."""
@@ -379,66 +532,75 @@ class Program:
     def is_side_module(self, handle: int) -> bool:
         return handle != MAIN_HANDLE and handle in self.linker.modules
 
-    def resolve_stub(self, group: InstanceGroup, importer: int, name: str,
+    def resolve_stub(self, worker: WorkerProcess, importer: int, name: str,
                      func_type: FuncType) -> tuple[int, str]:
-        with self._topology_lock(group):
+        with self._topology_lock():
             return self.linker.resolve_stub(importer, name, func_type)
 
-    def spawn_thread(self, group: InstanceGroup, start_arg: int) -> int:
-        """wasi-threads `thread-spawn`: a new group replays the log, then a thread runs
-        `wasi_thread_start(tid, start_arg)` in it. Returns the tid, or -errno."""
-        memory = self.group.memory_object
-        if not isinstance(memory, wasmtime.SharedMemory):
+    def spawn_thread(self, spawner: WorkerProcess, start_arg: int) -> int:
+        """wasi-threads `thread-spawn`: a new group, in a worker of its own, replays the log,
+        then runs `wasi_thread_start(tid, start_arg)`. Returns the tid, or -errno."""
+        if self.region is None or not self._shared_memory:
             return -EAGAIN  # threads need a shared memory
-        with self._topology_lock(group):
+        with self._topology_lock():
             tid = next(self._thread_ids)
             if tid > MAX_THREAD_ID:
                 return -EAGAIN
-            child = self._new_group(tid)
-            child.attach(memory, self.linker.table_length)
-            plans, slots = self.linker.replay_log()
-            main_has_dylink = self.linker.modules[MAIN_HANDLE].module.dylink is not None
             started = time.perf_counter()
             try:
-                child.replay(plans, slots, main_has_dylink)
-            except LinkError as err:
+                child = self.pool.take()
+            except WorkerStartError as err:
                 self.finish(EXIT_RUNTIME_ERROR, f"cannot start thread {tid}: {err}")
-                return -EAGAIN
-            replayed = time.perf_counter()
-            verify_seconds = self._verify(group, f"spawning thread {tid}", extra=child)
-            self.groups[tid] = child
-            self._trace_op("spawn", group, started, ok=True, new_thread=tid,
-                           replay_ms=ms(replayed - started), verify_ms=ms(verify_seconds))
-            thread = threading.Thread(target=self._thread_body, args=(child, start_arg),
-                                      name=f"wasm-thread-{tid}", daemon=True)
-            self.threads[tid] = thread
-            thread.start()
-            return tid
-
-    def _thread_body(self, group: InstanceGroup, start_arg: int) -> None:
-        try:
-            self._run_thread(group, "wasi_thread_start", group.thread_id, start_arg)
-        finally:
-            # Leave the group set under the lock, so no broadcast waits for this group.
-            while not self._topology.acquire(timeout=0.001):
-                group.service_pending()
+                raise CallStopped() from None
+            plans, slots = self.linker.replay_log()
+            config, fds = self._base_config()
+            config.update(
+                artefacts=self._artefacts(plans),
+                plans=[to_wire(LoadPlan(modules=plans, table_length=self.linker.table_length,
+                                        slots=[]))],
+                slots=[to_wire(s) for s in slots], stack_high=None,
+                main_has_dylink=self.linker.modules[MAIN_HANDLE].module.dylink is not None)
             try:
-                self.groups.pop(group.thread_id, None)
-            finally:
-                self._topology.release()
+                self._assign(child, tid, "thread", config, fds)
+            except LinkError as err:
+                self.pool.give_back(child)
+                self.finish(EXIT_RUNTIME_ERROR, f"cannot start thread {tid}: {err}")
+                raise CallStopped() from None
+            replayed = time.perf_counter()
+            verify_seconds = self._verify(f"spawning thread {tid}", extra=[child])
+            with self._groups_lock:
+                self.groups[tid] = child
+            self.threads[tid] = child
+            self._trace_op("spawn", spawner, started, ok=True, new_thread=tid,
+                           replay_ms=ms(replayed - started), verify_ms=ms(verify_seconds))
+            child.send("run", entry="wasi_thread_start", args=[tid, start_arg])
+            return tid
 
 
 def run_program(path: str, args: Sequence[str] = (), *, env: dict[str, str] | None = None,
                 dirs: Sequence[str] = (), lib_paths: Sequence[str] = (), cwd: str = "/",
                 capture_output: bool = True, cache_dir: Path | None = None,
-                verify_groups: bool = False, trace: Path | None = None) -> RunResult:
+                verify_groups: bool = False, trace: Path | None = None,
+                pool_size: int | None = None) -> RunResult:
     """Run a WebAssembly program to completion and return its exit code and output.
 
     `dirs` are `HOST::GUEST` directory mappings (the guest sees nothing else); `lib_paths` are
     host directories searched for libraries after the guest's own library directories. With
     `capture_output` (the default) the program's stdout and stderr come back in the result.
+    Every wasm thread runs in a worker process of its own; `pool_size` idle workers are kept
+    ready for new threads.
     """
     options = ProgramOptions(args=args, env=dict(env or {}), dirs=dirs, lib_paths=lib_paths,
                              cwd=cwd, capture_output=capture_output, cache_dir=cache_dir,
                              verify_groups=verify_groups, trace=trace)
-    return Program(path, options).run()
+    if pool_size is not None:
+        options.pool_size = pool_size
+    program = Program(path, options)
+    try:
+        return program.run()
+    finally:
+        program.close()
+
+
+__all__ = ["EXIT_INTERRUPTED", "EXIT_RUNTIME_ERROR", "EXIT_TRAP", "Program", "ProgramOptions",
+           "RunResult", "run_program"]

@@ -118,3 +118,14 @@ def from_wire(data: dict[str, Any]) -> LoadPlan | SlotAssignment:
                     slots=[SlotAssignment(*s) for s in data["slots"]],
                     stack_low=data["stack_low"],
                     stack_high=data["stack_high"])
+
+
+def state_to_wire(state: GroupState) -> list[Any]:
+    return [state.thread_id, list(state.handles), list(state.table),
+            [list(entry) for entry in state.got]]
+
+
+def state_from_wire(data: list[Any]) -> GroupState:
+    thread_id, handles, table, got = data
+    return GroupState(thread_id, tuple(handles), tuple(table),
+                      tuple((str(k), int(v)) for k, v in got))

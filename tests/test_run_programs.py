@@ -141,7 +141,7 @@ def test_same_name_twice_gives_same_handle_and_loads_once(guests: Path) -> None:
                                      env={"LD_LIBRARY_PATH": "/side"}, capture_output=True))
     assert program.run().exit_code == 0
     modules_before = dict(program.linker.modules)
-    handle = program.dlopen(program.group, "/rpath/libbaz.so", None)
+    handle = program.dlopen(program.main_worker, "/rpath/libbaz.so", None)  # type: ignore[arg-type]
     assert handle == program.linker.by_name["/rpath/libbaz.so"]
     assert program.linker.modules == modules_before
     # libbar and libfoo came in through NEEDED (post-order: libfoo first), then libbaz, libqux.
@@ -254,9 +254,10 @@ def test_guest_cannot_open_libraries_outside_its_view(guests: Path, tmp_path: Pa
     try:
         for attempt in ("/../rpath/libbaz.so", "../../rpath/libbaz.so", "/side/escape.so"):
             with pytest.raises(Exception, match="not found"):
-                program.dlopen(program.group, attempt, None)
+                program.dlopen(program.main_worker, attempt, None)  # type: ignore[arg-type]
     finally:
         os.unlink(guests / "side" / "escape.so")
+        program.close()
 
 
 def test_everyday_posix_calls(guests: Path, tmp_path: Path) -> None:

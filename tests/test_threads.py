@@ -1,16 +1,16 @@
 """Threaded programs: one instance group per wasm thread over one shared memory.
 
-The groups currently run on threads of the coordinator process (worker processes are the
-next step). Each program runs several times: thread interleavings differ between runs.
+Every group runs in a worker process of its own. Each program runs several times: thread
+interleavings differ between runs.
 """
 
 from __future__ import annotations
 
 import gc
 import os
-import threading
 from pathlib import Path
 
+import psutil
 import pytest
 
 from wasmgroup.orchestrator.program import EXIT_TRAP, Program, ProgramOptions, run_program
@@ -30,8 +30,10 @@ def open_fds() -> int:
 
 
 def assert_nothing_left(fds_before: int) -> None:
-    assert not [t for t in threading.enumerate() if t.name.startswith("wasm-thread-")]
+    """No worker process (nor zombie), no socket or memfd, no /dev/shm entry of ours."""
+    assert psutil.Process().children(recursive=True) == []
     assert open_fds() <= fds_before
+    assert not [n for n in os.listdir("/dev/shm") if "wasmgroup" in n]
 
 
 @pytest.mark.parametrize("run", range(RUNS))

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from wasmgroup.orchestrator.program import EXIT_RUNTIME_ERROR, Program, ProgramOptions
 from wasmgroup.orchestrator.verify import first_difference
-from wasmgroup.shared.plan import GroupState, SlotAssignment
-from wasmgroup.worker.group import InstanceGroup
+from wasmgroup.orchestrator.workers import OperationFuture, WorkerProcess
+from wasmgroup.shared.plan import GroupState
 
 
 def state(tid: int, table: tuple[str, ...] = ("null", "main:f"), handles: tuple[int, ...] = (1, 2),
@@ -44,16 +45,17 @@ def test_verify_groups_passes_on_real_programs(guests: Path, scenario: str) -> N
 
 def test_verify_groups_catches_a_planted_difference(guests: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    """Thread 2 puts the wrong function in the slot dlsym assigned: the checker must stop
-    the program naming the thread, the slot and both functions."""
-    original = InstanceGroup.apply_slot
+    """Thread 2's worker is told to put the wrong function in the slot dlsym assigned: the
+    checker must stop the program naming the thread, the slot and both functions."""
+    original = WorkerProcess.post
 
-    def planted(self: InstanceGroup, slot: SlotAssignment) -> None:
-        if self.thread_id == 2 and slot.export == "mtplug_work":
-            slot = SlotAssignment(slot.slot, slot.handle, "mtplug_total")
-        original(self, slot)
+    def planted(self: WorkerProcess, op: dict[str, Any], initialise: bool = False
+                ) -> OperationFuture:
+        if self.thread_id == 2 and op.get("export") == "mtplug_work":
+            op = {**op, "export": "mtplug_total"}
+        return original(self, op, initialise)
 
-    monkeypatch.setattr(InstanceGroup, "apply_slot", planted)
+    monkeypatch.setattr(WorkerProcess, "post", planted)
     program = Program(str(guests / "threads" / "dlopen_spin.wasm"), ProgramOptions(
         dirs=[f"{guests / 'threads'}::/"], capture_output=True, verify_groups=True))
     result = program.run()

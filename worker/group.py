@@ -14,10 +14,9 @@ modules' data regions are zeroed so the coordinator can place other data there.
 from __future__ import annotations
 
 import queue
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import wasmtime
@@ -25,6 +24,7 @@ import wasmtime
 from wasmgroup.shared.errors import LinkError
 from wasmgroup.shared.futex import futex_wait, futex_wake
 from wasmgroup.shared.hostabi import HELPER_MODULE
+from wasmgroup.shared.memory import SharedRegion
 from wasmgroup.shared.plan import (
     B_CONST,
     B_FUNC,
@@ -48,6 +48,7 @@ from wasmgroup.worker.host.poll import make_poll_oneoff
 from wasmgroup.worker.host.shim import PATH_FUNCTIONS, instantiate_shim
 from wasmgroup.worker.host.wasix import (
     GuestExit,
+    ProgramStopping,
     ThreadExit,
     make_wasi_threads_functions,
     make_wasix_functions,
@@ -72,6 +73,8 @@ class LinkService(Protocol):
     def resolve_stub(self, group: InstanceGroup, importer: int, name: str,
                      func_type: FuncType) -> tuple[int, str]: ...
     def spawn_thread(self, group: InstanceGroup, start_arg: int) -> int: ...
+    def grow_memory(self, group: InstanceGroup, pages: int) -> int: ...
+    def allocate_tls(self, group: InstanceGroup, size: int, align: int) -> int: ...
     def stopping(self) -> bool: ...
     def cwd(self) -> str: ...
     def change_directory(self, path: str) -> bool: ...
@@ -86,10 +89,15 @@ class PendingOperation:
     """A link operation another group instigated, to apply at this group's next safe point."""
 
     op: LoadPlan | SlotAssignment | DescribeRequest
-    done: threading.Event = field(default_factory=threading.Event)
+    initialise: bool = False  # run data relocations and constructors (the instigator only)
+    on_done: Callable[[PendingOperation], None] | None = None
     error: str | None = None
     seconds: float = 0.0  # time this group spent applying it
     state: GroupState | None = None  # the answer to a DescribeRequest
+
+    def finish(self) -> None:
+        if self.on_done is not None:
+            self.on_done(self)
 
 
 def make_engine_config() -> wasmtime.Config:
@@ -140,6 +148,7 @@ class InstanceGroup:
         self._wasi_threads = make_wasi_threads_functions(self)
         self._memory_helpers = make_memory_functions(self)
         self.memory_object: wasmtime.Memory | wasmtime.SharedMemory | None = None
+        self.region: SharedRegion | None = None
         self._memory: GuestMemory | None = None
         self.table: wasmtime.Table | None = None
         self.stack_pointer: wasmtime.Global | None = None
@@ -176,45 +185,35 @@ class InstanceGroup:
         return self._tls_bases[handle]
 
     # ------------------------------------------------------------------ start-up
-    def create_memory_and_table(self, main: wasmtime.Module, pages: int, table_length: int,
-                                stack_high: int) -> None:
-        """The program's memory (from main's `env.memory` import) and this group's table."""
-        for imp in main.imports:
-            if imp.module == "env" and imp.name == "memory":
-                ty = imp.type
-                assert isinstance(ty, wasmtime.MemoryType)
-                limits = ty.limits
-                minimum = max(limits.min, pages)
-                if limits.max is not None and minimum > limits.max:
-                    raise LinkError(f"the program needs {minimum} pages of memory but its "
-                                    f"memory import allows at most {limits.max}")
-                mem_type = wasmtime.MemoryType(wasmtime.Limits(minimum, limits.max),
-                                               shared=ty.is_shared)
-                if ty.is_shared:
-                    self.memory_object = wasmtime.SharedMemory(self.engine, mem_type)
-                else:
-                    self.memory_object = wasmtime.Memory(self.store, mem_type)
-                self._memory = GuestMemory(self.memory_object, self.store)
+    def attach_memory(self, region: SharedRegion | None, shared: bool) -> None:
+        """The program's memory: a wasmtime memory at the region's full size, with the
+        region's shared bytes mapped over it (shared/memory.py says why the full size)."""
+        self.region = region
+        if region is None:
+            return  # the main module defines its own memory: one group only
+        pages = region.max_pages
+        mem_type = wasmtime.MemoryType(wasmtime.Limits(pages, pages), shared=shared)
+        memory: wasmtime.Memory | wasmtime.SharedMemory
+        if shared:
+            memory = wasmtime.SharedMemory(self.engine, mem_type)
+        else:
+            memory = wasmtime.Memory(self.store, mem_type)
+        self.memory_object = memory
+        self._memory = GuestMemory(memory, self.store)
+        base, length = self._memory.extent()
+        region.map_over(base, length)
+
+    def create_table(self, table_length: int, stack_high: int | None) -> None:
+        """This group's table (of the current length, all null until plans fill it) and,
+        unless `stack_high` is None (a static main defines its own), its `__stack_pointer`
+        (a later PIE thread's is set by `wasi_thread_start`)."""
         table_type = wasmtime.TableType(wasmtime.ValType.funcref(),
                                         wasmtime.Limits(table_length, None))
         self.table = wasmtime.Table(self.store, table_type, None)
-        if stack_high:
+        if stack_high is not None:
             self.stack_pointer = wasmtime.Global(
                 self.store, wasmtime.GlobalType(wasmtime.ValType.i32(), True),
                 wasmtime.Val.i32(stack_high))
-
-    def attach(self, memory: wasmtime.Memory | wasmtime.SharedMemory, table_length: int
-               ) -> None:
-        """A later thread's group: the program's (shared) memory and a table of the current
-        length, all null, filled by `replay`."""
-        self.memory_object = memory
-        self._memory = GuestMemory(memory, self.store)
-        table_type = wasmtime.TableType(wasmtime.ValType.funcref(),
-                                        wasmtime.Limits(table_length, None))
-        self.table = wasmtime.Table(self.store, table_type, None)
-        # A PIE main's threads get their stack pointer from wasi_thread_start.
-        self.stack_pointer = wasmtime.Global(
-            self.store, wasmtime.GlobalType(wasmtime.ValType.i32(), True), wasmtime.Val.i32(0))
 
     def replay(self, plans: list[ModulePlan], slots: list[SlotAssignment],
                main_has_dylink: bool) -> None:
@@ -233,33 +232,48 @@ class InstanceGroup:
             self.apply_slot(slot)
 
     def _init_thread_tls(self, plan: ModulePlan) -> None:
-        init = self.instances[plan.handle].exports(self.store).get("__wasix_init_tls")
-        if isinstance(init, wasmtime.Func):
-            try:
-                self._tls_bases[plan.handle] = int(init(self.store))
-            except WASM_ERRORS as err:
-                raise LinkError(f"{plan.name}: __wasix_init_tls failed: {_trap_text(err)}"
-                                ) from None
+        """This thread's TLS block of a side module loaded by another group.
+
+        wasix-libc's `__wasix_init_tls` takes the block from the guest's `aligned_alloc`, so
+        running it at a safe point inside guest code (an epoch tick, or memory.grow inside
+        malloc) could wait on the malloc lock this very thread holds. So where the module
+        exports its TLS layout, the block comes from the coordinator's allocator instead and
+        only the lock-free `__wasm_init_tls` (and `__wasm_apply_tls_relocs`) run in the guest.
+        """
+        exports = self.instances[plan.handle].exports(self.store)
+        size, align = exports.get("__tls_size"), exports.get("__tls_align")
+        init = exports.get("__wasm_init_tls")
+        try:
+            if isinstance(size, wasmtime.Global) and isinstance(align, wasmtime.Global) \
+                    and isinstance(init, wasmtime.Func):
+                block = self.service.allocate_tls(self, int(size.value(self.store)),
+                                                  max(int(align.value(self.store)), 4))
+                init(self.store, block)
+                relocs = exports.get("__wasm_apply_tls_relocs")
+                if isinstance(relocs, wasmtime.Func):
+                    relocs(self.store)
+                self._tls_bases[plan.handle] = block
+                return
+            wasix_init = exports.get("__wasix_init_tls")
+            if isinstance(wasix_init, wasmtime.Func):
+                self._tls_bases[plan.handle] = int(wasix_init(self.store))
+        except WASM_ERRORS as err:
+            raise LinkError(f"{plan.name}: TLS initialisation failed: {_trap_text(err)}"
+                            ) from None
 
     def memory_pages(self) -> int:
-        m = self.memory_object
-        if m is None:
-            return 0
-        if isinstance(m, wasmtime.SharedMemory):
-            return m.data_len() // 65536
-        return int(m.size(self.store))
+        """memory.size as the guest sees it: the program's logical size."""
+        if self.region is not None:
+            return self.region.pages
+        if isinstance(self.memory_object, wasmtime.Memory):
+            return int(self.memory_object.size(self.store))
+        return 0
 
     def grow_memory(self, pages: int) -> int:
-        """memory.grow from the host: the old size in pages, or -1."""
-        m = self.memory_object
-        if m is None:
+        """memory.grow: the old size in pages, or -1 (the coordinator keeps the size)."""
+        if self.region is None:
             return -1
-        try:
-            if isinstance(m, wasmtime.SharedMemory):
-                return int(m.grow(pages))
-            return int(m.grow(self.store, pages))
-        except wasmtime.WasmtimeError:
-            return -1
+        return self.service.grow_memory(self, pages)
 
     # ------------------------------------------------------------------ applying plans
     def apply_load(self, plan: LoadPlan, initialise: bool) -> None:
@@ -445,16 +459,29 @@ class InstanceGroup:
         return wasmtime.Func(self.store, ty, table[name])
 
     # ------------------------------------------------------------------ blocking and threads
-    def post(self, op: LoadPlan | SlotAssignment | DescribeRequest) -> PendingOperation:
+    def post(self, pending: PendingOperation) -> None:
         """Queue an operation for this group's next safe point (called from other threads)."""
-        pending = PendingOperation(op)
         self._pending.put(pending)
+        self.nudge()
+
+    def nudge(self) -> None:
+        """Parked in futex_wait: wake it now (a spurious wake-up, which futex users
+        tolerate) rather than at the end of its wait slice."""
         waiting_on = self._waiting_on
         if waiting_on is not None:
-            # Parked in futex_wait: wake it now (a spurious wake-up, which futex users
-            # tolerate) rather than at the end of its wait slice.
             futex_wake(waiting_on, 0x7FFFFFFF)
-        return pending
+
+    def has_pending(self) -> bool:
+        return not self._pending.empty()
+
+    def drain_pending(self) -> list[PendingOperation]:
+        """Take every queued operation without applying it (the group is ending)."""
+        taken = []
+        while True:
+            try:
+                taken.append(self._pending.get_nowait())
+            except queue.Empty:
+                return taken
 
     def service_pending(self) -> None:
         """A safe point: apply every operation other groups are waiting on, in order."""
@@ -470,12 +497,12 @@ class InstanceGroup:
                 elif isinstance(pending.op, DescribeRequest):
                     pending.state = self.describe_state()
                 else:
-                    self.apply_load(pending.op, initialise=False)
+                    self.apply_load(pending.op, initialise=pending.initialise)
             except LinkError as err:
                 pending.error = str(err)
             finally:
                 pending.seconds = time.perf_counter() - started
-                pending.done.set()
+                pending.finish()
 
     def _on_tick(self) -> bool:
         self.service_pending()
@@ -508,7 +535,7 @@ class InstanceGroup:
 
     def raise_stopped(self) -> None:
         """Leave guest code because the program is ending (the coordinator has its outcome)."""
-        raise GuestExit(0)
+        raise ProgramStopping()
 
     def thread_exit(self, code: int) -> None:
         raise ThreadExit(code)

@@ -35,6 +35,10 @@ class GuestMemory:
             raise GuestFault(f"guest range [{addr:#x}, +{size}) outside memory of {length} bytes")
         return base + addr
 
+    def extent(self) -> tuple[int, int]:
+        """The host address of byte 0 and the memory's length in bytes."""
+        return self._base_and_len()
+
     @property
     def address(self) -> int:
         """The host address of byte 0 (for futex syscalls)."""

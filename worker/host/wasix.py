@@ -33,6 +33,10 @@ class GuestExit(Exception):
         self.code = code
 
 
+class ProgramStopping(Exception):
+    """The program is ending (another thread's exit or trap, Ctrl-C): leave guest code."""
+
+
 class ThreadExit(Exception):
     """The calling thread ends (thread_exit); the program goes on unless it was the last."""
 
@@ -215,4 +219,5 @@ def make_wasi_threads_functions(group: InstanceGroup) -> dict[str, Callable[...,
     return {"thread-spawn": thread_spawn}
 
 
-__all__ = ["GuestExit", "ThreadExit", "make_wasi_threads_functions", "make_wasix_functions"]
+__all__ = ["GuestExit", "ProgramStopping", "ThreadExit", "make_wasi_threads_functions",
+           "make_wasix_functions"]

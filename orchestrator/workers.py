@@ -1,0 +1,307 @@
+"""Worker processes, as the coordinator sees them, and the warm pool that keeps them ready.
+
+A `WorkerProcess` is one `python -m wasmgroup.worker.main` child (started with exec, never a
+fork of this wasmtime-using process) and its socket. Its reader thread validates every frame:
+acks complete `OperationFuture`s; requests (`call`) go to a request thread of its own, so a
+long request (a dlopen waiting on a barrier) never stops acks from being read; `assigned`
+and `exited` go to the `WorkerListener`. A worker that dies, closes its socket or breaks
+the protocol is reported to the listener once (`worker_lost`), and every future it still
+owed completes as `gone`.
+
+`WorkerPool` starts `size` workers ahead of need, hands them out (`take`), takes them back
+when their thread ends (`give_back`), and stops them all (`close`): at close no child process,
+zombie or socket is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from wasmgroup.shared import protocol
+from wasmgroup.shared.errors import WasmgroupError
+
+# Requests answered at once on the reader thread: they never wait on another group, and a
+# group applying a broadcast operation inside a long request (its dlopen or spawn waiting on
+# the topology lock) makes them nested in that request, so they must not queue behind it.
+IMMEDIATE_CALLS = frozenset({"grow", "allocate_tls", "cwd", "chdir", "is_side_module"})
+READY_TIMEOUT = 60.0  # seconds for a new worker to import wasmtime and create its engine
+SHUTDOWN_GRACE = 2.0  # seconds a worker gets to leave on its own before it is killed
+
+
+class WorkerStartError(WasmgroupError):
+    """A worker process could not be started (the message says why)."""
+
+
+class WorkerListener(Protocol):
+    def worker_message(self, worker: WorkerProcess, message: dict[str, Any]) -> None: ...
+    def worker_call(self, worker: WorkerProcess, name: str, args: list[Any]) -> Any: ...
+    def worker_lost(self, worker: WorkerProcess, reason: str) -> None: ...
+
+
+class CallFailed(Exception):
+    """A request the coordinator refuses; the text reaches the guest (dlerror)."""
+
+
+class CallStopped(Exception):
+    """The program is ending: the requesting guest thread must stop."""
+
+
+@dataclass
+class OperationFuture:
+    """One link operation posted to one worker, completed by its ack."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+    error: str | None = None
+    seconds: float = 0.0
+    state: list[Any] | None = None
+    gone: bool = False  # the group ended (or the worker died) before applying it
+
+
+def describe_exit(returncode: int | None) -> str:
+    if returncode is None:
+        return "still running"
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exited with status {returncode}"
+
+
+class WorkerProcess:
+    def __init__(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "wasmgroup.worker.main", str(theirs.fileno())],
+                pass_fds=[theirs.fileno()], stdin=None, close_fds=True)
+        except OSError as err:
+            ours.close()
+            raise WorkerStartError(f"cannot start a worker process: {err}") from None
+        finally:
+            theirs.close()
+        self.sock = ours
+        self.pid = self.process.pid
+        self.thread_id = 0  # the wasm thread it hosts, once assigned
+        self.listener: WorkerListener | None = None
+        self._send_lock = threading.Lock()
+        self._ready = threading.Event()
+        self._ids = itertools.count(1)
+        self._futures: dict[int, OperationFuture] = {}
+        self._futures_lock = threading.Lock()
+        self._requests: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+        self.lost: str | None = None  # why the worker is gone, once it is
+        self._closing = False
+        threading.Thread(target=self._read, name=f"wasmgroup-read-{self.pid}",
+                         daemon=True).start()
+        threading.Thread(target=self._serve_requests, name=f"wasmgroup-req-{self.pid}",
+                         daemon=True).start()
+
+    # ------------------------------------------------------------------ sending
+    def send(self, kind: str, fds: list[int] | None = None, **fields: Any) -> None:
+        frame = protocol.encode(kind, **fields)
+        # A lost connection is noticed and reported by the reader.
+        with self._send_lock, contextlib.suppress(protocol.ConnectionClosed, OSError):
+            protocol.send(self.sock, frame, fds)
+
+    def post(self, op: dict[str, Any], initialise: bool = False) -> OperationFuture:
+        future = OperationFuture()
+        with self._futures_lock:
+            if self.lost is not None:
+                future.gone = True
+                future.done.set()
+                return future
+            op_id = next(self._ids)
+            self._futures[op_id] = future
+        self.send("op", id=op_id, op=op, initialise=initialise)
+        return future
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
+        if not self._ready.wait(timeout) or self.lost is not None:
+            reason = self.lost or f"no answer within {timeout:.0f} s"
+            self.kill()
+            raise WorkerStartError(f"worker process {self.pid} did not start: {reason}")
+
+    # ------------------------------------------------------------------ reading
+    def _read(self) -> None:
+        reason = "closed its connection"
+        try:
+            while True:
+                message = protocol.receive(self.sock)
+                kind = message["t"]
+                if kind == "ready":
+                    self._ready.set()
+                elif kind == "ack":
+                    self._complete(message)
+                elif kind == "call" and message["name"] in IMMEDIATE_CALLS:
+                    self._answer(message)
+                elif kind == "call":
+                    self._requests.put(message)
+                elif kind in ("assigned", "exited") and self.listener is not None:
+                    self.listener.worker_message(self, message)
+                else:
+                    raise protocol.ProtocolError(f"unexpected message {kind!r} from worker "
+                                                 f"{self.pid}")
+        except protocol.ConnectionClosed:
+            pass
+        except protocol.ProtocolError as err:
+            reason = f"broke the protocol: {err}"
+        except OSError as err:
+            reason = f"connection failed: {err}"
+        if not self._closing:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=1.0)
+            if self.process.returncode is not None:
+                reason = describe_exit(self.process.returncode)
+        self._lose(reason)
+
+    def _complete(self, message: dict[str, Any]) -> None:
+        with self._futures_lock:
+            future = self._futures.pop(message["id"], None)
+        if future is None:
+            raise protocol.ProtocolError(f"ack for unknown operation {message['id']}")
+        future.error, future.seconds = message["error"], message["seconds"]
+        future.state, future.gone = message["state"], message["gone"]
+        future.done.set()
+
+    def _lose(self, reason: str) -> None:
+        with self._futures_lock:
+            self.lost = reason
+            futures, self._futures = self._futures, {}
+        for future in futures.values():
+            future.gone = True
+            future.done.set()
+        self._ready.set()
+        self._requests.put(None)
+        listener = self.listener
+        if listener is not None and not self._closing:
+            listener.worker_lost(self, reason)
+
+    def _serve_requests(self) -> None:
+        while True:
+            message = self._requests.get()
+            if message is None:
+                return
+            self._answer(message)
+
+    def _answer(self, message: dict[str, Any]) -> None:
+        listener = self.listener
+        try:
+            if listener is None:
+                raise CallFailed("this worker hosts no thread")
+            value = listener.worker_call(self, message["name"], message["args"])
+            self.send("reply", ok=True, value=value, error=None)
+        except CallFailed as err:
+            self.send("reply", ok=False, value=None, error=str(err))
+        except CallStopped:
+            self.send("reply", ok=False, value=None, error=None)
+
+    # ------------------------------------------------------------------ ending
+    def kill(self) -> None:
+        self._closing = True
+        with contextlib.suppress(ProcessLookupError):
+            self.process.kill()
+        self.process.wait()
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+    def shutdown(self) -> None:
+        """Ask the worker to leave; kill it if it has not within the grace period."""
+        self._closing = True
+        self.send("shutdown")
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=SHUTDOWN_GRACE)
+        self.kill()
+
+
+class WorkerPool:
+    """Idle workers kept ready (interpreter started, wasmtime imported, engine created), so a
+    new wasm thread does not wait for a Python start."""
+
+    def __init__(self, size: int) -> None:
+        self.size = max(size, 0)
+        self._idle: list[WorkerProcess] = []
+        self._all: list[WorkerProcess] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        for _ in range(self.size):
+            self._start_one()
+
+    def _start_one(self) -> WorkerProcess:
+        worker = WorkerProcess()
+        with self._lock:
+            closed = self._closed
+            if not closed:
+                self._all.append(worker)
+                self._idle.append(worker)
+        if closed:  # a background top-up that lost the race with close()
+            worker.kill()
+            raise WorkerStartError("the worker pool is closed")
+        return worker
+
+    def take(self) -> WorkerProcess:
+        """A ready worker, from the pool if one is idle (then topped up in the background)."""
+        with self._lock:
+            worker = self._idle.pop(0) if self._idle else None
+        if worker is None:
+            worker = self._start_one()
+            with self._lock:
+                self._idle.remove(worker)
+        else:
+            threading.Thread(target=self._top_up, daemon=True).start()
+        worker.wait_ready()
+        return worker
+
+    def _top_up(self) -> None:
+        with self._lock:
+            missing = self.size - len(self._idle)
+            if self._closed or missing <= 0:
+                return
+        with contextlib.suppress(WorkerStartError, OSError):
+            self._start_one()
+
+    def give_back(self, worker: WorkerProcess) -> None:
+        """A worker whose thread ended: idle again, unless the pool is full or closed."""
+        worker.listener = None
+        worker.thread_id = 0
+        with self._lock:
+            keep = not self._closed and worker.lost is None and len(self._idle) < self.size
+            if keep:
+                self._idle.append(worker)
+        if not keep:
+            self._retire(worker)
+
+    def _retire(self, worker: WorkerProcess) -> None:
+        worker.shutdown()
+        with self._lock:
+            if worker in self._all:
+                self._all.remove(worker)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            workers, self._all, self._idle = list(self._all), [], []
+        for worker in workers:
+            worker._closing = True
+            worker.send("shutdown")
+        for worker in workers:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                worker.process.wait(timeout=SHUTDOWN_GRACE)
+            worker.kill()
+
+    def pids(self) -> list[int]:
+        with self._lock:
+            return [w.pid for w in self._all]
+
+
+__all__ = ["CallFailed", "CallStopped", "OperationFuture", "WorkerPool", "WorkerProcess",
+           "WorkerStartError", "describe_exit"]

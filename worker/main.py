@@ -1,0 +1,361 @@
+"""A worker process: hosts one instance group at a time for the coordinator.
+
+Started by the coordinator as `python -m wasmgroup.worker.main FD` (a fresh interpreter, never a
+fork of a process that has used wasmtime), with FD one end of a Unix socket pair. It creates
+its engine, says `ready`, then serves assignments until told to shut down or the coordinator
+goes away (the socket closes, or the kernel's parent-death signal ends it).
+
+Threads of this process:
+- the main thread runs the group: it applies the assignment, runs the entry point, and while it
+  waits (idle, or inside a host call that waits on the coordinator) it applies link operations;
+- the reader thread reads every frame: operations are queued on the group (and the epoch ticked,
+  and a futex sleeper woken, so that they are applied at the next safe point), everything else
+  goes to the main thread's inbox;
+- the ticker thread ticks the engine's epoch while operations wait or the program is stopping,
+  so that a thread spinning in guest code reaches a safe point.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import queue
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from typing import Any
+
+import wasmtime
+
+from wasmgroup.shared import protocol
+from wasmgroup.shared.errors import LinkError
+from wasmgroup.shared.memory import SharedRegion
+from wasmgroup.shared.plan import (
+    LoadPlan,
+    SlotAssignment,
+    SymbolAddress,
+    from_wire,
+    state_to_wire,
+)
+from wasmgroup.shared.wasm import FuncType
+from wasmgroup.worker.epoch import STOP_MESSAGE
+from wasmgroup.worker.group import (
+    WASM_ERRORS,
+    DescribeRequest,
+    InstanceGroup,
+    PendingOperation,
+    make_engine_config,
+)
+from wasmgroup.worker.host.wasix import GuestExit, ProgramStopping, ThreadExit
+
+TICK_SECONDS = 0.005
+_PR_SET_PDEATHSIG = 1
+
+
+class Connection:
+    """This worker's end of the socket: sends are serialised across threads."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._send_lock = threading.Lock()
+
+    def send(self, kind: str, **fields: Any) -> None:
+        frame = protocol.encode(kind, **fields)
+        with self._send_lock:
+            protocol.send(self.sock, frame)
+
+
+class Worker:
+    def __init__(self, sock: socket.socket) -> None:
+        self.conn = Connection(sock)
+        self.engine = wasmtime.Engine(make_engine_config())
+        self.inbox: queue.SimpleQueue[tuple[dict[str, Any], list[int]] | None] = \
+            queue.SimpleQueue()
+        self.group: InstanceGroup | None = None
+        self._group_lock = threading.Lock()  # between posting to the group and retiring it
+        self._stop = threading.Event()
+        self._tick = threading.Event()
+        self._modules: dict[str, wasmtime.Module] = {}
+        self._artefacts: dict[str, str] = {}
+        self._fds: list[int] = []
+        self._ids: dict[int, int] = {}  # PendingOperation -> the coordinator's operation id
+
+    # ------------------------------------------------------------------ threads
+    def read_frames(self) -> None:
+        fds: list[int] = []
+        try:
+            while True:
+                fds = []
+                message = protocol.receive(self.conn.sock, fds)
+                kind = message["t"]
+                if kind == "op":
+                    self._post(message)
+                elif kind == "stop":
+                    self._stop.set()
+                    self._wake()
+                else:
+                    self.inbox.put((message, fds))
+        except protocol.ConnectionClosed:
+            os._exit(0)  # the coordinator is gone: nothing here is worth keeping
+        except protocol.ProtocolError as err:
+            print(f"wasmgroup worker {os.getpid()}: {err}", file=sys.stderr, flush=True)
+            os._exit(3)
+
+    def _post(self, message: dict[str, Any]) -> None:
+        wire = message["op"]
+        op = DescribeRequest() if wire.get("op") == "describe" else from_wire(wire)
+        if isinstance(op, LoadPlan):
+            self._artefacts.update(wire.get("artefacts", {}))
+        pending = PendingOperation(op, message["initialise"], self._ack)
+        pending_id = message["id"]
+        with self._group_lock:
+            group = self.group
+            if group is not None:
+                self._ids[id(pending)] = pending_id
+                group.post(pending)
+        if group is None:
+            self.conn.send("ack", id=pending_id, error=None, seconds=0.0, state=None, gone=True)
+            return
+        self._wake()
+
+    def _ack(self, pending: PendingOperation, gone: bool = False) -> None:
+        state = state_to_wire(pending.state) if pending.state is not None else None
+        self.conn.send("ack", id=self._ids.pop(id(pending)), error=pending.error,
+                       seconds=float(pending.seconds), state=state, gone=gone)
+
+    def _wake(self) -> None:
+        """Bring the main thread to a safe point: its inbox, its futex wait, guest code."""
+        self.inbox.put(None)
+        group = self.group
+        if group is not None:
+            group.nudge()
+        self._tick.set()
+
+    def tick(self) -> None:
+        while True:
+            self._tick.wait()
+            self._tick.clear()
+            # A tick that lands while the epoch callback already runs is absorbed by it, so
+            # keep ticking while work waits.
+            while True:
+                group = self.group
+                if group is None or not (group.has_pending() or self._stop.is_set()):
+                    break
+                self.engine.increment_epoch()
+                time.sleep(TICK_SECONDS)
+
+    # ------------------------------------------------------------------ the main thread
+    def next_message(self, stop_aware: bool = False, safe_point: bool = True
+                     ) -> tuple[dict[str, Any], list[int]]:
+        """The next frame for the main thread. At a `safe_point` it applies link operations
+        meanwhile. With `stop_aware` (a guest thread waiting on the coordinator), a stopping
+        program raises ProgramStopping instead of waiting on."""
+        while True:
+            if stop_aware and self._stop.is_set():
+                raise ProgramStopping()
+            item = self.inbox.get()
+            if item is None:
+                if safe_point and self.group is not None:
+                    self.group.service_pending()
+                continue
+            return item
+
+    def serve(self) -> None:
+        self.conn.send("ready", pid=os.getpid())
+        while True:
+            message, fds = self.next_message()
+            kind = message["t"]
+            if kind == "shutdown":
+                return
+            if kind == "assign":
+                self._assign(message, fds)
+            elif kind == "run":
+                self._run(message["entry"], message["args"])
+            elif kind == "reply":
+                pass  # to a request the program's stop cut short
+            else:
+                raise protocol.ProtocolError(f"unexpected message {kind!r} for an idle worker")
+
+    def _assign(self, message: dict[str, Any], fds: list[int]) -> None:
+        config = message["config"]
+        self._stop.clear()
+        self._fds = fds
+        try:
+            self._build_group(message["thread"], message["role"], config, fds)
+        except (LinkError, *WASM_ERRORS, OSError, ValueError) as err:
+            self._retire()
+            self.conn.send("assigned", error=str(err).strip())
+            return
+        self.conn.send("assigned", error=None)
+
+    def _build_group(self, thread: int, role: str, config: dict[str, Any], fds: list[int]
+                     ) -> None:
+        self._artefacts.update(config["artefacts"])
+        wasi = wasmtime.WasiConfig()
+        wasi.argv = config["argv"]
+        wasi.env = [tuple(pair) for pair in config["env"]]
+        for host, guest in config["preopens"]:
+            wasi.preopen_dir(host, guest)
+        fd_iter = iter(fds)
+        region = None
+        memory = config["memory"]
+        if memory is not None:
+            region = SharedRegion(next(fd_iter), memory["max_pages"], owner=False)
+        if config["capture"]:
+            wasi.stdout_file = f"/proc/self/fd/{next(fd_iter)}"
+            wasi.stderr_file = f"/proc/self/fd/{next(fd_iter)}"
+        else:
+            wasi.inherit_stdout()
+            wasi.inherit_stderr()
+        wasi.inherit_stdin()
+        group = InstanceGroup(self.engine, self._module, WorkerService(self), wasi,
+                              thread_id=thread)
+        with self._group_lock:
+            self.group = group
+        group.attach_memory(region, bool(memory and memory["shared"]))
+        group.create_table(config["table_length"], config["stack_high"])
+        if role == "thread":
+            plans = [from_wire(p) for p in config["plans"]]
+            slots = [from_wire(s) for s in config["slots"]]
+            group.replay([p for plan in plans if isinstance(plan, LoadPlan)
+                          for p in plan.modules],
+                         [s for s in slots if isinstance(s, SlotAssignment)],
+                         config["main_has_dylink"])
+
+    def _module(self, host_path: str) -> wasmtime.Module:
+        module = self._modules.get(host_path)
+        if module is None:
+            artefact = self._artefacts.get(host_path)
+            if artefact is None:
+                raise LinkError(f"{host_path}: the coordinator sent no compiled module")
+            module = wasmtime.Module.deserialize_file(self.engine, artefact)
+            self._modules[host_path] = module
+        return module
+
+    def _run(self, entry: str, args: list[int]) -> None:
+        group = self.group
+        how, code, text = "returned", 0, None
+        if group is None:
+            how, text = "failed", "no group to run"
+        else:
+            try:
+                group.call_entry(entry, *args)
+            except ThreadExit as exit_:
+                how, code = "thread_exit", exit_.code
+            except (GuestExit, wasmtime.ExitTrap) as exit_:
+                how, code = "exit", exit_.code
+            except ProgramStopping:
+                how = "stopped"
+            except WASM_ERRORS as trap:
+                text = str(trap).strip()
+                how = "stopped" if STOP_MESSAGE in text else "trap"
+            except LinkError as err:  # a lazy stub whose function no module exports
+                how, text = "trap", str(err)
+            except Exception:
+                how, text = "failed", traceback.format_exc()
+        self._retire()
+        self.conn.send("exited", how=how, code=code, message=text)
+
+    def _retire(self) -> None:
+        """The group is done: answer what it will never apply, release it and its fds."""
+        with self._group_lock:
+            group, self.group = self.group, None
+        if group is not None:
+            for pending in group.drain_pending():
+                self._ack(pending, gone=True)
+            group.close()
+        for fd in self._fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fds = []
+
+
+class WorkerService:
+    """The `LinkService` of a group in a worker: each call is a request to the coordinator,
+    answered while this group keeps applying what other groups broadcast."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    def _call(self, name: str, *args: Any, safe_point: bool = True) -> Any:
+        """A request; answered while this group applies what others broadcast, unless the
+        guest is not at a `safe_point` (memory.grow runs inside malloc, holding its lock:
+        a side module's TLS set-up would need that lock) and the answer never waits on
+        another group."""
+        self.worker.conn.send("call", name=name, args=list(args))
+        while True:
+            message, _fds = self.worker.next_message(stop_aware=True, safe_point=safe_point)
+            if message["t"] != "reply":
+                raise protocol.ProtocolError(f"expected a reply to {name!r}, got "
+                                             f"{message['t']!r}")
+            if message["ok"]:
+                return message["value"]
+            if message["error"] is None:
+                raise ProgramStopping()
+            raise LinkError(message["error"])
+
+    def dlopen(self, group: InstanceGroup, name: str, ld_library_path: list[str] | None
+               ) -> int:
+        return int(self._call("dlopen", name, ld_library_path))
+
+    def dlsym(self, group: InstanceGroup, handle: int, name: str) -> SymbolAddress:
+        kind, value, source = self._call("dlsym", handle, name)
+        return SymbolAddress(kind, value, source)
+
+    def is_side_module(self, handle: int) -> bool:
+        return bool(self._call("is_side_module", handle, safe_point=False))
+
+    def resolve_stub(self, group: InstanceGroup, importer: int, name: str,
+                     func_type: FuncType) -> tuple[int, str]:
+        handle, export = self._call("resolve_stub", importer, name, list(func_type.params),
+                                    list(func_type.results))
+        return int(handle), str(export)
+
+    def spawn_thread(self, group: InstanceGroup, start_arg: int) -> int:
+        return int(self._call("spawn", start_arg))
+
+    def grow_memory(self, group: InstanceGroup, pages: int) -> int:
+        return int(self._call("grow", pages, safe_point=False))
+
+    def allocate_tls(self, group: InstanceGroup, size: int, align: int) -> int:
+        return int(self._call("allocate_tls", size, align, safe_point=False))
+
+    def stopping(self) -> bool:
+        return self.worker._stop.is_set()
+
+    def cwd(self) -> str:
+        return str(self._call("cwd", safe_point=False))
+
+    def change_directory(self, path: str) -> bool:
+        return bool(self._call("chdir", path, safe_point=False))
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator handles Ctrl-C for all
+    sock = socket.socket(fileno=int(args[0]))
+    worker = Worker(sock)
+    threading.Thread(target=worker.read_frames, name="wasmgroup-reader", daemon=True).start()
+    threading.Thread(target=worker.tick, name="wasmgroup-ticker", daemon=True).start()
+    worker.serve()
+    return 0
+
+
+if __name__ == "__main__":
+    if os.getppid() == 1:
+        sys.exit(1)  # the coordinator died before we started
+    sys.exit(main())
+
+
+__all__ = ["Worker", "main"]
