@@ -46,7 +46,8 @@ def _run(args: argparse.Namespace) -> int:
     try:
         result = run_program(args.program, program_args, env=env, dirs=args.dir,
                              lib_paths=args.lib_path, cwd=args.cwd, capture_output=False,
-                             verify_groups=args.verify_groups, trace=args.trace)
+                             verify_groups=args.verify_groups, trace=args.trace,
+                             pool_size=args.pool)
     except (OSError, WasmgroupError) as err:
         text = f"{err.filename}: {err.strerror}" if isinstance(err, OSError) else str(err)
         print(f"wasmgroup run: {text}", file=sys.stderr)
@@ -86,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "difference")
     run.add_argument("--trace", type=Path, metavar="FILE",
                      help="write one JSON line per link operation with per-phase timings")
+    run.add_argument("--pool", type=int, default=None, metavar="N",
+                     help="idle worker processes kept ready for new threads (default: the "
+                          "number of cores, at most 4)")
     run.add_argument("program", metavar="PROG.wasm")
     run.add_argument("args", nargs=argparse.REMAINDER, metavar="-- ARGS",
                      help="arguments for the program")

@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -77,13 +78,16 @@ def describe_exit(returncode: int | None) -> str:
     return f"exited with status {returncode}"
 
 
+WORKER_COMMAND = (sys.executable, "-m", "wasmgroup.worker.main")
+
+
 class WorkerProcess:
-    def __init__(self) -> None:
+    def __init__(self, command: Sequence[str] = WORKER_COMMAND) -> None:
+        """Start `command` with one more argument: the number of its socket's descriptor."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "wasmgroup.worker.main", str(theirs.fileno())],
-                pass_fds=[theirs.fileno()], stdin=None, close_fds=True)
+                [*command, str(theirs.fileno())], pass_fds=[theirs.fileno()], close_fds=True)
         except OSError as err:
             ours.close()
             raise WorkerStartError(f"cannot start a worker process: {err}") from None

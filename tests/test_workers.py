@@ -1,0 +1,187 @@
+"""Worker processes: one per thread, supervision, protocol failures, nothing left behind.
+
+Every test checks with psutil that no worker process (nor a zombie) survives, and that no
+descriptor (socket, memfd, pipe) or /dev/shm entry leaked.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import struct
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import psutil
+import pytest
+import wasmtime
+
+from wasmgroup.orchestrator.program import (
+    EXIT_RUNTIME_ERROR,
+    Program,
+    ProgramOptions,
+    RunResult,
+    run_program,
+)
+from wasmgroup.orchestrator.workers import WorkerProcess
+
+
+@pytest.fixture(scope="module", autouse=True)
+def warm_runtime(guests: Path) -> None:
+    """wasmtime starts its I/O runtime (an epoll, an eventfd, a pipe) once per process."""
+    run_program(str(guests / "threads" / "pthreads.wasm"))
+
+
+def open_fds() -> int:
+    gc.collect()
+    return len(os.listdir("/proc/self/fd"))
+
+
+def assert_nothing_left(fds_before: int) -> None:
+    assert psutil.Process().children(recursive=True) == []
+    assert open_fds() <= fds_before
+    assert not [n for n in os.listdir("/dev/shm") if "wasmgroup" in n]
+
+
+def run_in_background(program: Program) -> tuple[threading.Thread, list[RunResult]]:
+    results: list[RunResult] = []
+    runner = threading.Thread(target=lambda: results.append(program.run()), daemon=True)
+    runner.start()
+    return runner, results
+
+
+def wait_for(condition: Any, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_n_threads_run_in_n_distinct_worker_processes(guests: Path) -> None:
+    fds = open_fds()
+    program = Program(str(guests / "threads" / "pthreads.wasm"),
+                      ProgramOptions(capture_output=True))
+    result = program.run()
+    assert result.exit_code == 0, result.error
+    assert program.main_worker is not None
+    pids = {program.main_worker.pid} | {w.pid for w in program.threads.values()}
+    # 8 threads and main, all alive at once (they wait for each other): 9 processes.
+    assert len(program.threads) == 8
+    assert len(pids) == 9
+    assert os.getpid() not in pids
+    assert_nothing_left(fds)
+
+
+def test_a_killed_worker_ends_the_job_with_a_clear_error(guests: Path) -> None:
+    fds = open_fds()
+    program = Program(str(guests / "threads" / "compute.wasm"),
+                      ProgramOptions(args=["2", "100000000000"], capture_output=True))
+    runner, results = run_in_background(program)
+    wait_for(lambda: 2 in program.groups)
+    victim = program.groups[2]
+    os.kill(victim.pid, signal.SIGKILL)
+    runner.join(30)
+    assert not runner.is_alive()
+    result = results[0]
+    assert result.exit_code == EXIT_RUNTIME_ERROR
+    assert result.error == (f"the worker process of thread 2 (pid {victim.pid}) killed by "
+                            "SIGKILL")
+    assert_nothing_left(fds)
+
+
+def test_a_killed_main_worker_ends_the_job(tmp_path: Path) -> None:
+    fds = open_fds()
+    prog = tmp_path / "spin.wasm"
+    prog.write_bytes(wasmtime.wat2wasm(
+        '(module (memory (export "memory") 1) (func (export "_start") (loop (br 0))))'))
+    program = Program(str(prog), ProgramOptions(capture_output=True))
+    runner, results = run_in_background(program)
+    wait_for(lambda: program.main_worker is not None and 1 in program.groups)
+    assert program.main_worker is not None
+    pid = program.main_worker.pid
+    time.sleep(0.2)
+    os.kill(pid, signal.SIGTERM)
+    runner.join(30)
+    assert results[0].exit_code == EXIT_RUNTIME_ERROR
+    assert results[0].error == f"the worker process of the main thread (pid {pid}) killed by " \
+                               "SIGTERM"
+    assert_nothing_left(fds)
+
+
+class Recorder:
+    """A WorkerListener that only records what happened."""
+
+    def __init__(self) -> None:
+        self.lost: list[str] = []
+        self.messages: list[dict[str, Any]] = []
+
+    def worker_message(self, worker: WorkerProcess, message: dict[str, Any]) -> None:
+        self.messages.append(message)
+
+    def worker_call(self, worker: WorkerProcess, name: str, args: list[Any]) -> Any:
+        return None
+
+    def worker_lost(self, worker: WorkerProcess, reason: str) -> None:
+        self.lost.append(reason)
+
+
+FAKE_WORKER = r"""
+import msgpack, socket, struct, sys
+sock = socket.socket(fileno=int(sys.argv[-1]))
+def frame(message):
+    body = msgpack.packb(message)
+    sock.sendall(struct.pack(">I", len(body)) + body)
+frame({"v": 1, "t": "ready", "pid": 1})
+frame({"v": 1, "t": "exited", "how": "returned", "message": None})  # no "code"
+sock.recv(1)
+"""
+
+
+def test_a_malformed_frame_from_a_worker_is_named_and_ends_it() -> None:
+    fds = open_fds()
+    worker = WorkerProcess(command=[sys.executable, "-c", FAKE_WORKER])
+    recorder = Recorder()
+    worker.listener = recorder
+    worker.wait_ready()
+    wait_for(lambda: recorder.lost)
+    assert recorder.lost == ["broke the protocol: message 'exited' lacks field 'code'"]
+    assert recorder.messages == []
+    worker.kill()
+    assert_nothing_left(fds)
+
+
+def test_a_malformed_frame_to_a_worker_ends_it_naming_the_message(
+        capfd: pytest.CaptureFixture[str]) -> None:
+    fds = open_fds()
+    worker = WorkerProcess()
+    recorder = Recorder()
+    worker.listener = recorder
+    worker.wait_ready()
+    body = msgpack.packb({"v": 1, "t": "bogus"})
+    worker.sock.sendall(struct.pack(">I", len(body)) + body)
+    wait_for(lambda: recorder.lost)
+    assert recorder.lost == ["exited with status 3"]
+    assert "unknown message type 'bogus'" in capfd.readouterr().err
+    worker.kill()
+    assert_nothing_left(fds)
+
+
+def test_a_worker_that_never_starts_fails_clearly() -> None:
+    fds = open_fds()
+    worker = WorkerProcess(command=[sys.executable, "-c", "import sys; sys.exit(7)"])
+    with pytest.raises(Exception, match=r"did not start: exited with status 7"):
+        worker.wait_ready(timeout=30)
+    assert_nothing_left(fds)
+
+
+def test_each_thread_sees_memory_grown_by_another(guests: Path) -> None:
+    """malloc in one process, free in another: the pointer is valid in every worker."""
+    result = run_program(str(guests / "threads" / "thread_faults.wasm"), ["malloc"])
+    assert result.exit_code == 0, result.error
+    assert result.stdout.decode().splitlines()[-1] == \
+        "malloc: 1000 blocks checked and freed by main"
