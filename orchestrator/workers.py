@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -297,9 +298,10 @@ class WorkerPool:
         for worker in workers:
             worker._closing = True
             worker.send("shutdown")
+        deadline = time.monotonic() + SHUTDOWN_GRACE  # one grace period for all of them
         for worker in workers:
             with contextlib.suppress(subprocess.TimeoutExpired):
-                worker.process.wait(timeout=SHUTDOWN_GRACE)
+                worker.process.wait(timeout=max(0.0, deadline - time.monotonic()))
             worker.kill()
 
     def pids(self) -> list[int]:
