@@ -71,6 +71,11 @@ class ModuleCache:
         self._by_path[host_path] = self._by_key[key]
         return self._by_key[key]
 
+    def close(self) -> None:
+        """Drop the compiled modules (each keeps its artefact file open and mapped)."""
+        self._by_path.clear()
+        self._by_key.clear()
+
     def _compiled(self, key: str, data: bytes, host_path: str) -> tuple[wasmtime.Module, Path]:
         self.directory.mkdir(parents=True, exist_ok=True)
         artefact = self.directory / f"{key}.cwasm"

@@ -315,6 +315,7 @@ class Program:
         self._closed = True
         self._stop.set()
         self.pool.close()
+        self.cache.close()
         self.tracer.close()
         if self.region is not None:
             self.region.close()

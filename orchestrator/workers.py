@@ -256,30 +256,32 @@ class WorkerPool:
     def take(self) -> WorkerProcess:
         """A ready worker, from the pool if one is idle (then topped up in the background)."""
         with self._lock:
-            worker = self._idle.pop(0) if self._idle else None
+            worker = self._idle.pop() if self._idle else None  # the most recently used
+            short = len(self._idle) < self.size
         if worker is None:
             worker = self._start_one()
             with self._lock:
                 self._idle.remove(worker)
-        else:
+        if short:
             threading.Thread(target=self._top_up, daemon=True).start()
         worker.wait_ready()
         return worker
 
     def _top_up(self) -> None:
         with self._lock:
-            missing = self.size - len(self._idle)
-            if self._closed or missing <= 0:
+            if self._closed or len(self._idle) >= self.size:
                 return
         with contextlib.suppress(WorkerStartError, OSError):
             self._start_one()
 
     def give_back(self, worker: WorkerProcess) -> None:
-        """A worker whose thread ended: idle again, unless the pool is full or closed."""
+        """A worker whose thread ended: idle again (up to twice the pool's size, so that a
+        program spawning and joining threads in turn reuses the same few workers), unless
+        the pool is closed."""
         worker.listener = None
         worker.thread_id = 0
         with self._lock:
-            keep = not self._closed and worker.lost is None and len(self._idle) < self.size
+            keep = not self._closed and worker.lost is None and len(self._idle) < 2 * self.size
             if keep:
                 self._idle.append(worker)
         if not keep:

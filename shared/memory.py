@@ -64,9 +64,14 @@ class SharedRegion:
         return value
 
     def set_pages(self, pages: int) -> None:
+        if not 0 <= pages <= self.max_pages:
+            raise ValueError(f"{pages} pages do not fit a memory of at most {self.max_pages}")
         struct.pack_into("<I", self._control, 0, pages)
 
     def close(self) -> None:
+        """Unmap the control page and close `fd` (which this object owns, view or not)."""
+        if self._control.closed:
+            return
         self._control.close()
         os.close(self.fd)
 

@@ -34,6 +34,7 @@ from wasmgroup.shared.errors import WasmgroupError
 
 PROTOCOL_VERSION = 1
 MAX_FRAME = 64 << 20  # a frame larger than this is corrupt, not big
+MAX_FDS = 8  # descriptors that may travel with one frame
 _HEADER = struct.Struct(">I")
 
 _NONE = type(None)
@@ -74,10 +75,11 @@ def validate(message: object) -> dict[str, Any]:
     if not isinstance(message, dict):
         raise ProtocolError(f"a frame must be a map, not {type(message).__name__}")
     kind = message.get("t")
-    if message.get("v") != PROTOCOL_VERSION:
-        raise ProtocolError(f"frame {kind!r} has protocol version {message.get('v')!r}, "
+    version = message.get("v")
+    if type(version) is not int or version != PROTOCOL_VERSION:
+        raise ProtocolError(f"frame {kind!r} has protocol version {version!r}, "
                             f"expected {PROTOCOL_VERSION}")
-    if kind not in MESSAGES:
+    if not isinstance(kind, str) or kind not in MESSAGES:
         raise ProtocolError(f"unknown message type {kind!r}")
     schema = MESSAGES[kind]
     for name, types in schema.items():
@@ -99,7 +101,7 @@ def validate(message: object) -> dict[str, Any]:
 def decode(body: bytes) -> dict[str, Any]:
     try:
         message = msgpack.unpackb(body, raw=False, strict_map_key=False)
-    except (ValueError, msgpack.UnpackException) as err:
+    except (ValueError, TypeError, msgpack.UnpackException) as err:
         raise ProtocolError(f"a frame of {len(body)} bytes is not msgpack: {err}") from None
     return validate(message)
 
@@ -108,8 +110,10 @@ def _recv_exactly(sock: socket.socket, size: int, fds: list[int] | None) -> byte
     chunks = bytearray()
     while len(chunks) < size:
         if fds is not None and not chunks:
-            data, received, _flags, _addr = socket.recv_fds(sock, size, 8)
+            data, received, flags, _addr = socket.recv_fds(sock, size, MAX_FDS)
             fds.extend(received)
+            if flags & socket.MSG_CTRUNC:
+                raise ProtocolError(f"a frame came with more than {MAX_FDS} descriptors")
         else:
             data = sock.recv(size - len(chunks))
         if not data:
@@ -135,6 +139,8 @@ def receive(sock: socket.socket, fds: list[int] | None = None) -> dict[str, Any]
 
 def send(sock: socket.socket, frame: bytes, fds: list[int] | None = None) -> None:
     """Send a frame made by `encode` (callers serialise sends on one socket)."""
+    if fds and len(fds) > MAX_FDS:
+        raise ProtocolError(f"at most {MAX_FDS} descriptors travel with a frame, not {len(fds)}")
     try:
         if fds:
             sent = socket.send_fds(sock, [frame], fds)

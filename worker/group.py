@@ -43,6 +43,7 @@ from wasmgroup.shared.plan import (
 )
 from wasmgroup.shared.wasm import FuncType
 from wasmgroup.worker import epoch, wasmtime_compat
+from wasmgroup.worker.host.clocks import CLOCK_FUNCTIONS, make_clock_functions
 from wasmgroup.worker.host.memory import make_memory_functions
 from wasmgroup.worker.host.poll import make_poll_oneoff
 from wasmgroup.worker.host.shim import PATH_FUNCTIONS, instantiate_shim
@@ -147,6 +148,7 @@ class InstanceGroup:
         self._wasix = make_wasix_functions(self)
         self._wasi_threads = make_wasi_threads_functions(self)
         self._memory_helpers = make_memory_functions(self)
+        self._clocks = make_clock_functions(self)
         self.memory_object: wasmtime.Memory | wasmtime.SharedMemory | None = None
         self.region: SharedRegion | None = None
         self._memory: GuestMemory | None = None
@@ -449,6 +451,8 @@ class InstanceGroup:
             module == "wasix_32v1" and name == "path_open2")
         if adapted and self.memory_object is not None:
             return self._shim_export(name)
+        if module in WASI_MODULES and name in CLOCK_FUNCTIONS and self._memory is not None:
+            return wasmtime.Func(self.store, ty, self._clocks[name])
         if module in WASI_MODULES and name == "poll_oneoff" and self.memory_object is not None:
             original = self._shim_export("poll_oneoff")
             return wasmtime.Func(self.store, ty, make_poll_oneoff(
