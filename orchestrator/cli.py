@@ -88,8 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--trace", type=Path, metavar="FILE",
                      help="write one JSON line per link operation with per-phase timings")
     run.add_argument("--pool", type=int, default=None, metavar="N",
-                     help="idle worker processes kept ready for new threads (default: the "
-                          "number of cores, at most 4)")
+                     help="idle worker processes kept ready for new threads (default: one more "
+                          "than the number of cores, at most 8)")
     run.add_argument("program", metavar="PROG.wasm")
     run.add_argument("args", nargs=argparse.REMAINDER, metavar="-- ARGS",
                      help="arguments for the program")

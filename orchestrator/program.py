@@ -76,7 +76,8 @@ class RunResult:
 
 
 def default_pool_size() -> int:
-    return max(1, min(4, os.cpu_count() or 1))
+    """Enough idle workers for the main thread and one thread per core, at most 8."""
+    return max(2, min(8, (os.cpu_count() or 1) + 1))
 
 
 @dataclass

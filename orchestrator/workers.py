@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import queue
 import signal
 import socket
@@ -79,16 +80,20 @@ def describe_exit(returncode: int | None) -> str:
     return f"exited with status {returncode}"
 
 
-WORKER_COMMAND = (sys.executable, "-m", "wasmgroup.worker.main")
+WORKER_COMMAND = (sys.executable, "-m", "wasmgroup.worker")
 
 
 class WorkerProcess:
-    def __init__(self, command: Sequence[str] = WORKER_COMMAND) -> None:
-        """Start `command` with one more argument: the number of its socket's descriptor."""
+    def __init__(self, command: Sequence[str] = WORKER_COMMAND, background: bool = False
+                 ) -> None:
+        """Start `command` with one more argument: the number of its socket's descriptor.
+        A `background` worker starts at idle CPU priority (worker/__main__.py)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        env = {**os.environ, "WASMGROUP_WORKER_BACKGROUND": "1" if background else "0"}
         try:
             self.process = subprocess.Popen(
-                [*command, str(theirs.fileno())], pass_fds=[theirs.fileno()], close_fds=True)
+                [*command, str(theirs.fileno())], pass_fds=[theirs.fileno()], close_fds=True,
+                env=env)
         except OSError as err:
             ours.close()
             raise WorkerStartError(f"cannot start a worker process: {err}") from None
@@ -131,6 +136,10 @@ class WorkerProcess:
         return future
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
+        if not self._ready.is_set():
+            # Needed now: a background start goes on at normal priority.
+            with contextlib.suppress(AttributeError, OSError):
+                os.sched_setscheduler(self.pid, os.SCHED_OTHER, os.sched_param(0))
         if not self._ready.wait(timeout) or self.lost is not None:
             reason = self.lost or f"no answer within {timeout:.0f} s"
             self.kill()
@@ -239,10 +248,10 @@ class WorkerPool:
         self._lock = threading.Lock()
         self._closed = False
         for _ in range(self.size):
-            self._start_one()
+            self._start_one(background=True)
 
-    def _start_one(self) -> WorkerProcess:
-        worker = WorkerProcess()
+    def _start_one(self, background: bool = False) -> WorkerProcess:
+        worker = WorkerProcess(background=background)
         with self._lock:
             closed = self._closed
             if not closed:
@@ -272,7 +281,7 @@ class WorkerPool:
             if self._closed or len(self._idle) >= self.size:
                 return
         with contextlib.suppress(WorkerStartError, OSError):
-            self._start_one()
+            self._start_one(background=True)
 
     def give_back(self, worker: WorkerProcess) -> None:
         """A worker whose thread ended: idle again (up to twice the pool's size, so that a

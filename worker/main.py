@@ -1,6 +1,6 @@
 """A worker process: hosts one instance group at a time for the coordinator.
 
-Started by the coordinator as `python -m wasmgroup.worker.main FD` (a fresh interpreter, never a
+Started by the coordinator as `python -m wasmgroup.worker FD` (a fresh interpreter, never a
 fork of a process that has used wasmtime), with FD one end of a Unix socket pair. It creates
 its engine, says `ready`, then serves assignments until told to shut down or the coordinator
 goes away (the socket closes, or the kernel's parent-death signal ends it).
@@ -346,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator handles Ctrl-C for all
     sock = socket.socket(fileno=int(args[0]))
     worker = Worker(sock)
+    with contextlib.suppress(AttributeError, OSError):  # started in the background
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
     threading.Thread(target=worker.read_frames, name="wasmgroup-reader", daemon=True).start()
     threading.Thread(target=worker.tick, name="wasmgroup-ticker", daemon=True).start()
     worker.serve()
