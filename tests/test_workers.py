@@ -185,3 +185,18 @@ def test_each_thread_sees_memory_grown_by_another(guests: Path) -> None:
     assert result.exit_code == 0, result.error
     assert result.stdout.decode().splitlines()[-1] == \
         "malloc: 1000 blocks checked and freed by main"
+
+
+def test_exit_during_start_up_ends_the_program_with_its_code(tmp_path: Path) -> None:
+    """proc_exit inside `_initialize`, applied while the main worker is not yet running
+    `_start`: the program's code, not a lost worker."""
+    fds = open_fds()
+    prog = tmp_path / "init_exit.wasm"
+    prog.write_bytes(wasmtime.wat2wasm("""(module
+      (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+      (import "env" "memory" (memory 1))
+      (func (export "_initialize") (call $exit (i32.const 7)))
+      (func (export "_start")))"""))
+    result = run_program(str(prog))
+    assert (result.exit_code, result.error) == (7, None)
+    assert_nothing_left(fds)

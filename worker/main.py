@@ -167,7 +167,12 @@ class Worker:
     def serve(self) -> None:
         self.conn.send("ready", pid=os.getpid())
         while True:
-            message, fds = self.next_message()
+            try:
+                message, fds = self.next_message()
+            except Exception as err:  # guest code of an operation applied while idle
+                self._retire()
+                self.conn.send("exited", **_ending(err))
+                continue
             kind = message["t"]
             if kind == "shutdown":
                 return
@@ -238,27 +243,16 @@ class Worker:
 
     def _run(self, entry: str, args: list[int]) -> None:
         group = self.group
-        how, code, text = "returned", 0, None
+        ending: dict[str, Any] = {"how": "returned", "code": 0, "message": None}
         if group is None:
-            how, text = "failed", "no group to run"
+            ending = {"how": "failed", "code": 0, "message": "no group to run"}
         else:
             try:
                 group.call_entry(entry, *args)
-            except ThreadExit as exit_:
-                how, code = "thread_exit", exit_.code
-            except (GuestExit, wasmtime.ExitTrap) as exit_:
-                how, code = "exit", exit_.code
-            except ProgramStopping:
-                how = "stopped"
-            except WASM_ERRORS as trap:
-                text = str(trap).strip()
-                how = "stopped" if STOP_MESSAGE in text else "trap"
-            except LinkError as err:  # a lazy stub whose function no module exports
-                how, text = "trap", str(err)
-            except Exception:
-                how, text = "failed", traceback.format_exc()
+            except Exception as err:
+                ending = _ending(err)
         self._retire()
-        self.conn.send("exited", how=how, code=code, message=text)
+        self.conn.send("exited", **ending)
 
     def _retire(self) -> None:
         """The group is done: answer what it will never apply, release it and its fds."""
@@ -272,6 +266,23 @@ class Worker:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._fds = []
+
+
+def _ending(err: Exception) -> dict[str, Any]:
+    """How guest code ended, as the fields of an `exited` frame."""
+    if isinstance(err, ThreadExit):
+        return {"how": "thread_exit", "code": err.code, "message": None}
+    if isinstance(err, (GuestExit, wasmtime.ExitTrap)):
+        return {"how": "exit", "code": err.code, "message": None}
+    if isinstance(err, ProgramStopping):
+        return {"how": "stopped", "code": 0, "message": None}
+    if isinstance(err, WASM_ERRORS):
+        text = str(err).strip()
+        return {"how": "stopped" if STOP_MESSAGE in text else "trap", "code": 0, "message": text}
+    if isinstance(err, LinkError):  # a lazy stub whose function no module exports
+        return {"how": "trap", "code": 0, "message": str(err)}
+    text = "".join(traceback.format_exception(err))
+    return {"how": "failed", "code": 0, "message": text}
 
 
 class WorkerService:
