@@ -209,6 +209,7 @@ class Program:
             "plans": [],
             "slots": [],
             "main_has_dylink": False,
+            "entry": None,  # [name, args]: run it as soon as the group exists
         }
         return config, fds
 
@@ -562,20 +563,27 @@ class Program:
                                         slots=[]))],
                 slots=[to_wire(s) for s in slots], stack_high=None,
                 main_has_dylink=self.linker.modules[MAIN_HANDLE].module.dylink is not None)
+            if not self.options.verify_groups:
+                # Nothing to check first: the worker starts the thread as soon as it has
+                # replayed (no broadcast can come between: this holds the topology lock).
+                config["entry"] = ["wasi_thread_start", [tid, start_arg]]
+            with self._groups_lock:
+                self.groups[tid] = child
+            self.threads[tid] = child
             try:
                 self._assign(child, tid, "thread", config, fds)
             except LinkError as err:
+                with self._groups_lock:
+                    self.groups.pop(tid, None)
                 self.pool.give_back(child)
                 self.finish(EXIT_RUNTIME_ERROR, f"cannot start thread {tid}: {err}")
                 raise CallStopped() from None
             replayed = time.perf_counter()
-            verify_seconds = self._verify(f"spawning thread {tid}", extra=[child])
-            with self._groups_lock:
-                self.groups[tid] = child
-            self.threads[tid] = child
+            verify_seconds = self._verify(f"spawning thread {tid}")
             self._trace_op("spawn", spawner, started, ok=True, new_thread=tid,
                            replay_ms=ms(replayed - started), verify_ms=ms(verify_seconds))
-            child.send("run", entry="wasi_thread_start", args=[tid, start_arg])
+            if config["entry"] is None:
+                child.send("run", entry="wasi_thread_start", args=[tid, start_arg])
             return tid
 
 

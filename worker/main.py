@@ -196,6 +196,9 @@ class Worker:
             self.conn.send("assigned", error=str(err).strip())
             return
         self.conn.send("assigned", error=None)
+        if config["entry"] is not None:
+            entry, args = config["entry"]
+            self._run(entry, args)
 
     def _build_group(self, thread: int, role: str, config: dict[str, Any], fds: list[int]
                      ) -> None:

@@ -11,6 +11,8 @@ arguments and calling the original.
 
 from __future__ import annotations
 
+import functools
+
 import wasmtime
 
 I32, I64 = "i32", "i64"
@@ -85,6 +87,12 @@ def shim_wat(maximum: int | None, shared: bool) -> str:
 """
 
 
+@functools.lru_cache(maxsize=8)
+def _shim_module(engine: wasmtime.Engine, maximum: int | None, shared: bool) -> wasmtime.Module:
+    """Compiled once per engine and memory type: every thread's group needs one."""
+    return wasmtime.Module(engine, shim_wat(maximum, shared))
+
+
 def instantiate_shim(store: wasmtime.Store, engine: wasmtime.Engine,
                      memory: wasmtime.Memory | wasmtime.SharedMemory,
                      wasi_linker: wasmtime.Linker) -> wasmtime.Instance:
@@ -92,7 +100,7 @@ def instantiate_shim(store: wasmtime.Store, engine: wasmtime.Engine,
         limits, shared = memory.type().limits, True
     else:
         limits, shared = memory.type(store).limits, False
-    module = wasmtime.Module(engine, shim_wat(limits.max, shared))
+    module = _shim_module(engine, limits.max, shared)
     originals = [wasi_linker.get(store, "wasi_snapshot_preview1", name)
                  for name in (*PATH_FUNCTIONS, *PASSTHROUGH_FUNCTIONS)]
     return wasmtime.Instance(store, module, [memory, *originals])
