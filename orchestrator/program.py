@@ -95,6 +95,7 @@ class ProgramOptions:
 
 
 MAX_THREAD_ID = (1 << 29) - 1  # wasi-threads: thread ids are in [1, 2^29)
+TLS_ARENA_BYTES = 4096  # a group's TLS arena (asked for when first needed; more on demand)
 JOIN_TIMEOUT = 5.0  # seconds stopped threads get to reach a safe point at exit
 WAIT_SLICE = 0.05  # seconds between checks for a stopping program while waiting on workers
 
@@ -119,7 +120,9 @@ class Program:
         self.tracer = Tracer(options.trace)
         self._topology = threading.Lock()
         self._groups_lock = threading.Lock()
-        self._memory_lock = threading.RLock()  # allocate_tls may grow memory
+        self._memory_lock = threading.RLock()  # tls_arena may grow memory
+        self._arenas: dict[int, list[tuple[int, int]]] = {}  # thread id -> its TLS arenas
+        self._free_arenas: list[tuple[int, int]] = []
         self._stop = threading.Event()
         self._outcome: tuple[int, str | None] | None = None
         self._outcome_lock = threading.Lock()
@@ -161,14 +164,26 @@ class Program:
             region.set_pages(old + pages)
             return old
 
-    def allocate_tls(self, size: int, align: int) -> int:
-        """A TLS block for one thread's instance of a side module (never freed: a thread's
-        blocks are few and small). Called while the topology-lock holder waits for the
-        requesting group, so the linker is not placing data at the same time."""
+    def tls_arena(self, thread_id: int, minimum: int = TLS_ARENA_BYTES) -> list[int]:
+        """Memory from which a group places its own TLS blocks of side modules that other
+        groups loaded: [base, size]. Arenas of ended threads are reused (their worker zeroes
+        each block before use), so a program spawning many threads does not grow memory for
+        each. Called at spawn (under the topology lock) or while the lock holder waits for
+        the requesting group, so the linker is not placing data at the same time."""
         with self._memory_lock:
-            if align & (align - 1):
-                raise LinkError(f"TLS alignment {align} is not a power of two")
-            return self.linker.allocator.allocate(max(size, 1), align)
+            reusable = [a for a in self._free_arenas if a[1] >= minimum]
+            if reusable:
+                arena = min(reusable, key=lambda a: a[1])
+                self._free_arenas.remove(arena)
+            else:
+                size = max(minimum, TLS_ARENA_BYTES)
+                arena = (self.linker.allocator.allocate(size, 16), size)
+            self._arenas.setdefault(thread_id, []).append(arena)
+            return list(arena)
+
+    def _release_arenas(self, thread_id: int) -> None:
+        with self._memory_lock:
+            self._free_arenas += self._arenas.pop(thread_id, [])
 
     def _create_memory(self, main: WasmModule) -> int:
         """The shared region for main's imported memory; returns the start size in pages."""
@@ -364,6 +379,7 @@ class Program:
             else:
                 self.finish(code)
         if tid != 1:
+            self._release_arenas(tid)
             self.pool.give_back(worker)
 
     def _finish_after_threads(self, code: int) -> None:
@@ -404,8 +420,8 @@ class Program:
                 return self.spawn_thread(worker, int(args[0]))
             if name == "grow":
                 return self.grow_memory(int(args[0]))
-            if name == "allocate_tls":
-                return self.allocate_tls(int(args[0]), int(args[1]))
+            if name == "tls_arena":
+                return self.tls_arena(worker.thread_id, int(args[0]))
             if name == "cwd":
                 return self.fs.cwd
             if name == "chdir":

@@ -35,7 +35,7 @@ from wasmgroup.shared.errors import WasmgroupError
 # Requests answered at once on the reader thread: they never wait on another group, and a
 # group applying a broadcast operation inside a long request (its dlopen or spawn waiting on
 # the topology lock) makes them nested in that request, so they must not queue behind it.
-IMMEDIATE_CALLS = frozenset({"grow", "allocate_tls", "cwd", "chdir", "is_side_module"})
+IMMEDIATE_CALLS = frozenset({"grow", "tls_arena", "cwd", "chdir", "is_side_module"})
 READY_TIMEOUT = 60.0  # seconds for a new worker to import wasmtime and create its engine
 SHUTDOWN_GRACE = 2.0  # seconds a worker gets to leave on its own before it is killed
 

@@ -75,7 +75,7 @@ class LinkService(Protocol):
                      func_type: FuncType) -> tuple[int, str]: ...
     def spawn_thread(self, group: InstanceGroup, start_arg: int) -> int: ...
     def grow_memory(self, group: InstanceGroup, pages: int) -> int: ...
-    def allocate_tls(self, group: InstanceGroup, size: int, align: int) -> int: ...
+    def tls_arena(self, group: InstanceGroup, minimum: int) -> tuple[int, int]: ...
     def stopping(self) -> bool: ...
     def cwd(self) -> str: ...
     def change_directory(self, path: str) -> bool: ...
@@ -151,6 +151,7 @@ class InstanceGroup:
         self._clocks = make_clock_functions(self)
         self.memory_object: wasmtime.Memory | wasmtime.SharedMemory | None = None
         self.region: SharedRegion | None = None
+        self._tls_arena = [0, 0]  # [next free byte, end] of this group's TLS arena
         self._memory: GuestMemory | None = None
         self.table: wasmtime.Table | None = None
         self.stack_pointer: wasmtime.Global | None = None
@@ -187,6 +188,24 @@ class InstanceGroup:
         return self._tls_bases[handle]
 
     # ------------------------------------------------------------------ start-up
+    def add_tls_arena(self, base: int, size: int) -> None:
+        self._tls_arena = [base, base + size]
+
+    def _allocate_tls(self, size: int, align: int) -> int:
+        """A zeroed TLS block from this group's arena (a new arena when it is used up)."""
+        if align & (align - 1):
+            raise LinkError(f"TLS alignment {align} is not a power of two")
+        size = max(size, 1)
+        cursor, end = self._tls_arena
+        block = -(-cursor // align) * align
+        if block + size > end:
+            base, length = self.service.tls_arena(self, size + align)
+            self.add_tls_arena(base, length)
+            return self._allocate_tls(size, align)
+        self._tls_arena[0] = block + size
+        self.memory.fill(block, size)  # the arena may have served a thread that ended
+        return block
+
     def attach_memory(self, region: SharedRegion | None, shared: bool) -> None:
         """The program's memory: a wasmtime memory at the region's full size, with the
         region's shared bytes mapped over it (shared/memory.py says why the full size)."""
@@ -248,8 +267,8 @@ class InstanceGroup:
         try:
             if isinstance(size, wasmtime.Global) and isinstance(align, wasmtime.Global) \
                     and isinstance(init, wasmtime.Func):
-                block = self.service.allocate_tls(self, int(size.value(self.store)),
-                                                  max(int(align.value(self.store)), 4))
+                block = self._allocate_tls(int(size.value(self.store)),
+                                           max(int(align.value(self.store)), 4))
                 init(self.store, block)
                 relocs = exports.get("__wasm_apply_tls_relocs")
                 if isinstance(relocs, wasmtime.Func):

@@ -335,8 +335,9 @@ class WorkerService:
     def grow_memory(self, group: InstanceGroup, pages: int) -> int:
         return int(self._call("grow", pages, safe_point=False))
 
-    def allocate_tls(self, group: InstanceGroup, size: int, align: int) -> int:
-        return int(self._call("allocate_tls", size, align, safe_point=False))
+    def tls_arena(self, group: InstanceGroup, minimum: int) -> tuple[int, int]:
+        base, size = self._call("tls_arena", minimum, safe_point=False)
+        return int(base), int(size)
 
     def stopping(self) -> bool:
         return self.worker._stop.is_set()
