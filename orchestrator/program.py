@@ -225,6 +225,7 @@ class Program:
             "slots": [],
             "main_has_dylink": False,
             "entry": None,  # [name, args]: run it as soon as the group exists
+            "program_id": os.getpid(),  # the guest's process id, in every thread
         }
         return config, fds
 

@@ -200,3 +200,11 @@ def test_exit_during_start_up_ends_the_program_with_its_code(tmp_path: Path) -> 
     result = run_program(str(prog))
     assert (result.exit_code, result.error) == (7, None)
     assert_nothing_left(fds)
+
+
+def test_threads_share_one_process_id_and_one_monotonic_clock(guests: Path) -> None:
+    """Each thread is its own OS process, but the guest sees one program: getpid() and
+    CLOCK_MONOTONIC agree across threads."""
+    result = run_program(str(guests / "threads" / "thread_faults.wasm"), ["ids"])
+    assert result.exit_code == 0, result.error
+    assert result.stdout.decode().splitlines()[-1] == "ids: pid same, clock ordered"

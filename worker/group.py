@@ -13,6 +13,7 @@ modules' data regions are zeroed so the coordinator can place other data there.
 
 from __future__ import annotations
 
+import os
 import queue
 import time
 from collections.abc import Callable
@@ -151,6 +152,7 @@ class InstanceGroup:
         self._clocks = make_clock_functions(self)
         self.memory_object: wasmtime.Memory | wasmtime.SharedMemory | None = None
         self.region: SharedRegion | None = None
+        self.program_id = os.getpid()  # what proc_id (getpid) returns: the coordinator's pid
         self._tls_arena = [0, 0]  # [next free byte, end] of this group's TLS arena
         self._memory: GuestMemory | None = None
         self.table: wasmtime.Table | None = None

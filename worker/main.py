@@ -224,6 +224,7 @@ class Worker:
                               thread_id=thread)
         with self._group_lock:
             self.group = group
+        group.program_id = config["program_id"]
         group.attach_memory(region, bool(memory and memory["shared"]))
         group.create_table(config["table_length"], config["stack_high"])
         if role == "thread":

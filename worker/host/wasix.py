@@ -179,7 +179,7 @@ def make_wasix_functions(group: InstanceGroup) -> dict[str, Callable[..., int | 
 
     @_faults_to_errno
     def proc_id(ret: int) -> int:
-        group.memory.write_u32(ret, os.getpid())  # unique per running program
+        group.memory.write_u32(ret, group.program_id)  # one id for all the program's threads
         return ESUCCESS
 
     @_faults_to_errno
