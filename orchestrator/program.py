@@ -134,6 +134,11 @@ class Program:
         self.region: SharedRegion | None = None
         self._shared_memory = False
         self._closed = False
+        # Standby groups: replayed and kept current like any group, waiting to become the
+        # next thread (a spawn then only names the thread); their ids are negative.
+        self._standby: list[WorkerProcess] = []
+        self._standby_ids = itertools.count(-1, -1)
+        self._standby_wanted: threading.Event | None = None
         lib_path = options.env.get("LD_LIBRARY_PATH", "")
         self.linker = LinkerState(self.fs, self._parsed_module, self.grow_memory,
                                   [e for e in lib_path.split(":") if e])
@@ -294,7 +299,8 @@ class Program:
                     self.finish(0)  # a reactor: linking and _initialize were the whole job
                 else:
                     assert self.main_worker is not None
-                    self.main_worker.send("run", entry="_start", args=[])
+                    self.main_worker.send("run", entry="_start", args=[], thread=1)
+                    self._replenish_standby_later()
             while not self._stop.wait(0.1):
                 pass
         except KeyboardInterrupt:
@@ -392,6 +398,8 @@ class Program:
         tid = worker.thread_id
         with self._groups_lock:
             hosted = self.groups.pop(tid, None) is worker
+            if worker in self._standby:
+                self._standby.remove(worker)
         assignment = self._assignments.pop(worker.pid, None)
         if assignment is not None:
             assignment.error = f"its worker process {worker.pid} {reason}"
@@ -461,6 +469,7 @@ class Program:
         each group reported (timings, and its state for a describe)."""
         with self._groups_lock:
             targets = {tid: w for tid, w in self.groups.items() if w is not exclude}
+            targets.update((w.thread_id, w) for w in self._standby)
         targets.update((w.thread_id, w) for w in extra)
         posted = {tid: w.post(op) for tid, w in targets.items()}
         for tid, future in posted.items():
@@ -523,8 +532,7 @@ class Program:
                 handles=outcome.plan.handles, plan_ms=ms(planned - started),
                 compile_ms=ms(self.cache.compile_seconds - compiled_before),
                 apply_ms=ms(applied - planned), broadcast_ms=ms(broadcast - applied),
-                group_apply_ms={str(t): ms(f.seconds) for t, f in others.items()},
-                verify_ms=ms(verify_seconds))
+                **_apply_times(others), verify_ms=ms(verify_seconds))
             return outcome.names[name]
 
     def dlsym(self, worker: WorkerProcess, handle: int, name: str) -> Any:
@@ -537,8 +545,7 @@ class Program:
                 verify_seconds = self._verify(f"dlsym {name}")
                 self._trace_op("dlsym", worker, started, name=name, ok=True,
                                slot=assignment.slot, broadcast_ms=ms(broadcast - started),
-                               group_apply_ms={str(t): ms(f.seconds) for t, f in others.items()},
-                               verify_ms=ms(verify_seconds))
+                               **_apply_times(others), verify_ms=ms(verify_seconds))
             return address
 
     def change_directory(self, path: str) -> bool:
@@ -557,6 +564,18 @@ class Program:
         with self._topology_lock():
             return self.linker.resolve_stub(importer, name, func_type)
 
+    def _thread_config(self) -> tuple[dict[str, Any], list[int]]:
+        """A new thread's group: the log to replay (modules in handle order, then slots)."""
+        plans, slots = self.linker.replay_log()
+        config, fds = self._base_config()
+        config.update(
+            artefacts=self._artefacts(plans),
+            plans=[to_wire(LoadPlan(modules=plans, table_length=self.linker.table_length,
+                                    slots=[]))],
+            slots=[to_wire(s) for s in slots], stack_high=None,
+            main_has_dylink=self.linker.modules[MAIN_HANDLE].module.dylink is not None)
+        return config, fds
+
     def spawn_thread(self, spawner: WorkerProcess, start_arg: int) -> int:
         """wasi-threads `thread-spawn`: a new group, in a worker of its own, replays the log,
         then runs `wasi_thread_start(tid, start_arg)`. Returns the tid, or -errno."""
@@ -567,41 +586,100 @@ class Program:
             if tid > MAX_THREAD_ID:
                 return -EAGAIN
             started = time.perf_counter()
-            try:
-                child = self.pool.take()
-            except WorkerStartError as err:
-                self.finish(EXIT_RUNTIME_ERROR, f"cannot start thread {tid}: {err}")
-                raise CallStopped() from None
-            plans, slots = self.linker.replay_log()
-            config, fds = self._base_config()
-            config.update(
-                artefacts=self._artefacts(plans),
-                plans=[to_wire(LoadPlan(modules=plans, table_length=self.linker.table_length,
-                                        slots=[]))],
-                slots=[to_wire(s) for s in slots], stack_high=None,
-                main_has_dylink=self.linker.modules[MAIN_HANDLE].module.dylink is not None)
-            if not self.options.verify_groups:
-                # Nothing to check first: the worker starts the thread as soon as it has
-                # replayed (no broadcast can come between: this holds the topology lock).
-                config["entry"] = ["wasi_thread_start", [tid, start_arg]]
             with self._groups_lock:
-                self.groups[tid] = child
-            self.threads[tid] = child
-            try:
-                self._assign(child, tid, "thread", config, fds)
-            except LinkError as err:
+                standby = self._standby.pop(0) if self._standby else None
+            if standby is not None and standby.lost is None:
+                self._start_standby(standby, tid, start_arg)
+                self._trace_op("spawn", spawner, started, ok=True, new_thread=tid,
+                               standby=True)
+            else:
+                self._spawn_fresh(spawner, tid, start_arg, started)
+        self._replenish_standby_later()
+        return tid
+
+    def _start_standby(self, child: WorkerProcess, tid: int, start_arg: int) -> None:
+        with self._memory_lock:
+            if child.thread_id in self._arenas:
+                self._arenas[tid] = self._arenas.pop(child.thread_id)
+        child.thread_id = tid
+        with self._groups_lock:
+            self.groups[tid] = child
+        self.threads[tid] = child
+        child.send("run", entry="wasi_thread_start", args=[tid, start_arg], thread=tid)
+
+    def _spawn_fresh(self, spawner: WorkerProcess, tid: int, start_arg: int,
+                     started: float) -> None:
+        try:
+            child = self.pool.take()
+        except WorkerStartError as err:
+            self.finish(EXIT_RUNTIME_ERROR, f"cannot start thread {tid}: {err}")
+            raise CallStopped() from None
+        config, fds = self._thread_config()
+        if not self.options.verify_groups:
+            # Nothing to check first: the worker starts the thread as soon as it has
+            # replayed (no broadcast can come between: this holds the topology lock).
+            config["entry"] = ["wasi_thread_start", [tid, start_arg]]
+        with self._groups_lock:
+            self.groups[tid] = child
+        self.threads[tid] = child
+        try:
+            self._assign(child, tid, "thread", config, fds)
+        except LinkError as err:
+            with self._groups_lock:
+                self.groups.pop(tid, None)
+            self.pool.give_back(child)
+            self.finish(EXIT_RUNTIME_ERROR, f"cannot start thread {tid}: {err}")
+            raise CallStopped() from None
+        replayed = time.perf_counter()
+        verify_seconds = self._verify(f"spawning thread {tid}")
+        self._trace_op("spawn", spawner, started, ok=True, new_thread=tid,
+                       replay_ms=ms(replayed - started), verify_ms=ms(verify_seconds))
+        if config["entry"] is None:
+            child.send("run", entry="wasi_thread_start", args=[tid, start_arg], thread=tid)
+
+    def _replenish_standby_later(self) -> None:
+        """Prepare the next thread's group in the background (threaded programs only; not
+        with --verify-groups, whose checks at each spawn want the group built then)."""
+        if not self._shared_memory or self.options.verify_groups or self._standby:
+            return
+        if self._standby_wanted is None:
+            self._standby_wanted = threading.Event()
+            threading.Thread(target=self._keep_standby, args=(self._standby_wanted,),
+                             name="wasmgroup-standby", daemon=True).start()
+        self._standby_wanted.set()
+
+    def _keep_standby(self, wanted: threading.Event) -> None:
+        while not self._stop.is_set():
+            if wanted.wait(WAIT_SLICE):
+                wanted.clear()
+                self._replenish_standby()
+
+    def _replenish_standby(self) -> None:
+        try:
+            with self._topology_lock():
+                if self._standby or self._stop.is_set():
+                    return
+                child = self.pool.take_ready()
+                if child is None:
+                    return  # no idle worker ready: the next spawn builds its group itself
+                config, fds = self._thread_config()
                 with self._groups_lock:
-                    self.groups.pop(tid, None)
-                self.pool.give_back(child)
-                self.finish(EXIT_RUNTIME_ERROR, f"cannot start thread {tid}: {err}")
-                raise CallStopped() from None
-            replayed = time.perf_counter()
-            verify_seconds = self._verify(f"spawning thread {tid}")
-            self._trace_op("spawn", spawner, started, ok=True, new_thread=tid,
-                           replay_ms=ms(replayed - started), verify_ms=ms(verify_seconds))
-            if config["entry"] is None:
-                child.send("run", entry="wasi_thread_start", args=[tid, start_arg])
-            return tid
+                    self._standby.append(child)
+                try:
+                    self._assign(child, next(self._standby_ids), "thread", config, fds)
+                except LinkError:
+                    with self._groups_lock:
+                        if child in self._standby:
+                            self._standby.remove(child)
+                    self.pool.give_back(child)
+        except CallStopped:
+            pass
+
+
+def _apply_times(applied: dict[int, OperationFuture]) -> dict[str, Any]:
+    """Trace fields: each thread's apply time, and the standby groups' (negative ids)."""
+    return {"group_apply_ms": {str(t): ms(f.seconds) for t, f in applied.items() if t > 0},
+            "standby_apply_ms": [ms(f.seconds) for t, f in applied.items() if t < 0]}
 
 
 def run_program(path: str, args: Sequence[str] = (), *, env: dict[str, str] | None = None,

@@ -136,10 +136,6 @@ class WorkerProcess:
         return future
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
-        if not self._ready.is_set():
-            # Needed now: a background start goes on at normal priority.
-            with contextlib.suppress(AttributeError, OSError):
-                os.sched_setscheduler(self.pid, os.SCHED_OTHER, os.sched_param(0))
         if not self._ready.wait(timeout) or self.lost is not None:
             reason = self.lost or f"no answer within {timeout:.0f} s"
             self.kill()
@@ -263,18 +259,27 @@ class WorkerPool:
         return worker
 
     def take(self) -> WorkerProcess:
-        """A ready worker, from the pool if one is idle (then topped up in the background)."""
-        with self._lock:
-            worker = self._idle.pop() if self._idle else None  # the most recently used
-            short = len(self._idle) < self.size
+        """A ready worker: an idle one if one is ready, else a new one started now at normal
+        priority (workers still starting in the background stay in the pool)."""
+        worker = self.take_ready()
         if worker is None:
             worker = self._start_one()
             with self._lock:
                 self._idle.remove(worker)
-        if short:
-            threading.Thread(target=self._top_up, daemon=True).start()
         worker.wait_ready()
         return worker
+
+    def take_ready(self) -> WorkerProcess | None:
+        """An idle worker that is ready now, or None (never waits)."""
+        with self._lock:
+            ready = [w for w in self._idle if w._ready.is_set() and w.lost is None]
+            if not ready:
+                return None
+            self._idle.remove(ready[-1])
+            short = len(self._idle) < self.size
+        if short:
+            threading.Thread(target=self._top_up, daemon=True).start()
+        return ready[-1]
 
     def _top_up(self) -> None:
         with self._lock:

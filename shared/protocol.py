@@ -11,7 +11,7 @@ Messages, by direction (W = worker, C = coordinator):
                                           "thread" (attach, replay `plans`/`slots`); fds
                                           travel alongside (memfd, stdout, stderr)
   W→C assigned(error)                     the group exists (replayed), or why not
-  C→W run(entry, args)                    call the group's entry point
+  C→W run(entry, args, thread)            call the group's entry point, as wasm thread `thread`
   W→C exited(how, code, message)          the entry point ended: returned / exit /
                                           thread_exit / trap / stopped / failed
   W→C call(name, args)                    a LinkService request (dlopen, dlsym, spawn, ...)
@@ -43,7 +43,7 @@ MESSAGES: dict[str, dict[str, tuple[type, ...]]] = {
     "ready": {"pid": (int,)},
     "assign": {"thread": (int,), "role": (str,), "config": (dict,)},
     "assigned": {"error": (str, _NONE)},
-    "run": {"entry": (str,), "args": (list,)},
+    "run": {"entry": (str,), "args": (list,), "thread": (int,)},
     "exited": {"how": (str,), "code": (int,), "message": (str, _NONE)},
     "call": {"name": (str,), "args": (list,)},
     "reply": {"ok": (bool,), "value": (object,), "error": (str, _NONE)},

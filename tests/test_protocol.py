@@ -71,7 +71,7 @@ ROUND_TRIPS: list[tuple[str, dict[str, Any]]] = [
                            "blob": b"\x00\xff", 7: None}}),
     ("assigned", {"error": None}),
     ("assigned", {"error": "no such module"}),
-    ("run", {"entry": "_start", "args": [1, -2, 3.5, "x"]}),
+    ("run", {"entry": "_start", "args": [1, -2, 3.5, "x"], "thread": 1}),
     ("exited", {"how": "exit", "code": -1, "message": None}),
     ("call", {"name": "dlopen", "args": ["libfoo.so", 2]}),
     ("reply", {"ok": True, "value": {"handle": 12}, "error": None}),
@@ -135,7 +135,7 @@ def test_missing_field() -> None:
     ("ready", {"pid": "12"}, r"message 'ready': field 'pid' must be int, not str"),
     ("ready", {"pid": None}, r"message 'ready': field 'pid' must be int, not NoneType"),
     ("ready", {"pid": 1.0}, r"message 'ready': field 'pid' must be int, not float"),
-    ("run", {"entry": "_start", "args": {"a": 1}},
+    ("run", {"entry": "_start", "args": {"a": 1}, "thread": 1},
      r"message 'run': field 'args' must be list, not dict"),
     ("assigned", {"error": 3}, r"message 'assigned': field 'error' must be str or nil, not int"),
     ("ack", {"id": 1, "error": None, "seconds": 1, "state": None, "gone": False},
@@ -210,11 +210,11 @@ def test_unhashable_map_key_is_a_protocol_error() -> None:
 def test_receive_frames_in_order(pair: tuple[socket.socket, socket.socket]) -> None:
     left, right = pair
     send(left, encode("ready", pid=77))
-    send(left, encode("run", entry="main", args=["x" * 1000]))
+    send(left, encode("run", entry="main", args=["x" * 1000], thread=1))
     send(left, encode("stop"))
     assert receive(right) == {"v": PROTOCOL_VERSION, "t": "ready", "pid": 77}
     assert receive(right) == {"v": PROTOCOL_VERSION, "t": "run", "entry": "main",
-                              "args": ["x" * 1000]}
+                              "args": ["x" * 1000], "thread": 1}
     assert receive(right) == {"v": PROTOCOL_VERSION, "t": "stop"}
 
 

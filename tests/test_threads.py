@@ -7,6 +7,7 @@ interleavings differ between runs.
 from __future__ import annotations
 
 import gc
+import json
 import os
 from pathlib import Path
 
@@ -157,3 +158,18 @@ def test_dlopen_with_parked_groups(guests: Path) -> None:
     assert result.exit_code == 0, result.error
     assert result.stdout.decode().startswith("dlopen_latency: groups=4 rounds=5 p50_us=")
     assert len(program.linker.modules) == 1 + 5
+
+
+def test_standby_groups_follow_every_link_operation(guests: Path, tmp_path: Path) -> None:
+    """Threads started from a standby group (replayed ahead of the spawn, then kept current
+    by every broadcast) call into libraries loaded after the standby was built."""
+    trace = tmp_path / "trace.jsonl"
+    result = run_program(str(guests / "threads" / "topology.wasm"),
+                         ["dl-concurrent-open-and-spawn"], dirs=[f"{guests / 'threads'}::/"],
+                         trace=trace)
+    assert result.exit_code == 0, (result.stdout, result.error)
+    assert result.stdout.decode() == "topology dl-concurrent-open-and-spawn ok\n"
+    spawns = [json.loads(line) for line in trace.read_text().splitlines()
+              if json.loads(line)["op"] == "spawn"]
+    assert len(spawns) == 49  # the opener thread and 48 more
+    assert sum(1 for s in spawns if s.get("standby")) >= 24

@@ -2,8 +2,9 @@
 
 A worker the pool starts ahead of need imports wasmtime and creates its engine at idle CPU
 priority (SCHED_IDLE), so that starting it never slows the program's running threads; it
-returns to normal priority before it serves anything. The coordinator raises it at once if a
-thread needs it before it is ready.
+returns to normal priority before it serves anything (and before it starts other threads,
+which inherit the policy). A thread that needs a worker before any is ready gets one started
+at normal priority.
 """
 
 import contextlib

@@ -179,6 +179,8 @@ class Worker:
             if kind == "assign":
                 self._assign(message, fds)
             elif kind == "run":
+                if self.group is not None:
+                    self.group.thread_id = message["thread"]  # a standby group gets its id
                 self._run(message["entry"], message["args"])
             elif kind == "reply":
                 pass  # to a request the program's stop cut short
