@@ -193,6 +193,10 @@ class Worker:
         self._fds = fds
         try:
             self._build_group(message["thread"], message["role"], config, fds)
+        except ProgramStopping:
+            self._retire()
+            self.conn.send("assigned", error="the program is ending")
+            return
         except (LinkError, *WASM_ERRORS, OSError, ValueError) as err:
             self._retire()
             self.conn.send("assigned", error=str(err).strip())
@@ -306,6 +310,8 @@ class WorkerService:
         self.worker.conn.send("call", name=name, args=list(args))
         while True:
             message, _fds = self.worker.next_message(stop_aware=True, safe_point=safe_point)
+            if message["t"] == "shutdown":
+                os._exit(0)  # the coordinator is closing down while this group was building
             if message["t"] != "reply":
                 raise protocol.ProtocolError(f"expected a reply to {name!r}, got "
                                              f"{message['t']!r}")
