@@ -139,6 +139,7 @@ class Program:
         self._standby: list[WorkerProcess] = []
         self._standby_ids = itertools.count(-1, -1)
         self._standby_wanted: threading.Event | None = None
+        self._standby_pending: dict[WorkerProcess, list[OperationFuture]] = {}
         lib_path = options.env.get("LD_LIBRARY_PATH", "")
         self.linker = LinkerState(self.fs, self._parsed_module, self.grow_memory,
                                   [e for e in lib_path.split(":") if e])
@@ -400,6 +401,7 @@ class Program:
             hosted = self.groups.pop(tid, None) is worker
             if worker in self._standby:
                 self._standby.remove(worker)
+            self._standby_pending.pop(worker, None)
         assignment = self._assignments.pop(worker.pid, None)
         if assignment is not None:
             assignment.error = f"its worker process {worker.pid} {reason}"
@@ -469,7 +471,10 @@ class Program:
         each group reported (timings, and its state for a describe)."""
         with self._groups_lock:
             targets = {tid: w for tid, w in self.groups.items() if w is not exclude}
-            targets.update((w.thread_id, w) for w in self._standby)
+            # Standby groups run no guest code: nothing waits for them here; a spawn that
+            # takes one first waits for what it still has to apply.
+            for standby in self._standby:
+                self._standby_pending.setdefault(standby, []).append(standby.post(op))
         targets.update((w.thread_id, w) for w in extra)
         posted = {tid: w.post(op) for tid, w in targets.items()}
         for tid, future in posted.items():
@@ -588,7 +593,7 @@ class Program:
             started = time.perf_counter()
             with self._groups_lock:
                 standby = self._standby.pop(0) if self._standby else None
-            if standby is not None and standby.lost is None:
+            if standby is not None and self._standby_is_current(standby):
                 self._start_standby(standby, tid, start_arg)
                 self._trace_op("spawn", spawner, started, ok=True, new_thread=tid,
                                standby=True)
@@ -596,6 +601,17 @@ class Program:
                 self._spawn_fresh(spawner, tid, start_arg, started)
         self._replenish_standby_later()
         return tid
+
+    def _standby_is_current(self, standby: WorkerProcess) -> bool:
+        """Whether a standby group applied every operation broadcast since it was built
+        (waits for those still under way). One that failed or died is shut down."""
+        pending = self._standby_pending.pop(standby, [])
+        for future in pending:
+            self._await(future)
+        if standby.lost is None and all(f.error is None and not f.gone for f in pending):
+            return True
+        threading.Thread(target=standby.shutdown, daemon=True).start()
+        return False
 
     def _start_standby(self, child: WorkerProcess, tid: int, start_arg: int) -> None:
         with self._memory_lock:
@@ -677,9 +693,8 @@ class Program:
 
 
 def _apply_times(applied: dict[int, OperationFuture]) -> dict[str, Any]:
-    """Trace fields: each thread's apply time, and the standby groups' (negative ids)."""
-    return {"group_apply_ms": {str(t): ms(f.seconds) for t, f in applied.items() if t > 0},
-            "standby_apply_ms": [ms(f.seconds) for t, f in applied.items() if t < 0]}
+    """Trace field: each thread's time to apply the operation."""
+    return {"group_apply_ms": {str(t): ms(f.seconds) for t, f in applied.items()}}
 
 
 def run_program(path: str, args: Sequence[str] = (), *, env: dict[str, str] | None = None,
