@@ -14,14 +14,11 @@ from collections.abc import Iterator
 
 import pytest
 import wasmtime
+from leaks import open_fds
 
 from wasmgroup.shared.memory import CONTROL_BYTES, PAGE, SharedRegion
 from wasmgroup.worker import wasmtime_compat
 from wasmgroup.worker.group import make_engine_config
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 @pytest.fixture(autouse=True)

@@ -12,6 +12,7 @@ from typing import Any
 
 import msgpack
 import pytest
+from leaks import open_fds
 
 from wasmgroup.shared.protocol import (
     MAX_FRAME,
@@ -25,10 +26,6 @@ from wasmgroup.shared.protocol import (
     send,
     validate,
 )
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 @pytest.fixture(autouse=True)

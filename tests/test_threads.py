@@ -6,13 +6,11 @@ interleavings differ between runs.
 
 from __future__ import annotations
 
-import gc
 import json
-import os
 from pathlib import Path
 
-import psutil
 import pytest
+from leaks import assert_nothing_left, open_fds
 
 from wasmgroup.orchestrator.program import EXIT_TRAP, Program, ProgramOptions, run_program
 
@@ -25,16 +23,8 @@ def warm_runtime(guests: Path) -> None:
     run_program(str(guests / "threads" / "pthreads.wasm"))
 
 
-def open_fds() -> int:
-    gc.collect()  # modules (and their mapped .cwasm files) go with the last reference
-    return len(os.listdir("/proc/self/fd"))
 
 
-def assert_nothing_left(fds_before: int) -> None:
-    """No worker process (nor zombie), no socket or memfd, no /dev/shm entry of ours."""
-    assert psutil.Process().children(recursive=True) == []
-    assert open_fds() <= fds_before
-    assert not [n for n in os.listdir("/dev/shm") if "wasmgroup" in n]
 
 
 @pytest.mark.parametrize("run", range(RUNS))
