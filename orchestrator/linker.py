@@ -310,6 +310,9 @@ class LinkerState:
                 memory_size=info.mem_info.memory_size if info else 0, bindings=bindings))
         plan = LoadPlan(modules=module_plans, table_length=table_length, slots=slots,
                         stack_high=self.stack_high, stack_low=self.stack_low)
+        # The table is the plan's from now on, whatever comes of it (tables only grow): a
+        # dlsym from one of its constructors gets a slot after it, not inside it.
+        self.table_length = max(self.table_length, table_length)
         return PendingLoad(plan, list(batch.new), dict(batch.names), batch.next_handle, saved)
 
     def _resolve_import(self, loaded: LoadedModule, imp: Import,

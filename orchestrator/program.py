@@ -119,6 +119,8 @@ class Program:
         self._stderr = PipeCapture() if options.capture_output else None
         self.tracer = Tracer(options.trace)
         self._topology = threading.Lock()
+        self._topology_holder: WorkerProcess | None = None
+        self._loading: WorkerProcess | None = None  # the group applying a dlopen's constructors
         self._groups_lock = threading.Lock()
         self._memory_lock = threading.RLock()  # tls_arena may grow memory
         self._arenas: dict[int, list[tuple[int, int]]] = {}  # thread id -> its TLS arenas
@@ -272,11 +274,14 @@ class Program:
     def _apply_first(self, worker: WorkerProcess, pending: PendingLoad) -> None:
         """The instigating group applies a load with its initialisation; commit or abort."""
         future = worker.post(self._load_op(pending.plan), initialise=True)
+        self._loading = worker
         try:
             self._await(future)
         except CallStopped:
             self.linker.abort(pending)
             raise
+        finally:
+            self._loading = None
         if future.gone or future.error is not None:
             self.linker.abort(pending)
             if future.gone:
@@ -449,15 +454,22 @@ class Program:
 
     # ------------------------------------------------------------------ the barrier
     @contextmanager
-    def _topology_lock(self) -> Iterator[None]:
+    def _topology_lock(self, requester: WorkerProcess | None) -> Iterator[None]:
         """Held for every change of link topology. The groups waiting for it keep applying
-        what the holder broadcasts (their worker services operations while it waits)."""
+        what the holder broadcasts (their worker services operations while it waits). It is
+        held for a group, not a thread: a request the holder's group makes while its own
+        operation runs (dlsym or a lazy stub in a constructor) goes through."""
+        if requester is not None and self._topology_holder is requester:
+            yield
+            return
         while not self._topology.acquire(timeout=WAIT_SLICE):
             if self._stop.is_set():
                 raise CallStopped()
+        self._topology_holder = requester
         try:
             yield
         finally:
+            self._topology_holder = None
             self._topology.release()
 
     def _await(self, future: OperationFuture) -> None:
@@ -509,7 +521,10 @@ class Program:
                ) -> int:
         """Load `name` (and what it needs) in every group; its handle. Raises LinkError."""
         started = time.perf_counter()
-        with self._topology_lock():
+        if self._loading is worker:
+            raise LinkError(f"cannot load {name} from a constructor of a library being loaded "
+                            "(dlopen inside dlopen)")
+        with self._topology_lock(worker):
             compiled_before = self.cache.compile_seconds
             try:
                 outcome = self.linker.plan_load(name, ld_library_path)
@@ -541,7 +556,7 @@ class Program:
             return outcome.names[name]
 
     def dlsym(self, worker: WorkerProcess, handle: int, name: str) -> Any:
-        with self._topology_lock():
+        with self._topology_lock(worker):
             started = time.perf_counter()
             address, assignment = self.linker.dlsym(handle, name)
             if assignment is not None:
@@ -566,7 +581,7 @@ class Program:
 
     def resolve_stub(self, worker: WorkerProcess, importer: int, name: str,
                      func_type: FuncType) -> tuple[int, str]:
-        with self._topology_lock():
+        with self._topology_lock(worker):
             return self.linker.resolve_stub(importer, name, func_type)
 
     def _thread_config(self) -> tuple[dict[str, Any], list[int]]:
@@ -586,7 +601,7 @@ class Program:
         then runs `wasi_thread_start(tid, start_arg)`. Returns the tid, or -errno."""
         if self.region is None or not self._shared_memory:
             return -EAGAIN  # threads need a shared memory
-        with self._topology_lock():
+        with self._topology_lock(spawner):
             tid = next(self._thread_ids)
             if tid > MAX_THREAD_ID:
                 return -EAGAIN
@@ -672,7 +687,7 @@ class Program:
 
     def _replenish_standby(self) -> None:
         try:
-            with self._topology_lock():
+            with self._topology_lock(None):
                 if self._standby or self._stop.is_set():
                     return
                 child = self.pool.take_ready()

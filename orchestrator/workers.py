@@ -110,6 +110,7 @@ class WorkerProcess:
         self._futures_lock = threading.Lock()
         self._requests: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
         self.lost: str | None = None  # why the worker is gone, once it is
+        self._busy = False  # a request of this worker is being served
         self._closing = False
         threading.Thread(target=self._read, name=f"wasmgroup-read-{self.pid}",
                          daemon=True).start()
@@ -154,7 +155,12 @@ class WorkerProcess:
                     self._complete(message)
                 elif kind == "call" and message["name"] in IMMEDIATE_CALLS:
                     self._answer(message)
+                elif kind == "call" and self._busy:
+                    # Made while the worker's own request is under way (a constructor's dlsym
+                    # during its dlopen): answered beside it, or neither could finish.
+                    threading.Thread(target=self._answer, args=(message,), daemon=True).start()
                 elif kind == "call":
+                    self._busy = True
                     self._requests.put(message)
                 elif kind in ("assigned", "exited") and self.listener is not None:
                     self.listener.worker_message(self, message)
@@ -201,7 +207,10 @@ class WorkerProcess:
             message = self._requests.get()
             if message is None:
                 return
-            self._answer(message)
+            try:
+                self._answer(message)
+            finally:
+                self._busy = False
 
     def _answer(self, message: dict[str, Any]) -> None:
         listener = self.listener

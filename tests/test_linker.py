@@ -703,3 +703,17 @@ def test_load_plan_round_trips_through_msgpack(world: World) -> None:
     _, assignment = world.linker.dlsym(2, "wf")
     assert assignment is not None
     assert from_wire(msgpack.unpackb(msgpack.packb(to_wire(assignment)))) == assignment
+
+
+def test_dlsym_during_a_pending_load_gets_a_slot_after_its_table(loaded: World) -> None:
+    """A constructor of a library being loaded calls dlsym: the fresh slot must not fall in
+    the table region the pending plan gave the new module."""
+    loaded.lib("libctor.so", wat(func("cf")), table=(4, 0))
+    pending = loaded.plan("libctor.so")
+    (module_plan,) = pending.plan.modules
+    address, assignment = loaded.linker.dlsym(0, "mf")
+    assert assignment is not None
+    assert address.value >= module_plan.table_base + module_plan.table_size
+    assert address.value >= pending.plan.table_length
+    loaded.linker.commit(pending)
+    assert loaded.linker.table_length == address.value + 1

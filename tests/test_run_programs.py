@@ -135,6 +135,22 @@ def test_failed_dlopens_leave_the_linker_as_it_was(guests: Path) -> None:
     assert hello_faulty.table_base >= first_alone.table_base
 
 
+@pytest.mark.parametrize("verify", [False, True])
+def test_constructor_calling_dlsym_and_dlopen_during_its_load(guests: Path, verify: bool
+                                                                 ) -> None:
+    """dlsym from a constructor works (its slot lands after the new module's table region);
+    a dlopen from a constructor fails cleanly instead of deadlocking the load."""
+    result = run_program(str(guests / "plugins" / "host.wasm"), ["/ctordl"],
+                         dirs=[f"{guests / 'plugins'}::/"], verify_groups=verify)
+    assert result.exit_code == 0, result.error
+    assert result.stdout.decode().splitlines()[1:] == [
+        "[ctordl] nested dlopen refused: failed to load module: cannot load "
+        "/plugins/libhello.so from a constructor of a library being loaded (dlopen inside "
+        "dlopen)",
+        "loaded libctordl.so (ctordl: dlsym and dlopen in its constructor) run(21)=1211",
+        "1 plugin(s), 0 failure(s)"]
+
+
 def test_same_name_twice_gives_same_handle_and_loads_once(guests: Path) -> None:
     program = Program(str(guests / "pie" / "main.wasm"),
                       ProgramOptions(args=["/rpath/libbaz.so"], dirs=[f"{guests}::/"],
