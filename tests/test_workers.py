@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import psutil
 import pytest
 import wasmtime
 from leaks import assert_nothing_left, open_fds
@@ -192,3 +193,22 @@ def test_threads_share_one_process_id_and_one_monotonic_clock(guests: Path) -> N
     result = run_program(str(guests / "threads" / "thread_faults.wasm"), ["ids"])
     assert result.exit_code == 0, result.error
     assert result.stdout.decode().splitlines()[-1] == "ids: pid same, clock ordered"
+
+
+def test_workers_leave_when_the_coordinator_dies(tmp_path: Path) -> None:
+    """SIGKILL the coordinator (no clean-up runs): its workers notice the closed socket and
+    exit, spinning guest code or idle."""
+    prog = tmp_path / "spin.wasm"
+    prog.write_bytes(wasmtime.wat2wasm(
+        '(module (memory (export "memory") 1) (func (export "_start") (loop (br 0))))'))
+    coordinator = psutil.Popen([sys.executable, "-m", "wasmgroup.orchestrator.cli", "run",
+                                str(prog)])
+    try:
+        wait_for(lambda: len(coordinator.children()) >= 2)  # the main worker and idle ones
+        time.sleep(0.5)
+        workers = coordinator.children()
+    finally:
+        coordinator.kill()
+        coordinator.wait()
+    _gone, alive = psutil.wait_procs(workers, timeout=10)
+    assert alive == []

@@ -3,7 +3,9 @@
 Started by the coordinator as `python -m wasmgroup.worker FD` (a fresh interpreter, never a
 fork of a process that has used wasmtime), with FD one end of a Unix socket pair. It creates
 its engine, says `ready`, then serves assignments until told to shut down or the coordinator
-goes away (the socket closes, or the kernel's parent-death signal ends it).
+goes away: its socket closes (as it does when the coordinator dies), and the reader thread
+ends the process. (Not the kernel's parent-death signal: that follows the thread that started
+the worker, and the pool starts workers from short-lived threads.)
 
 Threads of this process:
 - the main thread runs the group: it applies the assignment, runs the entry point, and while it
@@ -18,7 +20,6 @@ Threads of this process:
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import queue
 import signal
@@ -53,7 +54,6 @@ from wasmgroup.worker.group import (
 from wasmgroup.worker.host.wasix import GuestExit, ProgramStopping, ThreadExit
 
 TICK_SECONDS = 0.005
-_PR_SET_PDEATHSIG = 1
 
 
 class Connection:
@@ -358,15 +358,8 @@ class WorkerService:
         return bool(self._call("chdir", path, safe_point=False))
 
 
-def _die_with_parent() -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator handles Ctrl-C for all
     sock = socket.socket(fileno=int(args[0]))
     worker = Worker(sock)
