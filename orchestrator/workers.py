@@ -329,10 +329,6 @@ class WorkerPool:
                 worker.process.wait(timeout=max(0.0, deadline - time.monotonic()))
             worker.kill()
 
-    def pids(self) -> list[int]:
-        with self._lock:
-            return [w.pid for w in self._all]
-
 
 __all__ = ["CallFailed", "CallStopped", "OperationFuture", "WorkerPool", "WorkerProcess",
            "WorkerStartError", "describe_exit"]

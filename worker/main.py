@@ -372,8 +372,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    if os.getppid() == 1:
-        sys.exit(1)  # the coordinator died before we started
     sys.exit(main())
 
 
