@@ -477,8 +477,8 @@ class Program:
             if self._stop.is_set():
                 raise CallStopped()
 
-    def _broadcast(self, op: dict[str, Any], exclude: WorkerProcess | None = None,
-                   extra: Sequence[WorkerProcess] = ()) -> dict[int, OperationFuture]:
+    def _broadcast(self, op: dict[str, Any], exclude: WorkerProcess | None = None
+                   ) -> dict[int, OperationFuture]:
         """Every live group (but `exclude`) applies `op` before this returns. Returns what
         each group reported (timings, and its state for a describe)."""
         with self._groups_lock:
@@ -487,7 +487,6 @@ class Program:
             # takes one first waits for what it still has to apply.
             for standby in self._standby:
                 self._standby_pending.setdefault(standby, []).append(standby.post(op))
-        targets.update((w.thread_id, w) for w in extra)
         posted = {tid: w.post(op) for tid, w in targets.items()}
         for tid, future in posted.items():
             self._await(future)
@@ -497,12 +496,12 @@ class Program:
                 raise CallStopped()
         return {tid: f for tid, f in posted.items() if not f.gone}
 
-    def _verify(self, after: str, extra: Sequence[WorkerProcess] = ()) -> float:
+    def _verify(self, after: str) -> float:
         """With --verify-groups: stop the program if any group disagrees. Returns seconds."""
         if not self.options.verify_groups:
             return 0.0
         started = time.perf_counter()
-        answers = self._broadcast({"op": "describe"}, extra=extra)
+        answers = self._broadcast({"op": "describe"})
         states = [state_from_wire(f.state) for f in answers.values() if f.state is not None]
         difference = first_difference(sorted(states, key=lambda s: s.thread_id))
         if difference is not None:
