@@ -149,6 +149,15 @@ class LinkerState:
         # Lazy stubs resolved so far: (importing handle, name) -> (exporting handle, name).
         self.stub_bindings: dict[tuple[int, str], tuple[int, str]] = {}
 
+    @property
+    def main_imports_stack_pointer(self) -> bool:
+        """A PIE main imports `env.__stack_pointer`: every group then makes its own (a static
+        main defines one, exported for its side modules)."""
+        main = self.modules.get(MAIN_HANDLE)
+        return main is not None and any(
+            i.module == "env" and i.name == "__stack_pointer"
+            for i in main.module.imports_of("global"))
+
     # ------------------------------------------------------------------ start-up
     def layout_main(self, main: WasmModule, memory_pages: int) -> int:
         """Lay out the main module; returns the memory size (pages) it needs at start.
@@ -158,6 +167,11 @@ class LinkerState:
         brings its own layout (base 0, its table as imported).
         """
         dylink = main.dylink
+        if dylink is not None and not any(i.module == "env" and i.name == "memory"
+                                           for i in main.imports_of("memory")):
+            # The seed's rule (MissingMainModuleImport): one memory, given to every module.
+            raise LinkError("a main module with dylink.0 must import its memory as env.memory "
+                            "(link it with --import-memory)")
         if dylink is not None:
             self._main_memory_base = 1 << dylink.mem_info.memory_alignment
             self.stack_low = _align_up(self._main_memory_base + dylink.mem_info.memory_size,

@@ -61,6 +61,7 @@ EXIT_TRAP = 134
 EXIT_RUNTIME_ERROR = 125
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 EAGAIN = 6
+ENOTCAPABLE = 76
 
 
 class ProgramError(WasmgroupError):
@@ -197,7 +198,10 @@ class Program:
         """The shared region for main's imported memory; returns the start size in pages."""
         memory_imports = [i for i in main.imports if i.kind == "memory"]
         limits = getattr(memory_imports[0].type, "limits", None) if memory_imports else None
-        pages = self.linker.layout_main(main, limits.minimum if limits else 0)
+        try:
+            pages = self.linker.layout_main(main, limits.minimum if limits else 0)
+        except LinkError as err:
+            raise LinkError(f"{self.path}: {err}") from None
         if not isinstance(limits, Limits):
             return pages
         if limits.is64:
@@ -227,11 +231,10 @@ class Program:
             "capture": self._stdout is not None,
             "memory": memory,
             "table_length": self.linker.table_length,
-            "stack_high": 0,
+            "stack_pointer": None,  # the group's own __stack_pointer start value, if any
             "artefacts": {},
             "plans": [],
             "slots": [],
-            "main_has_dylink": False,
             "entry": None,  # [name, args]: run it as soon as the group exists
             "program_id": os.getpid(),  # the guest's process id, in every thread
         }
@@ -259,7 +262,8 @@ class Program:
         worker = self.pool.take()
         self.main_worker = worker
         config, fds = self._base_config()
-        config["stack_high"] = self.linker.stack_high or None
+        if self.linker.main_imports_stack_pointer:
+            config["stack_pointer"] = self.linker.stack_high
         with self._groups_lock:
             self.groups[1] = worker
         try:
@@ -591,8 +595,10 @@ class Program:
             artefacts=self._artefacts(plans),
             plans=[to_wire(LoadPlan(modules=plans, table_length=self.linker.table_length,
                                     slots=[]))],
-            slots=[to_wire(s) for s in slots], stack_high=None,
-            main_has_dylink=self.linker.modules[MAIN_HANDLE].module.dylink is not None)
+            slots=[to_wire(s) for s in slots],
+            # A new thread of a main importing its stack pointer gets its own, set by
+            # wasi_thread_start from the start argument before any C code runs.
+            stack_pointer=0 if self.linker.main_imports_stack_pointer else None)
         return config, fds
 
     def spawn_thread(self, spawner: WorkerProcess, start_arg: int) -> int:
@@ -600,6 +606,8 @@ class Program:
         then runs `wasi_thread_start(tid, start_arg)`. Returns the tid, or -errno."""
         if self.region is None or not self._shared_memory:
             return -EAGAIN  # threads need a shared memory
+        if self.linker.modules[MAIN_HANDLE].module.export_named("wasi_thread_start") is None:
+            return -ENOTCAPABLE  # as Wasmer: nothing to start the thread with
         with self._topology_lock(spawner):
             tid = next(self._thread_ids)
             if tid > MAX_THREAD_ID:

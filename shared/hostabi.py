@@ -41,6 +41,7 @@ WASIX_32V1: dict[str, FuncType] = {
     "proc_signals_get": _f(1),
     "proc_signals_sizes_get": _f(1),
     "thread_spawn_v2": _f(2),
+    "thread_sleep": FuncType(("i64",), (I32,)),
     "thread_id": _f(1),
     "getcwd": _f(2),
     "chdir": _f(2),

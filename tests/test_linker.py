@@ -340,10 +340,18 @@ def test_main_layout_and_well_known_globals(tmp_path: Path) -> None:
 
 def test_main_memory_alignment_zero_gives_base_one(tmp_path: Path) -> None:
     w = World(tmp_path)
-    plan = w.start(side_module(wat(MEMORY_BASE), mem=(10, 0)))
+    plan = w.start(side_module(wat('(import "env" "memory" (memory 1))', MEMORY_BASE),
+                               mem=(10, 0)))
     assert plan.modules[0].memory_base == 1
     assert bindings(plan, 1)["env", "__memory_base"].value == 1
     assert w.linker.stack_low == 1024
+
+
+def test_main_with_dylink_that_defines_its_memory_is_refused(tmp_path: Path) -> None:
+    """The seed's MissingMainModuleImport: one memory, imported by main and every library."""
+    w = World(tmp_path)
+    with pytest.raises(LinkError, match=r"must import its memory as env\.memory"):
+        w.start(side_module(wat(MEMORY_BASE, "(memory 1)"), mem=(10, 0)))
 
 
 def test_side_memory_bases_follow_the_allocator(world: World) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import queue
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -118,6 +119,7 @@ def make_engine_config() -> wasmtime.Config:
 ENGINE_SETTINGS = ("threads,shared_memory,bulk_memory,reference_types,multi_value,exceptions,"
                    "epochs")
 FUTEX_SLICE_NS = 20_000_000  # a futex wait re-checks pending work this often at least
+SLEEP_SLICE = 0.05  # seconds: a sleep re-checks pending work this often even if never nudged
 
 
 def _val_type(name: str) -> wasmtime.ValType:
@@ -164,6 +166,7 @@ class InstanceGroup:
         self._pending: queue.SimpleQueue[PendingOperation] = queue.SimpleQueue()
         self._got: dict[str, wasmtime.Global] = {}  # non-TLS GOT globals, for verification
         self._waiting_on: int | None = None  # host address this group's futex_wait sleeps on
+        self._wakeup = threading.Event()  # set by nudge(): a sleeping thread has work to do
         self._epoch_hooks = epoch.install(self.store, self._on_tick)
 
     # ------------------------------------------------------------------ accessors
@@ -226,25 +229,23 @@ class InstanceGroup:
         base, length = self._memory.extent()
         region.map_over(base, length)
 
-    def create_table(self, table_length: int, stack_high: int | None) -> None:
+    def create_table(self, table_length: int, stack_pointer: int | None) -> None:
         """This group's table (of the current length, all null until plans fill it) and,
-        unless `stack_high` is None (a static main defines its own), its `__stack_pointer`
-        (a later PIE thread's is set by `wasi_thread_start`)."""
+        unless `stack_pointer` is None (a main that defines its own), the `__stack_pointer`
+        global every module of the group imports, with that start value (a PIE main's
+        thread: 0, then `wasi_thread_start` sets it from the thread's start argument)."""
         table_type = wasmtime.TableType(wasmtime.ValType.funcref(),
                                         wasmtime.Limits(table_length, None))
         self.table = wasmtime.Table(self.store, table_type, None)
-        if stack_high is not None:
+        if stack_pointer is not None:
             self.stack_pointer = wasmtime.Global(
                 self.store, wasmtime.GlobalType(wasmtime.ValType.i32(), True),
-                wasmtime.Val.i32(stack_high))
+                wasmtime.Val.i32(stack_pointer))
 
-    def replay(self, plans: list[ModulePlan], slots: list[SlotAssignment],
-               main_has_dylink: bool) -> None:
+    def replay(self, plans: list[ModulePlan], slots: list[SlotAssignment]) -> None:
         """Instantiate every loaded module in handle order, initialise each side module's TLS
         for this thread, then fill every GOT.func and dlsym slot: no data relocations and no
         constructors (they ran once, in the group that loaded each module)."""
-        if not main_has_dylink:
-            self.stack_pointer = None  # a static main defines its own
         for module_plan in plans:
             self._plans[module_plan.handle] = module_plan
             self._grow_table_to(module_plan.table_base + module_plan.table_size)
@@ -404,7 +405,7 @@ class InstanceGroup:
         if how == B_STACK_POINTER:
             if self.stack_pointer is None:
                 raise LinkError(f"{plan.name} imports env.__stack_pointer, but the main module "
-                                "neither has dylink.0 nor exports __stack_pointer")
+                                "neither imports nor exports __stack_pointer")
             return self.stack_pointer
         if how == B_TAG:
             if binding.name not in self._tags:
@@ -491,7 +492,8 @@ class InstanceGroup:
 
     def nudge(self) -> None:
         """Parked in futex_wait: wake it now (a spurious wake-up, which futex users
-        tolerate) rather than at the end of its wait slice."""
+        tolerate) rather than at the end of its wait slice; asleep: wake it too."""
+        self._wakeup.set()
         waiting_on = self._waiting_on
         if waiting_on is not None:
             futex_wake(waiting_on, 0x7FFFFFFF)
@@ -557,6 +559,21 @@ class InstanceGroup:
             # futex user re-checks; the operation is applied at the guest's next safe point.
             if outcome != "timeout":
                 return outcome
+
+    def sleep_until(self, deadline_ns: int) -> None:
+        """Sleep until the monotonic clock reaches `deadline_ns`, applying link operations
+        as soon as they are posted and leaving at once when the program stops."""
+        while True:
+            self.service_pending()
+            if self.service.stopping():
+                self.raise_stopped()
+            left = deadline_ns - time.monotonic_ns()
+            if left <= 0:
+                return
+            self._wakeup.clear()
+            if self.has_pending() or self.service.stopping():
+                continue  # posted between the checks above and the clear
+            self._wakeup.wait(min(left / 1e9, SLEEP_SLICE))
 
     def raise_stopped(self) -> None:
         """Leave guest code because the program is ending (the coordinator has its outcome)."""

@@ -232,14 +232,13 @@ class Worker:
             self.group = group
         group.program_id = config["program_id"]
         group.attach_memory(region, bool(memory and memory["shared"]))
-        group.create_table(config["table_length"], config["stack_high"])
+        group.create_table(config["table_length"], config["stack_pointer"])
         if role == "thread":
             plans = [from_wire(p) for p in config["plans"]]
             slots = [from_wire(s) for s in config["slots"]]
             group.replay([p for plan in plans if isinstance(plan, LoadPlan)
                           for p in plan.modules],
-                         [s for s in slots if isinstance(s, SlotAssignment)],
-                         config["main_has_dylink"])
+                         [s for s in slots if isinstance(s, SlotAssignment)])
 
     def _module(self, host_path: str) -> wasmtime.Module:
         module = self._modules.get(host_path)

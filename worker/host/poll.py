@@ -1,9 +1,10 @@
 """`poll_oneoff` that takes part in the program: sleeps wake for link operations and stops.
 
 wasix-libc's nanosleep/usleep/sleep are `poll_oneoff` with clock subscriptions only. Those are
-served here, as waits that apply pending link operations and notice a stopping program every
-few milliseconds, so a sleeping thread neither delays another thread's dlopen nor the
-program's exit. Subscriptions on descriptors go to wasmtime's own `poll_oneoff` unchanged.
+served here, as waits that apply pending link operations as they come and notice a stopping
+program at once (`InstanceGroup.sleep_until`), so a sleeping thread neither delays another
+thread's dlopen nor the program's exit. Subscriptions on descriptors go to wasmtime's own
+`poll_oneoff` unchanged.
 
 Layouts (wasi_snapshot_preview1): a subscription is 48 bytes (userdata u64 @0, tag u8 @8,
 clock id u32 @16, timeout u64 @24, precision u64 @32, flags u16 @40); an event is 32 bytes
@@ -28,7 +29,6 @@ TAG_CLOCK = 0
 FLAG_ABSTIME = 1
 CLOCK_REALTIME, CLOCK_MONOTONIC = 0, 1
 ESUCCESS, EINVAL, EFAULT = 0, 28, 21
-SLICE_SECONDS = 0.005
 
 
 def _now_ns(clock_id: int) -> int:
@@ -56,15 +56,7 @@ def make_poll_oneoff(group: InstanceGroup, passthrough: Callable[..., int]
             # A deadline on the monotonic clock, whatever clock the guest named.
             relative = timeout - _now_ns(clock_id) if flags & FLAG_ABSTIME else timeout
             clocks.append((time.monotonic_ns() + max(relative, 0), userdata))
-        wake_at = min(deadline for deadline, _ in clocks)
-        while True:
-            group.service_pending()
-            if group.service.stopping():
-                group.raise_stopped()
-            left = wake_at - time.monotonic_ns()
-            if left <= 0:
-                break
-            time.sleep(min(left / 1e9, SLICE_SECONDS))
+        group.sleep_until(min(deadline for deadline, _ in clocks))
         now = time.monotonic_ns()
         fired = [userdata for deadline, userdata in clocks if deadline <= now]
         try:

@@ -8,6 +8,7 @@ errno. They reach the linker through the group's `LinkService`, and memory throu
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -148,6 +149,10 @@ def make_wasix_functions(group: InstanceGroup) -> dict[str, Callable[..., int | 
     def proc_signals_get(buf: int) -> int:
         return ESUCCESS
 
+    def thread_sleep(duration_ns: int) -> int:
+        group.sleep_until(time.monotonic_ns() + max(duration_ns, 0))
+        return ESUCCESS
+
     def thread_spawn_v2(start: int, ret_tid: int) -> int:
         return group.spawn_thread_v2(start, ret_tid)
 
@@ -208,6 +213,7 @@ def make_wasix_functions(group: InstanceGroup) -> dict[str, Callable[..., int | 
         "thread_exit": thread_exit, "proc_exit2": proc_exit2, "thread_signal": thread_signal,
         "callback_signal": callback_signal, "proc_signals_get": proc_signals_get,
         "proc_signals_sizes_get": proc_signals_sizes_get, "thread_spawn_v2": thread_spawn_v2,
+        "thread_sleep": thread_sleep,
         "thread_id": thread_id, "getcwd": getcwd,
     }
 

@@ -1,0 +1,75 @@
+"""The program shape Wasmer runs: a freestanding PIE main (dylink.0, imported memory, table and
+__stack_pointer) whose threads dlopen (tests/programs/pie_threads/).
+
+Each new thread of a PIE main gets its own `__stack_pointer`, set by its `wasi_thread_start`;
+threads dlopen different libraries at once, call each other's dlsym'd pointers, and stay parked
+(host futex, raw atomic.wait32, a spinning loop, thread_sleep) while main dlopens.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from leaks import assert_nothing_left, open_fds
+
+from wasmgroup.orchestrator.program import EXIT_RUNTIME_ERROR, run_program
+
+WAITS = ("futex", "atomic", "spin", "sleep")
+
+
+def run_pie_threads(guests: Path, variant: str, *args: str, verify: bool = False):
+    folder = guests / "pie_threads"
+    return run_program(str(folder / f"main_{variant}.wasm"), args, dirs=[f"{folder}::/"],
+                       verify_groups=verify)
+
+
+def expected_lines(threads: int, wait: str) -> list[str]:
+    return [f"pie_threads: {threads} threads, {wait}",
+            f"phase 1: {threads} libraries loaded by {threads} threads, pointers ok",
+            f"phase 2: libpt{threads}.so loaded while threads {wait}, {threads} sums ok",
+            "pie_threads: done"]
+
+
+@pytest.mark.parametrize("variant", ["v2", "wasi"])
+@pytest.mark.parametrize("wait", WAITS)
+def test_pie_threads_dlopen_while_others_wait(guests: Path, variant: str, wait: str) -> None:
+    fds = open_fds()
+    result = run_pie_threads(guests, variant, wait, "4")
+    assert result.exit_code == 0, (result.error, result.stdout)
+    assert result.stdout.decode().splitlines() == expected_lines(4, wait)
+    assert_nothing_left(fds)
+
+
+@pytest.mark.parametrize("wait", WAITS)
+def test_pie_threads_verify_groups_eight_threads(guests: Path, wait: str) -> None:
+    result = run_pie_threads(guests, "v2", wait, "8", verify=True)
+    assert result.exit_code == 0, (result.error, result.stdout)
+    assert result.stdout.decode().splitlines() == expected_lines(8, wait)
+
+
+@pytest.mark.parametrize("run", range(3))
+def test_pie_threads_again_and_again(guests: Path, run: int) -> None:
+    result = run_pie_threads(guests, "wasi", "futex", "6")
+    assert result.exit_code == 0, (result.error, result.stdout)
+    assert result.stdout.decode().splitlines() == expected_lines(6, "futex")
+
+
+def test_spawn_without_wasi_thread_start_fails_with_notcapable(guests: Path) -> None:
+    """As in Wasmer: the spawn call returns errno 76 and the program goes on."""
+    fds = open_fds()
+    result = run_pie_threads(guests, "nostart")
+    assert result.exit_code == 0, result.error
+    assert result.stdout.decode().splitlines() == ["spawn: errno=76", "pie_threads: done"]
+    assert_nothing_left(fds)
+
+
+def test_pie_main_defining_its_own_memory_is_refused(guests: Path) -> None:
+    fds = open_fds()
+    result = run_pie_threads(guests, "ownmemory")
+    assert result.exit_code == EXIT_RUNTIME_ERROR
+    assert result.error is not None and "\n" not in result.error
+    assert result.error.endswith("main_ownmemory.wasm: a main module with dylink.0 must import "
+                                 "its memory as env.memory (link it with --import-memory)")
+    assert result.stdout == b""
+    assert_nothing_left(fds)
