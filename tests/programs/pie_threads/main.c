@@ -5,7 +5,8 @@
  * imported shared memory, table and __stack_pointer), no libc, raw WASIX imports, static thread
  * stacks — with threads that dlopen.
  *
- * Usage: main_*.wasm WAIT [N]   (libraries lib/libpt0..N.so found in /lib by bare name)
+ * Usage: main_*.wasm WAIT [N]   (libraries libpt0..N.so found by bare name: in LD_LIBRARY_PATH,
+ * else in /lib)
  *   N threads (default 4, at most 8) start together; each dlopens a different libpt<k>.so at
  *   the same time and dlsyms four symbols. Main calls every thread's pointers (cross-thread
  *   calls through dlsym'd pointers). Then the threads wait while main dlopens libpt<N>.so:
@@ -68,6 +69,7 @@ static io_u32 fn_ptr[MAX_THREADS + 1], data_ptr[MAX_THREADS + 1], getfp_ptr[MAX_
 static int thread_failed[MAX_THREADS];
 static long long thread_sums[MAX_THREADS];
 static char errors[MAX_THREADS + 1][160];
+static char ld_path[256]; /* LD_LIBRARY_PATH, read once by main (io_getenv is not thread-safe) */
 
 typedef int (*int_fn)(int);
 typedef int_fn (*getfp_fn)(void);
@@ -79,7 +81,8 @@ static int load(int k) {
     name[5] = (char)('0' + k);
     io_u32 handle = 0;
     char *err = errors[k];
-    if (wasix_dlopen(name, sizeof name - 1, RTLD_NOW, err, sizeof errors[k], 0, 0, &handle))
+    if (wasix_dlopen(name, sizeof name - 1, RTLD_NOW, err, sizeof errors[k], ld_path,
+                     io_strlen(ld_path), &handle))
         return 1;
     static const char *const symbols[4] = {"side_fn", "side_data", "side_get_fp",
                                            "side_call_main"};
@@ -180,6 +183,9 @@ void _start(void) {
     for (io_u32 i = 0; arg[i] && i + 1 < sizeof kind; i++) kind[i] = arg[i];
     wait_kind = streq(kind, "atomic") ? W_ATOMIC : streq(kind, "spin") ? W_SPIN
               : streq(kind, "sleep") ? W_SLEEP : W_FUTEX;
+    const char *env_path = io_getenv("LD_LIBRARY_PATH");
+    for (io_u32 i = 0; env_path && env_path[i] && i + 1 < sizeof ld_path; i++)
+        ld_path[i] = env_path[i];
     const char *count = io_arg(2, "4");
     nthreads = 0;
     for (const char *p = count; *p >= '0' && *p <= '9'; p++) nthreads = nthreads * 10 + *p - '0';
