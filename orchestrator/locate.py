@@ -340,6 +340,14 @@ def _expand_origin(entry: str, origin: str | None) -> str:
     return entry
 
 
+def _located(guest_path: str, fd: int) -> Located:
+    try:
+        return Located(guest_path, host_path_of(fd), fd)
+    except OSError:
+        os.close(fd)
+        raise
+
+
 def _shown(path: str) -> str:
     return path.replace("\0", "\\0")  # a NUL byte would cut the guest's dlerror() short
 
@@ -368,7 +376,7 @@ def locate(fs: GuestFilesystem, name: str, *, ld_library_path: list[str],
             tried.append(_shown(guest_path))
             fd = fs.open_library(guest_path)
             if fd is not None:
-                return Located(guest_path, host_path_of(fd), fd)
+                return _located(guest_path, fd)
     if "/" not in name:
         for index in range(len(fs.host_library_dirs)):
             for file_name in _with_wasm_fallback(name):
@@ -376,5 +384,5 @@ def locate(fs: GuestFilesystem, name: str, *, ld_library_path: list[str],
                 tried.append(f"{file_name} in --lib-path directory {index + 1}")
                 fd = fs.open_host_library(index, file_name)
                 if fd is not None:
-                    return Located(f"/{file_name}", host_path_of(fd), fd)
+                    return _located(f"/{file_name}", fd)
     raise ModuleNotFound(name, tried, requested_by)

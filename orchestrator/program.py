@@ -770,18 +770,20 @@ def run_program(path: str, args: Sequence[str] = (), *, env: dict[str, str] | No
                 dirs: Sequence[str] = (), lib_paths: Sequence[str] = (), cwd: str = "/",
                 capture_output: bool = True, cache_dir: Path | None = None,
                 verify_groups: bool = False, trace: Path | None = None,
-                pool_size: int | None = None) -> RunResult:
+                pool_size: int | None = None,
+                max_module_size: int = DEFAULT_MAX_MODULE_SIZE) -> RunResult:
     """Run a WebAssembly program to completion and return its exit code and output.
 
     `dirs` are `HOST::GUEST` directory mappings (the guest sees nothing else); `lib_paths` are
     host directories searched for libraries after the guest's own library directories. With
     `capture_output` (the default) the program's stdout and stderr come back in the result.
     Every wasm thread runs in a worker process of its own; `pool_size` idle workers are kept
-    ready for new threads.
+    ready for new threads. A module file over `max_module_size` bytes is refused unread.
     """
     options = ProgramOptions(args=args, env=dict(env or {}), dirs=dirs, lib_paths=lib_paths,
                              cwd=cwd, capture_output=capture_output, cache_dir=cache_dir,
-                             verify_groups=verify_groups, trace=trace)
+                             verify_groups=verify_groups, trace=trace,
+                             max_module_size=max_module_size)
     if pool_size is not None:
         options.pool_size = pool_size
     program = Program(path, options)
