@@ -238,3 +238,25 @@ def test_max_module_size_option(guests: Path, tmp_path: Path) -> None:
     assert run.returncode == EXIT_RUNTIME_ERROR
     assert "more than the module size limit of 1024 bytes (--max-module-size)" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_chdir_resolves_like_the_locator(guests: Path, tmp_path: Path) -> None:
+    """chdir goes through the same guest filesystem: symlinks inside the mapping work, one
+    leading out (or a file) leaves the working directory as it was."""
+    mapped = tmp_path / "mapped"
+    (mapped / "sub" / "deeper").mkdir(parents=True)
+    (mapped / "file").write_text("not a directory\n")
+    os.symlink("sub", mapped / "inlink")
+    os.symlink(tmp_path, mapped / "escape")
+    result = run_bounded(guests, ["chdir", "/m/inlink", "/m/escape", "deeper",
+                                  "/m/sub/../inlink/deeper", "/m/file", "/m/escape/mapped", "/m"],
+                         dirs=[f"{mapped}::/m"])
+    assert result.exit_code == 0, result.error
+    assert result.stdout.decode().splitlines() == [
+        "chdir /m/inlink: ok cwd=/m/inlink",
+        "chdir /m/escape: failed cwd=/m/inlink",
+        "chdir deeper: ok cwd=/m/inlink/deeper",
+        "chdir /m/sub/../inlink/deeper: ok cwd=/m/inlink/deeper",
+        "chdir /m/file: failed cwd=/m/inlink/deeper",
+        "chdir /m/escape/mapped: failed cwd=/m/inlink/deeper",
+        "chdir /m: ok cwd=/m"]

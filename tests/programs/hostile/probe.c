@@ -6,6 +6,7 @@
  *                                  name may hold a NUL byte: write it as %00) and print
  *                                  "loaded NAME" or "failed NAME: <dlerror text>"
  *   probe.wasm ldpath ENTRY NAME   the same with ENTRY as the caller's LD_LIBRARY_PATH
+ *   probe.wasm chdir PATH...       chdir to each PATH, print "chdir PATH: ok|failed cwd=CWD"
  *   probe.wasm race N              needs a mapping at /m holding d/ (a directory with lib.so,
  *                                  which is not a module, and data.txt) and out (a symlink to a
  *                                  host directory outside the mapping, with a loadable decoy
@@ -130,10 +131,20 @@ int main(int argc, char **argv) {
         try_open(argv[3], argv[2]);
         return 0;
     }
+    if (argc >= 2 && strcmp(argv[1], "chdir") == 0) {
+        char cwd[1024];
+        for (int i = 2; i < argc; i++) {
+            int rc = chdir(argv[i]);
+            printf("chdir %s: %s cwd=%s\n", argv[i], rc == 0 ? "ok" : "failed",
+                   getcwd(cwd, sizeof cwd) ? cwd : "?");
+        }
+        return 0;
+    }
     if (argc >= 2 && strcmp(argv[1], "open") == 0) {
         for (int i = 2; i < argc; i++) try_open(argv[i], NULL);
         return 0;
     }
-    fprintf(stderr, "usage: probe.wasm open NAME... | ldpath ENTRY NAME | race N\n");
+    fprintf(stderr, "usage: probe.wasm open NAME... | ldpath ENTRY NAME | chdir PATH... | "
+                    "race N\n");
     return 2;
 }
