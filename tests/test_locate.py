@@ -362,3 +362,18 @@ def test_descriptors_are_released(root: Path) -> None:
         not_found(fs, "libnone.so")
         assert not fs.is_directory("/lib/libd.so")
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_kernel_without_openat2_switches_to_the_walk(root: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENOSYS (here from a syscall number no kernel has) turns openat2 off for good; the
+    lookup that met it still succeeds through the walk."""
+    inside = touch(root / "lib" / "libk.so")
+    os.symlink(root / "lib", root / "abslib")
+    monkeypatch.setattr(locate_module, "SYS_OPENAT2", 1_000_000)
+    monkeypatch.setattr(locate_module, "use_openat2", True)
+    with fs_at(root) as fs:
+        assert find(fs, "/abslib/libk.so").host_path == str(inside)
+        assert not locate_module.use_openat2
+    monkeypatch.setattr(locate_module, "SYS_OPENAT2", 437)
+    monkeypatch.setattr(locate_module, "use_openat2", True)  # what the fixture checks after
