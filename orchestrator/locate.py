@@ -25,6 +25,7 @@ import errno
 import os
 import posixpath
 import stat
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -181,6 +182,9 @@ class GuestFilesystem:
     cwd: str = "/"
     host_library_dirs: list[str] = field(default_factory=list)
     _fds: dict[str, int] = field(default_factory=dict, repr=False)  # host directory -> fd
+    # Held while a descriptor of `_fds` is in use: `close` must not free a number that a
+    # lookup still resolves against (it could be reused for another directory at once).
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def from_specs(cls, dirs: Sequence[str], lib_paths: Sequence[str] = (),
@@ -212,7 +216,8 @@ class GuestFilesystem:
 
     def close(self) -> None:
         """Release the directory descriptors (idempotent)."""
-        fds, self._fds = self._fds, {}
+        with self._lock:
+            fds, self._fds = self._fds, {}
         for fd in fds.values():
             os.close(fd)
 
@@ -236,10 +241,11 @@ class GuestFilesystem:
                 best = m
         return best
 
-    def _fd_of(self, host_dir: str) -> int:
-        if host_dir not in self._fds:
-            raise OSError(errno.EBADF, "the guest filesystem is closed")
-        return self._fds[host_dir]
+    def _open_in(self, host_dir: str, rel: str, flags: int) -> int:
+        with self._lock:
+            if host_dir not in self._fds:
+                raise OSError(errno.EBADF, "the guest filesystem is closed")
+            return open_beneath(self._fds[host_dir], host_dir, rel, flags)
 
     def open(self, guest_path: str, flags: int = os.O_RDONLY) -> int:
         """Open a guest path (made absolute against the cwd) in one step beneath its mapped
@@ -250,7 +256,7 @@ class GuestFilesystem:
         if mapping is None:
             raise OSError(errno.ENOENT, "no mapped directory shows this path")
         rel = posixpath.relpath(path, mapping.guest)
-        return open_beneath(self._fd_of(mapping.host), mapping.host, rel, flags)
+        return self._open_in(mapping.host, rel, flags)
 
     def stat(self, guest_path: str) -> os.stat_result:
         """`stat` of a guest path, symlinks followed as `open` follows them."""
@@ -283,8 +289,7 @@ class GuestFilesystem:
         """`file_name` (no `/`) in --lib-path directory `index` (from 0); None if absent."""
         host_dir = self.host_library_dirs[index]
         try:
-            return _regular(open_beneath(self._fd_of(host_dir), host_dir, file_name,
-                                         os.O_RDONLY))
+            return _regular(self._open_in(host_dir, file_name, os.O_RDONLY))
         except OSError:
             return None
 
