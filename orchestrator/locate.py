@@ -37,6 +37,7 @@ SYS_OPENAT2 = 437  # the same number on every Linux architecture
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_BENEATH = 0x08
 MAX_SYMLINKS = 40  # as Linux's path walk
+PATH_MAX = 4096  # as Linux: a longer name could never be opened (and would bloat dlerror)
 OPENAT2_RETRIES = 8  # EAGAIN: a rename raced the walk; the kernel asks to try again
 # A lookup never blocks (a FIFO), never becomes a controlling terminal, never leaks into workers.
 OPEN_FLAGS = os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
@@ -363,10 +364,12 @@ def locate(fs: GuestFilesystem, name: str, *, ld_library_path: list[str],
     """Find and open library `name` for a module whose directory is `origin` (guest path).
 
     Raises `ModuleNotFound` listing every guest path tried (a directory entry with a NUL
-    byte finds nothing), `LinkError` for a name with a NUL byte.
+    byte finds nothing), `LinkError` for a name with a NUL byte or over PATH_MAX.
     """
     if "\0" in name:
         raise LinkError(f"library {name!r}: a library name cannot contain a NUL byte")
+    if len(name.encode()) > PATH_MAX:
+        raise LinkError(f"library {name[:64]!r}...: a library name is at most {PATH_MAX} bytes")
     if not name:
         raise ModuleNotFound(name, [], requested_by)
     tried: list[str] = []

@@ -377,3 +377,8 @@ def test_a_kernel_without_openat2_switches_to_the_walk(root: Path,
         assert not locate_module.use_openat2
     monkeypatch.setattr(locate_module, "SYS_OPENAT2", 437)
     monkeypatch.setattr(locate_module, "use_openat2", True)  # what the fixture checks after
+
+
+def test_names_over_path_max_are_refused(root: Path) -> None:
+    with fs_at(root) as fs, pytest.raises(LinkError, match="at most 4096 bytes"):
+        find(fs, "l" * 5000 + ".so")
