@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from wasmgroup.orchestrator.cache import DEFAULT_MAX_MODULE_SIZE
 from wasmgroup.orchestrator.inspect import describe, format_text
 from wasmgroup.orchestrator.program import EXIT_RUNTIME_ERROR, run_program
 from wasmgroup.shared.errors import WasmgroupError
@@ -47,7 +48,7 @@ def _run(args: argparse.Namespace) -> int:
         result = run_program(args.program, program_args, env=env, dirs=args.dir,
                              lib_paths=args.lib_path, cwd=args.cwd, capture_output=False,
                              verify_groups=args.verify_groups, trace=args.trace,
-                             pool_size=args.pool)
+                             pool_size=args.pool, max_module_size=args.max_module_size)
     except (OSError, WasmgroupError) as err:
         text = f"{err.filename}: {err.strerror}" if isinstance(err, OSError) else str(err)
         print(f"wasmgroup run: {text}", file=sys.stderr)
@@ -55,6 +56,23 @@ def _run(args: argparse.Namespace) -> int:
     if result.error:
         print(f"wasmgroup run: {result.error}", file=sys.stderr)
     return result.exit_code
+
+
+def _byte_size(text: str) -> int:
+    """A size in bytes, with an optional K/M/G suffix (powers of 1024)."""
+    scale = 1
+    if text[-1:].upper() in _SCALES:
+        scale, text = _SCALES[text[-1].upper()], text[:-1]
+    try:
+        value = int(text) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("the size must be positive")
+    return value
+
+
+_SCALES = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--pool", type=int, default=None, metavar="N",
                      help="idle worker processes kept ready for new threads (default: one more "
                           "than the number of cores, at most 8)")
+    run.add_argument("--max-module-size", type=_byte_size, default=DEFAULT_MAX_MODULE_SIZE,
+                     metavar="BYTES",
+                     help="refuse module files larger than this, unread (suffix K, M or G; "
+                          "default 256M)")
     run.add_argument("program", metavar="PROG.wasm")
     run.add_argument("args", nargs=argparse.REMAINDER, metavar="-- ARGS",
                      help="arguments for the program")

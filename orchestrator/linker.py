@@ -58,8 +58,8 @@ SPECIAL_ENV = {"memory": B_MEMORY, "__indirect_function_table": B_TABLE,
                "__stack_pointer": B_STACK_POINTER, "__c_longjmp": B_TAG,
                "__cpp_exception": B_TAG}
 
-# Reads a module file: (guest path, host path) -> parsed module. The coordinator's version
-# goes through the compile cache; tests pass a dict.
+# Reads a module from the descriptor the lookup opened (`Located.fd`) -> parsed module. The
+# coordinator's version goes through the compile cache; tests read the descriptor.
 ModuleSource = Callable[[Located], WasmModule]
 
 
@@ -230,16 +230,18 @@ class LinkerState:
         lib_path = self.ld_library_path if ld_library_path is None else ld_library_path
         found = locate(self.fs, name, ld_library_path=lib_path, runtime_path=runtime_path,
                        origin=origin, requested_by=requested_by)
-        if found.host_path in batch.pending_paths:
-            return  # a cycle: the module is already being loaded further up
-        try:
-            module = self._source(found)
-        except WasmFormatError as err:
-            # Name the guest path: the guest must not learn where its files live on the host.
-            raise LinkError(f"{found.guest_path}: not a valid module: "
-                            f"{WasmFormatError(err.offset, err.expected)}") from None
-        except OSError as err:
-            raise LinkError(f"{name}: cannot read {found.guest_path}: {err.strerror}") from None
+        with found:  # the module is read from the descriptor the lookup opened
+            if found.host_path in batch.pending_paths:
+                return  # a cycle: the module is already being loaded further up
+            try:
+                module = self._source(found)
+            except WasmFormatError as err:
+                # Name the guest path: the guest must not learn where its files live on the host.
+                raise LinkError(f"{found.guest_path}: not a valid module: "
+                                f"{WasmFormatError(err.offset, err.expected)}") from None
+            except OSError as err:
+                raise LinkError(f"{name}: cannot read {found.guest_path}: "
+                                f"{err.strerror}") from None
         if module.dylink is None:
             raise LinkError(f"{name} ({found.guest_path}) is not a dynamic library: "
                             "it has no dylink.0 section")

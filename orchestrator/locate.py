@@ -3,8 +3,12 @@
 Guest paths are POSIX paths in the guest's namespace. `GuestFilesystem` maps them onto host
 directories given with `--dir HOST::GUEST`; nothing outside those directories (and the host
 library directories given with `--lib-path`) can ever be opened: `..` is resolved in the guest
-namespace before mapping, and a host path whose symlinks lead out of its mapped directory is
-treated as missing.
+namespace before mapping, and every path is opened in one step relative to a descriptor of its
+mapped directory (`openat2` with `RESOLVE_BENEATH`, else a walk that opens one component at a
+time without following symlinks), so a symlink leading out of the mapping, or a directory
+swapped for one while a lookup runs, is treated as missing. Symlinks that stay inside their
+mapping are followed. The file is then read from the descriptor the lookup opened, never
+opened again by path.
 
 Search order for a request (first hit wins; `X.so` falls back to `X.wasm` at every candidate):
 1. an absolute path: exactly that path;
@@ -16,14 +20,136 @@ Search order for a request (first hit wins; `X.so` falls back to `X.wasm` at eve
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import posixpath
+import stat
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from wasmgroup.shared.errors import LinkError, ModuleNotFound
 
 DEFAULT_LIBRARY_DIRS = ("/lib", "/usr/lib", "/usr/local/lib")
+
+SYS_OPENAT2 = 437  # the same number on every Linux architecture
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_BENEATH = 0x08
+MAX_SYMLINKS = 40  # as Linux's path walk
+PATH_MAX = 4096  # as Linux: a longer name could never be opened (and would bloat dlerror)
+OPENAT2_RETRIES = 8  # EAGAIN: a rename raced the walk; the kernel asks to try again
+# A lookup never blocks (a FIFO), never becomes a controlling terminal, never leaks into workers.
+OPEN_FLAGS = os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
+                ("resolve", ctypes.c_uint64)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+# Cleared when the kernel (or a seccomp filter) refuses openat2; tests clear it to run the walk.
+use_openat2 = True
+
+
+def _openat2(dir_fd: int, path: str, flags: int) -> int:
+    how = _OpenHow(flags, 0, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)
+    fd = _libc.syscall(ctypes.c_long(SYS_OPENAT2), ctypes.c_int(dir_fd),
+                       ctypes.c_char_p(os.fsencode(path)), ctypes.byref(how),
+                       ctypes.c_size_t(ctypes.sizeof(how)))
+    if fd < 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+    return int(fd)
+
+
+def open_beneath(root_fd: int, root_host: str, rel: str, flags: int) -> int:
+    """Open `rel` (relative, no `..` needed) beneath the directory `root_fd` (whose host path
+    is `root_host`); never resolves to anything outside it. Raises OSError (EXDEV for an
+    escape, EINVAL for a NUL byte)."""
+    global use_openat2
+    if "\0" in rel:
+        raise OSError(errno.EINVAL, "a path cannot contain a NUL byte")
+    rel = rel.lstrip("/") or "."
+    # openat2 refuses O_PATH with any other flag but these (O_PATH opens block on nothing).
+    flags |= os.O_CLOEXEC if flags & os.O_PATH else OPEN_FLAGS
+    if use_openat2:
+        for _ in range(OPENAT2_RETRIES):
+            try:
+                return _openat2(root_fd, rel, flags)
+            except OSError as err:
+                if err.errno in (errno.ENOSYS, errno.EPERM, errno.E2BIG):
+                    use_openat2 = False  # not this kernel's, or filtered: walk from now on
+                    break
+                if err.errno == errno.EXDEV:
+                    break  # an absolute symlink, maybe into the mapping: the walk decides
+                if err.errno != errno.EAGAIN:
+                    raise
+    return _walk_beneath(root_fd, root_host, rel, flags)
+
+
+def _walk_beneath(root_fd: int, root_host: str, rel: str, flags: int) -> int:
+    """`open_beneath` without openat2: one component at a time, each opened relative to the
+    last with O_NOFOLLOW, symlinks read and resolved here (an absolute target counts only when
+    it names a place under `root_host`), `..` never above the root."""
+    parts = [p for p in rel.split("/") if p not in ("", ".")]
+    dirs = [os.dup(root_fd)]  # the directories walked through, root first: `..` pops one
+    links = 0
+    try:
+        while parts:
+            part = parts.pop(0)
+            if part == "..":
+                if len(dirs) == 1:
+                    raise OSError(errno.EXDEV, "the path leads out of its directory")
+                os.close(dirs.pop())
+                continue
+            last = not parts
+            want = flags | os.O_NOFOLLOW if last else (
+                os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            target = None
+            try:
+                fd = os.open(part, want, dir_fd=dirs[-1])
+            except OSError as err:
+                if err.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                target = _link_target(dirs[-1], part, err)
+            else:
+                if want & os.O_PATH and stat.S_ISLNK(os.fstat(fd).st_mode):
+                    os.close(fd)  # O_PATH opens the symlink itself
+                    target = _link_target(dirs[-1], part, None)
+                elif last:
+                    return fd
+                else:
+                    dirs.append(fd)
+                    continue
+            links += 1
+            if links > MAX_SYMLINKS:
+                raise OSError(errno.ELOOP, os.strerror(errno.ELOOP))
+            if target.startswith("/"):
+                inside = os.path.relpath(target, root_host)
+                if inside == ".." or inside.startswith("../") or target.startswith("//"):
+                    raise OSError(errno.EXDEV, "a symlink leads out of its directory")
+                for fd in dirs[1:]:
+                    os.close(fd)
+                del dirs[1:]
+                target = inside
+            parts[:0] = [p for p in target.split("/") if p not in ("", ".")]
+        return os.open(".", flags, dir_fd=dirs[-1])
+    finally:
+        for fd in dirs:
+            os.close(fd)
+
+
+def _link_target(dir_fd: int, name: str, original: OSError | None) -> str:
+    try:
+        return os.readlink(name, dir_fd=dir_fd)
+    except OSError as err:
+        if err.errno == errno.EINVAL and original is not None:
+            raise original from None  # not a symlink: the open's own error stands
+        raise
 
 
 @dataclass(frozen=True)
@@ -39,13 +165,27 @@ def normalize_guest_dir(guest: str) -> str:
     return posixpath.normpath(posixpath.join("/", guest))
 
 
+def _inside(path: str, directory: str) -> bool:
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
+
+
+def _open_directory(host: str) -> int:
+    return os.open(host, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
 @dataclass
 class GuestFilesystem:
-    """The host directories a guest can see, and where it sees them."""
+    """The host directories a guest can see, and where it sees them: the one way wasmgroup
+    opens a guest path. Holds a descriptor of every mapped directory (`close` releases them).
+    """
 
     mappings: list[Mapping] = field(default_factory=list)
     cwd: str = "/"
     host_library_dirs: list[str] = field(default_factory=list)
+    _fds: dict[str, int] = field(default_factory=dict, repr=False)  # host directory -> fd
+    # Held while a descriptor of `_fds` is in use: `close` must not free a number that a
+    # lookup still resolves against (it could be reused for another directory at once).
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def from_specs(cls, dirs: Sequence[str], lib_paths: Sequence[str] = (),
@@ -66,7 +206,27 @@ class GuestFilesystem:
             if not os.path.isdir(real):
                 raise LinkError(f"--lib-path {lib}: not a directory")
             host_libs.append(real)
-        return cls(mappings, normalize_guest_dir(cwd), host_libs)
+        fs = cls(mappings, normalize_guest_dir(cwd), host_libs)
+        try:
+            for host in {*(m.host for m in mappings), *host_libs}:
+                fs._fds[host] = _open_directory(host)
+        except OSError as err:
+            fs.close()
+            raise LinkError(f"cannot open {err.filename}: {err.strerror}") from None
+        return fs
+
+    def close(self) -> None:
+        """Release the directory descriptors (idempotent)."""
+        with self._lock:
+            fds, self._fds = self._fds, {}
+        for fd in fds.values():
+            os.close(fd)
+
+    def __enter__(self) -> GuestFilesystem:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def absolute(self, guest_path: str) -> str:
         """A guest path made absolute against the cwd, with `.`/`..` resolved lexically."""
@@ -74,54 +234,105 @@ class GuestFilesystem:
         # POSIX keeps a leading "//"; in the guest namespace it is just "/".
         return "/" + path.lstrip("/")
 
-    def to_host(self, guest_path: str) -> str | None:
-        """The host path behind an absolute guest path, or None when no mapping covers it or
-        its real location lies outside the mapping (a symlink pointing out)."""
+    def _mapping_of(self, guest_path: str) -> Mapping | None:
+        """The mapping that shows `guest_path` (the longest guest prefix wins)."""
         best: Mapping | None = None
         for m in self.mappings:
-            inside = guest_path == m.guest or guest_path.startswith(m.guest.rstrip("/") + "/")
-            if inside and (best is None or len(m.guest) > len(best.guest)):
+            if _inside(guest_path, m.guest) and (best is None or len(m.guest) > len(best.guest)):
                 best = m
-        if best is None:
-            return None
-        rest = posixpath.relpath(guest_path, best.guest)
-        return _contained(best.host, rest)
+        return best
+
+    def _open_in(self, host_dir: str, rel: str, flags: int) -> int:
+        with self._lock:
+            if host_dir not in self._fds:
+                raise OSError(errno.EBADF, "the guest filesystem is closed")
+            return open_beneath(self._fds[host_dir], host_dir, rel, flags)
+
+    def open(self, guest_path: str, flags: int = os.O_RDONLY) -> int:
+        """Open a guest path (made absolute against the cwd) in one step beneath its mapped
+        directory. The caller owns the descriptor. Raises OSError: ENOENT when no mapping
+        shows the path, EXDEV when it leads out of its mapping."""
+        path = self.absolute(guest_path)
+        mapping = self._mapping_of(path)
+        if mapping is None:
+            raise OSError(errno.ENOENT, "no mapped directory shows this path")
+        rel = posixpath.relpath(path, mapping.guest)
+        return self._open_in(mapping.host, rel, flags)
+
+    def stat(self, guest_path: str) -> os.stat_result:
+        """`stat` of a guest path, symlinks followed as `open` follows them."""
+        fd = self.open(guest_path, os.O_PATH)
+        try:
+            return os.fstat(fd)
+        finally:
+            os.close(fd)
 
     def is_directory(self, guest_path: str) -> bool:
-        """Whether an absolute guest path is a directory the guest can see."""
-        for m in self.mappings:
-            if guest_path == m.guest or m.guest.startswith(guest_path.rstrip("/") + "/"):
-                return True  # a mapping point, or a directory above one
-            if guest_path.startswith(m.guest.rstrip("/") + "/"):
-                rest = posixpath.relpath(guest_path, m.guest)
-                real = os.path.realpath(os.path.join(m.host, rest))
-                if os.path.commonpath([m.host, real]) == m.host and os.path.isdir(real):
-                    return True
-        return False
+        """Whether a guest path is a directory the guest can see."""
+        path = self.absolute(guest_path)
+        if "\0" in path:
+            return False
+        if any(_inside(m.guest, path) for m in self.mappings):
+            return True  # a mapping point, or a directory above one
+        try:
+            return stat.S_ISDIR(self.stat(path).st_mode)
+        except OSError:
+            return False
+
+    def open_library(self, guest_path: str) -> int | None:
+        """A regular file at the guest path, opened for reading; None if there is none."""
+        try:
+            return _regular(self.open(guest_path))
+        except OSError:
+            return None
+
+    def open_host_library(self, index: int, file_name: str) -> int | None:
+        """`file_name` (no `/`) in --lib-path directory `index` (from 0); None if absent."""
+        host_dir = self.host_library_dirs[index]
+        try:
+            return _regular(self._open_in(host_dir, file_name, os.O_RDONLY))
+        except OSError:
+            return None
 
     def guest_path_of_host(self, host_path: str) -> str | None:
-        """Where a host file appears in the guest, if any mapping shows it."""
+        """Where a host file appears in the guest, if any mapping shows it (for naming the
+        main module, a path the user gave)."""
         real = os.path.realpath(host_path)
         for m in sorted(self.mappings, key=lambda m: len(m.host), reverse=True):
-            if real == m.host or real.startswith(m.host.rstrip("/") + "/"):
+            if _inside(real, m.host):
                 rel = os.path.relpath(real, m.host)
                 return posixpath.normpath(posixpath.join(m.guest, rel.replace(os.sep, "/")))
         return None
 
 
-def _contained(root: str, rel: str) -> str | None:
-    """`root/rel` if it exists as a regular file whose real path stays under `root`."""
-    candidate = os.path.join(root, rel) if rel != "." else root
-    real = os.path.realpath(candidate)
-    if os.path.commonpath([root, real]) != root or not os.path.isfile(real):
-        return None
-    return real
+def _regular(fd: int) -> int | None:
+    """`fd` if it is a regular file, else None (and it is closed)."""
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        return fd
+    os.close(fd)
+    return None
+
+
+def host_path_of(fd: int) -> str:
+    """What an open descriptor's file is called on the host now (for cache keys and
+    messages to the user, never to the guest, and never to open it again)."""
+    return os.readlink(f"/proc/self/fd/{fd}")
 
 
 @dataclass(frozen=True)
 class Located:
+    """A library found and opened: read it from `fd` (the caller closes it, e.g. `with`)."""
+
     guest_path: str  # what the guest would call it ($ORIGIN of its NEEDED entries)
-    host_path: str
+    host_path: str  # the opened file's host name now: a key and a hint, never reopened
+    fd: int = field(default=-1, compare=False)
+
+    def __enter__(self) -> Located:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
 
 
 def _with_wasm_fallback(path: str) -> list[str]:
@@ -135,13 +346,30 @@ def _expand_origin(entry: str, origin: str | None) -> str:
     return entry
 
 
+def _located(guest_path: str, fd: int) -> Located:
+    try:
+        return Located(guest_path, host_path_of(fd), fd)
+    except OSError:
+        os.close(fd)
+        raise
+
+
+def _shown(path: str) -> str:
+    return path.replace("\0", "\\0")  # a NUL byte would cut the guest's dlerror() short
+
+
 def locate(fs: GuestFilesystem, name: str, *, ld_library_path: list[str],
            runtime_path: list[str], origin: str | None,
            requested_by: str | None = None) -> Located:
-    """Find library `name` for a module whose directory is `origin` (guest path).
+    """Find and open library `name` for a module whose directory is `origin` (guest path).
 
-    Raises `ModuleNotFound` listing every guest path tried.
+    Raises `ModuleNotFound` listing every guest path tried (a directory entry with a NUL
+    byte finds nothing), `LinkError` for a name with a NUL byte or over PATH_MAX.
     """
+    if "\0" in name:
+        raise LinkError(f"library {name!r}: a library name cannot contain a NUL byte")
+    if len(name.encode()) > PATH_MAX:
+        raise LinkError(f"library {name[:64]!r}...: a library name is at most {PATH_MAX} bytes")
     if not name:
         raise ModuleNotFound(name, [], requested_by)
     tried: list[str] = []
@@ -153,16 +381,16 @@ def locate(fs: GuestFilesystem, name: str, *, ld_library_path: list[str],
         candidates = [fs.absolute(posixpath.join(d, name)) for d in dirs if d]
     for candidate in candidates:
         for guest_path in _with_wasm_fallback(candidate):
-            tried.append(guest_path)
-            host = fs.to_host(guest_path)
-            if host is not None:
-                return Located(guest_path, host)
+            tried.append(_shown(guest_path))
+            fd = fs.open_library(guest_path)
+            if fd is not None:
+                return _located(guest_path, fd)
     if "/" not in name:
-        for index, host_dir in enumerate(fs.host_library_dirs, start=1):
+        for index in range(len(fs.host_library_dirs)):
             for file_name in _with_wasm_fallback(name):
                 # The guest never learns host paths: name the option, not the directory.
-                tried.append(f"{file_name} in --lib-path directory {index}")
-                host = _contained(host_dir, file_name)
-                if host is not None:
-                    return Located(f"/{file_name}", host)
+                tried.append(f"{file_name} in --lib-path directory {index + 1}")
+                fd = fs.open_host_library(index, file_name)
+                if fd is not None:
+                    return _located(f"/{file_name}", fd)
     raise ModuleNotFound(name, tried, requested_by)

@@ -37,10 +37,10 @@ from typing import Any
 
 import wasmtime
 
-from wasmgroup.orchestrator.cache import ModuleCache
+from wasmgroup.orchestrator.cache import DEFAULT_MAX_MODULE_SIZE, CachedModule, ModuleCache
 from wasmgroup.orchestrator.capture import PipeCapture
 from wasmgroup.orchestrator.linker import MAIN_HANDLE, LinkerState, PendingLoad
-from wasmgroup.orchestrator.locate import GuestFilesystem, Located
+from wasmgroup.orchestrator.locate import GuestFilesystem, Located, host_path_of
 from wasmgroup.orchestrator.trace import Tracer, ms
 from wasmgroup.orchestrator.verify import first_difference
 from wasmgroup.orchestrator.workers import (
@@ -51,7 +51,7 @@ from wasmgroup.orchestrator.workers import (
     WorkerProcess,
     WorkerStartError,
 )
-from wasmgroup.shared.errors import LinkError, WasmgroupError
+from wasmgroup.shared.errors import LinkError, WasmFormatError, WasmgroupError
 from wasmgroup.shared.memory import MAX_PAGES_32, SharedRegion
 from wasmgroup.shared.plan import LoadPlan, ModulePlan, state_from_wire, to_wire
 from wasmgroup.shared.wasm import FuncType, Limits, WasmModule
@@ -93,12 +93,42 @@ class ProgramOptions:
     verify_groups: bool = False  # after every link operation, check all groups agree
     trace: Path | None = None  # one JSON line per link operation, with phase timings
     pool_size: int = field(default_factory=default_pool_size)  # idle workers kept ready
+    max_module_size: int = DEFAULT_MAX_MODULE_SIZE  # bytes; larger module files are refused
 
 
 MAX_THREAD_ID = (1 << 29) - 1  # wasi-threads: thread ids are in [1, 2^29)
 TLS_ARENA_BYTES = 4096  # a group's TLS arena (asked for when first needed; more on demand)
 JOIN_TIMEOUT = 5.0  # seconds stopped threads get to reach a safe point at exit
 WAIT_SLICE = 0.05  # seconds between checks for a stopping program while waiting on workers
+
+
+# The requests a group's host functions make, with their arguments' types ("strs": a list of
+# strings; "strs?": that or None). Checked before anything is served.
+REQUEST_ARGS: dict[str, tuple[type | str, ...]] = {
+    "dlopen": (str, "strs?"), "dlsym": (int, str), "is_side_module": (int,),
+    "resolve_stub": (int, str, "strs", "strs"), "spawn": (int,), "grow": (int,),
+    "tls_arena": (int,), "cwd": (), "chdir": (str,),
+}
+
+
+def _malformed(name: str, spec: tuple[type | str, ...], args: object) -> str | None:
+    """What is wrong with a request's arguments, or None."""
+    if not isinstance(args, list) or len(args) != len(spec):
+        return f"a malformed {name!r} request: {len(spec)} arguments expected"
+    for position, (want, value) in enumerate(zip(spec, args, strict=True), start=1):
+        if want in ("strs", "strs?"):
+            ok = (value is None and want == "strs?") or (
+                isinstance(value, list) and all(isinstance(v, str) for v in value))
+        else:
+            ok = isinstance(value, want) and not isinstance(value, bool)  # type: ignore[arg-type]
+        if not ok:
+            return f"a malformed {name!r} request: argument {position} is not {want}"
+    return None
+
+
+def _for_guest(message: str) -> str:
+    """An error text for the guest's dlerror(): a NUL byte would end it early."""
+    return message.replace("\0", "\\0")
 
 
 @dataclass
@@ -115,7 +145,8 @@ class Program:
         # Workers start first: their Python start-up overlaps this process's compiling.
         self.pool = WorkerPool(options.pool_size)
         self.engine = wasmtime.Engine(make_engine_config())
-        self.cache = ModuleCache(self.engine, ENGINE_SETTINGS, options.cache_dir)
+        self.cache = ModuleCache(self.engine, ENGINE_SETTINGS, options.cache_dir,
+                                 options.max_module_size)
         self._stdout = PipeCapture() if options.capture_output else None
         self._stderr = PipeCapture() if options.capture_output else None
         self.tracer = Tracer(options.trace)
@@ -153,10 +184,19 @@ class Program:
             self.fs.cwd, Path(self.path).name)
 
     def _parsed_module(self, found: Located) -> WasmModule:
-        return self.cache.load(found.host_path).parsed
+        return self.cache.load(found.fd, found.host_path, found.guest_path).parsed
+
+    def _load_main(self) -> tuple[CachedModule, str]:
+        """The main module (a host path the user gave) and its key in the cache."""
+        fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        try:
+            host_path = host_path_of(fd)
+            return self.cache.load(fd, host_path, self.path), host_path
+        finally:
+            os.close(fd)
 
     def _artefacts(self, modules: Iterable[ModulePlan]) -> dict[str, str]:
-        return {m.host_path: str(self.cache.load(m.host_path).artefact) for m in modules}
+        return {m.host_path: str(self.cache.loaded(m.host_path).artefact) for m in modules}
 
     def _load_op(self, plan: LoadPlan) -> dict[str, Any]:
         return {**to_wire(plan), "artefacts": self._artefacts(plan.modules)}
@@ -256,9 +296,9 @@ class Program:
 
     def start(self) -> None:
         """Link the main module and its NEEDED tree, constructors included."""
-        main = self.cache.load(self.path)
+        main, host_path = self._load_main()
         self._create_memory(main.parsed)
-        pending = self.linker.plan_main(main.parsed, self._guest_path_of_main(), self.path)
+        pending = self.linker.plan_main(main.parsed, self._guest_path_of_main(), host_path)
         worker = self.pool.take()
         self.main_worker = worker
         config, fds = self._base_config()
@@ -298,7 +338,7 @@ class Program:
         try:
             try:
                 self.start()
-            except (LinkError, ProgramError, OSError, WorkerStartError) as err:
+            except (LinkError, WasmFormatError, ProgramError, OSError, WorkerStartError) as err:
                 message = (f"{err.filename or self.path}: {err.strerror}"
                            if isinstance(err, OSError) else str(err))
                 self.finish(EXIT_RUNTIME_ERROR, f"cannot start: {message}")
@@ -350,6 +390,7 @@ class Program:
         self._stop.set()
         self.pool.close()
         self.cache.close()
+        self.fs.close()
         self.tracer.close()
         if self.region is not None:
             self.region.close()
@@ -422,39 +463,53 @@ class Program:
 
     def worker_call(self, worker: WorkerProcess, name: str, args: list[Any]) -> Any:
         """A request from a group's host function. Raises CallFailed (the guest sees the
-        error) or CallStopped (the program is ending)."""
+        error) or CallStopped (the program is ending). Never anything else: whatever goes
+        wrong while serving becomes one of the two, so no request goes unanswered."""
         if self._stop.is_set():
             raise CallStopped()
+        spec = REQUEST_ARGS.get(name)
+        problem = (f"an unknown request {name!r}" if spec is None
+                   else _malformed(name, spec, args))
+        if problem is not None:
+            self.finish(EXIT_RUNTIME_ERROR, f"thread {worker.thread_id} sent {problem}")
+            raise CallStopped()
         try:
-            if name == "dlopen":
-                return self.dlopen(worker, str(args[0]), args[1])
-            if name == "dlsym":
-                address = self.dlsym(worker, int(args[0]), str(args[1]))
-                return [address.kind, address.value, address.handle]
-            if name == "is_side_module":
-                return self.is_side_module(int(args[0]))
-            if name == "resolve_stub":
-                func_type = FuncType(tuple(args[2]), tuple(args[3]))
-                return list(self.resolve_stub(worker, int(args[0]), str(args[1]), func_type))
-            if name == "spawn":
-                return self.spawn_thread(worker, int(args[0]))
-            if name == "grow":
-                return self.grow_memory(int(args[0]))
-            if name == "tls_arena":
-                return self.tls_arena(worker.thread_id, int(args[0]))
-            if name == "cwd":
-                return self.fs.cwd
-            if name == "chdir":
-                return self.change_directory(str(args[0]))
+            return self._serve(worker, name, args)
         except LinkError as err:
-            raise CallFailed(str(err)) from None
-        except (IndexError, TypeError, ValueError) as err:
-            self.finish(EXIT_RUNTIME_ERROR, f"thread {worker.thread_id} sent a malformed "
-                                            f"{name!r} request: {err}")
+            raise CallFailed(_for_guest(str(err))) from None
+        except OSError as err:
+            # A file changed under a lookup (a guest renaming while another thread loads):
+            # the request fails; the message names no host path.
+            raise CallFailed(f"{name} failed: {err.strerror or err}") from None
+        except (CallFailed, CallStopped):
+            raise
+        except Exception as err:  # a bug must end the program, not kill this thread
+            self.finish(EXIT_RUNTIME_ERROR, f"internal error serving {name!r} for thread "
+                                            f"{worker.thread_id}: {type(err).__name__}: {err}")
             raise CallStopped() from None
-        self.finish(EXIT_RUNTIME_ERROR,
-                    f"thread {worker.thread_id} sent an unknown request {name!r}")
-        raise CallStopped()
+
+    def _serve(self, worker: WorkerProcess, name: str, args: list[Any]) -> Any:
+        """Carry out a request whose arguments `REQUEST_ARGS` checked."""
+        if name == "dlopen":
+            return self.dlopen(worker, args[0], args[1])
+        if name == "dlsym":
+            address = self.dlsym(worker, args[0], args[1])
+            return [address.kind, address.value, address.handle]
+        if name == "is_side_module":
+            return self.is_side_module(args[0])
+        if name == "resolve_stub":
+            func_type = FuncType(tuple(args[2]), tuple(args[3]))
+            return list(self.resolve_stub(worker, args[0], args[1], func_type))
+        if name == "spawn":
+            return self.spawn_thread(worker, args[0])
+        if name == "grow":
+            return self.grow_memory(args[0])
+        if name == "tls_arena":
+            return self.tls_arena(worker.thread_id, args[0])
+        if name == "cwd":
+            return self.fs.cwd
+        assert name == "chdir"
+        return self.change_directory(args[0])
 
     # ------------------------------------------------------------------ the barrier
     @contextmanager
@@ -723,18 +778,20 @@ def run_program(path: str, args: Sequence[str] = (), *, env: dict[str, str] | No
                 dirs: Sequence[str] = (), lib_paths: Sequence[str] = (), cwd: str = "/",
                 capture_output: bool = True, cache_dir: Path | None = None,
                 verify_groups: bool = False, trace: Path | None = None,
-                pool_size: int | None = None) -> RunResult:
+                pool_size: int | None = None,
+                max_module_size: int = DEFAULT_MAX_MODULE_SIZE) -> RunResult:
     """Run a WebAssembly program to completion and return its exit code and output.
 
     `dirs` are `HOST::GUEST` directory mappings (the guest sees nothing else); `lib_paths` are
     host directories searched for libraries after the guest's own library directories. With
     `capture_output` (the default) the program's stdout and stderr come back in the result.
     Every wasm thread runs in a worker process of its own; `pool_size` idle workers are kept
-    ready for new threads.
+    ready for new threads. A module file over `max_module_size` bytes is refused unread.
     """
     options = ProgramOptions(args=args, env=dict(env or {}), dirs=dirs, lib_paths=lib_paths,
                              cwd=cwd, capture_output=capture_output, cache_dir=cache_dir,
-                             verify_groups=verify_groups, trace=trace)
+                             verify_groups=verify_groups, trace=trace,
+                             max_module_size=max_module_size)
     if pool_size is not None:
         options.pool_size = pool_size
     program = Program(path, options)

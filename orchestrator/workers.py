@@ -213,16 +213,23 @@ class WorkerProcess:
                 self._busy = False
 
     def _answer(self, message: dict[str, Any]) -> None:
+        """Serve one request and always reply (the listener turns every failure into
+        CallFailed or CallStopped); a lost connection is the reader's to notice."""
         listener = self.listener
         try:
             if listener is None:
                 raise CallFailed("this worker hosts no thread")
             value = listener.worker_call(self, message["name"], message["args"])
-            self.send("reply", ok=True, value=value, error=None)
+            reply: dict[str, Any] = {"ok": True, "value": value, "error": None}
         except CallFailed as err:
-            self.send("reply", ok=False, value=None, error=str(err))
+            reply = {"ok": False, "value": None, "error": str(err)}
         except CallStopped:
-            self.send("reply", ok=False, value=None, error=None)
+            reply = {"ok": False, "value": None, "error": None}
+        try:
+            self.send("reply", **reply)
+        except (protocol.ProtocolError, OverflowError, TypeError, ValueError) as err:
+            # A value the wire cannot carry: the guest gets a failure, not silence.
+            self.send("reply", ok=False, value=None, error=f"cannot reply: {err}")
 
     # ------------------------------------------------------------------ ending
     def kill(self) -> None:

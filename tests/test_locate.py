@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from wasmgroup.orchestrator import locate as locate_module
 from wasmgroup.orchestrator.locate import GuestFilesystem, Located, locate
 from wasmgroup.shared.errors import LinkError, ModuleNotFound
 
@@ -28,6 +31,16 @@ def not_found(fs: GuestFilesystem, lib_name: str, **kw: object) -> ModuleNotFoun
     with pytest.raises(ModuleNotFound) as info:
         find(fs, lib_name, **kw)  # type: ignore[arg-type]
     return info.value
+
+
+@pytest.fixture(params=["openat2", "walk"], autouse=True)
+def resolver(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Every test runs with openat2 and with the O_NOFOLLOW walk used where it is missing."""
+    monkeypatch.setattr(locate_module, "use_openat2", request.param == "openat2")
+    yield request.param
+    if request.param == "openat2":
+        # This machine has openat2: the test really went through it, not the fallback.
+        assert locate_module.use_openat2
 
 
 @pytest.fixture
@@ -172,7 +185,7 @@ def test_cannot_escape_the_mapping_with_dotdot(tmp_path: Path) -> None:
                     "/data/../../secret.so"):
         err = not_found(fs, request)
         assert err.tried == ["/secret.so", "/secret.wasm"]
-    assert fs.to_host("/secret.so") is None
+    assert fs.open_library("/secret.so") is None
 
 
 def test_symlink_out_of_the_mapping_is_not_found(tmp_path: Path) -> None:
@@ -206,7 +219,7 @@ def test_longest_prefix_mapping_wins(tmp_path: Path) -> None:
         fs = GuestFilesystem.from_specs(specs)
         assert find(fs, "libp.so") == Located("/lib/libp.so", str(mounted))
         # The mount hides what lies beneath it.
-        assert fs.to_host("/lib/libshadowed.so") is None
+        assert fs.open_library("/lib/libshadowed.so") is None
     # A mapping at /li is no prefix of /lib/...
     fs = GuestFilesystem.from_specs([f"{outer}::/", f"{inner}::/li"])
     assert find(fs, "libp.so").host_path == str(outer / "lib" / "libp.so")
@@ -230,3 +243,142 @@ def test_plain_dir_spec_is_seen_under_its_own_name(tmp_path: Path) -> None:
 
 def test_empty_name_is_not_found(root: Path) -> None:
     assert not_found(fs_at(root), "").tried == []
+
+
+def read_found(found: Located) -> bytes:
+    with found:
+        return os.pread(found.fd, 100, 0)
+
+
+def test_symlinks_are_followed_only_while_they_stay_inside(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    inside = touch(root / "real" / "libin.so")
+    touch(tmp_path / "outside" / "libout.so")
+    links = {
+        "abs_in.so": inside,  # absolute host path into the mapping
+        "rel_in.so": Path("../real/libin.so"),
+        "chain.so": Path("rel_in.so"),
+        "abs_out.so": tmp_path / "outside" / "libout.so",
+        "rel_out.so": Path("../../outside/libout.so"),
+        "loop.so": Path("loop.so"),
+        "proc.so": Path("/proc/self/root") / inside.relative_to("/"),  # a magic link
+    }
+    (root / "lib").mkdir()
+    for name, target in links.items():
+        os.symlink(target, root / "lib" / name)
+    os.symlink(root, root / "lib" / "self")  # absolute, to the mapping's own root
+    fs = GuestFilesystem.from_specs([f"{root}::/"])
+    for name in ("abs_in.so", "rel_in.so", "chain.so", "self/real/libin.so"):
+        assert find(fs, f"/lib/{name}").host_path == str(inside), name
+    for name in ("abs_out.so", "rel_out.so", "loop.so", "proc.so"):
+        not_found(fs, f"/lib/{name}")
+    fs.close()
+
+
+def test_reads_come_from_the_descriptor_the_lookup_opened(tmp_path: Path) -> None:
+    """Swapping a directory for a symlink out of the mapping after the lookup changes
+    nothing (the file is never opened again); before the lookup, it finds nothing."""
+    root = tmp_path / "root"
+    (root / "d").mkdir(parents=True)
+    (root / "d" / "lib.so").write_bytes(b"inside")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "lib.so").write_bytes(b"OUTSIDE")
+    os.symlink(outside, root / "out")
+    fs = GuestFilesystem.from_specs([f"{root}::/m"])
+    found = find(fs, "/m/d/lib.so")
+    os.rename(root / "d", root / "d.real")
+    os.rename(root / "out", root / "d")
+    assert read_found(found) == b"inside"
+    not_found(fs, "/m/d/lib.so")
+    assert not fs.is_directory("/m/d")
+    with pytest.raises(OSError):
+        fs.open("/m/d/lib.so")
+    fs.close()
+
+
+def test_open_stat_and_is_directory_resolve_like_the_locator(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "sub" / "deeper").mkdir(parents=True)
+    (root / "sub" / "f.txt").write_bytes(b"hello")
+    os.symlink("sub", root / "alias")
+    os.symlink(tmp_path, root / "escape")
+    fs = GuestFilesystem.from_specs([f"{root}::/data"], cwd="/data")
+    fd = fs.open("alias/f.txt")
+    assert os.read(fd, 5) == b"hello"
+    os.close(fd)
+    assert fs.stat("/data/alias/f.txt").st_size == 5
+    for visible in ("/", "/data", "/data/sub", "alias", "alias/deeper", "/data/sub/../alias"):
+        assert fs.is_directory(visible), visible
+    for hidden in ("/data/escape", "/data/sub/f.txt", "/data/none", "/other", "/data/a\0b"):
+        assert not fs.is_directory(hidden), hidden
+    for path, code in (("/data/escape/root", errno.EXDEV), ("/other/x", errno.ENOENT),
+                       ("/data/sub/\0", errno.EINVAL)):
+        with pytest.raises(OSError) as info:
+            fs.open(path)
+        assert info.value.errno == code, path
+    fs.close()
+
+
+def test_a_fifo_or_directory_is_no_library_and_never_blocks(root: Path) -> None:
+    (root / "lib").mkdir()
+    os.mkfifo(root / "lib" / "libfifo.so")  # opening it for reading would wait for a writer
+    (root / "lib" / "libdir.so").mkdir()
+    fs = fs_at(root)
+    not_found(fs, "libfifo.so")
+    not_found(fs, "libdir.so")
+    fs.close()
+
+
+def test_nul_bytes_find_nothing(root: Path) -> None:
+    touch(root / "lib" / "libn.so")
+    fs = fs_at(root)
+    with pytest.raises(LinkError, match="cannot contain a NUL byte"):
+        find(fs, "lib\0n.so")
+    err = not_found(fs, "libnul.so", ld=["/li\0b"])
+    assert err.tried[0] == "/li\\0b/libnul.so"
+    assert "\0" not in str(err)
+    fs.close()
+
+
+def test_lib_path_directories_hold_their_symlinks_in(tmp_path: Path) -> None:
+    host_lib = tmp_path / "hostlib"
+    touch(tmp_path / "secret" / "libs.so")
+    touch(host_lib / "libok.so")
+    os.symlink(tmp_path / "secret" / "libs.so", host_lib / "libs.so")
+    fs = GuestFilesystem.from_specs([], lib_paths=[str(host_lib)])
+    assert find(fs, "libok.so").guest_path == "/libok.so"
+    assert not_found(fs, "libs.so").tried[-2:] == ["libs.so in --lib-path directory 1",
+                                                  "libs.wasm in --lib-path directory 1"]
+    fs.close()
+
+
+def test_descriptors_are_released(root: Path) -> None:
+    touch(root / "lib" / "libd.so")
+    before = len(os.listdir("/proc/self/fd"))
+    with fs_at(root, lib_paths=(str(root),)) as fs:
+        with find(fs, "libd.so") as found:
+            assert found.fd >= 0
+        not_found(fs, "libnone.so")
+        assert not fs.is_directory("/lib/libd.so")
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_kernel_without_openat2_switches_to_the_walk(root: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENOSYS (here from a syscall number no kernel has) turns openat2 off for good; the
+    lookup that met it still succeeds through the walk."""
+    inside = touch(root / "lib" / "libk.so")
+    os.symlink(root / "lib", root / "abslib")
+    monkeypatch.setattr(locate_module, "SYS_OPENAT2", 1_000_000)
+    monkeypatch.setattr(locate_module, "use_openat2", True)
+    with fs_at(root) as fs:
+        assert find(fs, "/abslib/libk.so").host_path == str(inside)
+        assert not locate_module.use_openat2
+    monkeypatch.setattr(locate_module, "SYS_OPENAT2", 437)
+    monkeypatch.setattr(locate_module, "use_openat2", True)  # what the fixture checks after
+
+
+def test_names_over_path_max_are_refused(root: Path) -> None:
+    with fs_at(root) as fs, pytest.raises(LinkError, match="at most 4096 bytes"):
+        find(fs, "l" * 5000 + ".so")
