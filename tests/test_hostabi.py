@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.machinery
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -189,3 +190,42 @@ def test_setjmp_longjmp_with_exceptions_across_modules_and_threads(guests: Path,
     assert (result.exit_code, result.error) == (0, None)
     assert result.stdout.decode() == SJLJ_EXPECTED
     assert_nothing_left(before)
+
+
+# ---- inspect ------------------------------------------------------------------------------------
+
+def test_inspect_marks_what_each_runtime_import_does(guests: Path, tmp_path: Path) -> None:
+    prog = tmp_path / "marks.wasm"
+    prog.write_bytes(wasmtime.wat2wasm(
+        '(module (import "wasix_32v1" "proc_join" (func (param i32) (result i32)))'
+        ' (import "wasix_32v1" "teleport" (func)) (import "elsewhere" "f" (func))'
+        ' (import "wasix_32v1" "proc_exec" (func (param i32 i32 i32 i32))))'))
+    out = subprocess.run([*WASMGROUP, "inspect", "--json", str(guests / "abi" / "system.wasm"),
+                          str(guests / "abi" / "setjmp_asyncify.wasm"), str(prog)],
+                         capture_output=True, text=True, check=True)
+    marks = {(Path(s["path"]).name, e["name"]): e.get("abi")
+             for s in json.loads(out.stdout) for entries in s["imports"].values()
+             for e in entries}
+    assert marks[("system.wasm", "fd_write")] == "implemented"
+    assert marks[("system.wasm", "futex_wait")] == "implemented"
+    assert marks[("system.wasm", "proc_spawn2")] == "enosys"
+    assert marks[("system.wasm", "proc_join")] == "enosys"
+    assert marks[("setjmp_asyncify.wasm", "stack_checkpoint")] == "stops"
+    assert marks[("marks.wasm", "proc_join")] == "unknown"  # another signature
+    assert marks[("marks.wasm", "teleport")] == "unknown"
+    assert marks[("marks.wasm", "f")] == "unknown"
+    assert marks[("marks.wasm", "proc_exec")] == "stops"
+    assert marks[("system.wasm", "memory")] is None  # env imports come from modules
+
+    text = subprocess.run([*WASMGROUP, "inspect", str(prog)], capture_output=True, text=True,
+                          check=True).stdout
+    assert "wasix_32v1.proc_join: func (i32) -> (i32) (unknown: the program cannot start)" \
+        in text
+    assert "wasix_32v1.proc_exec: func (i32, i32, i32, i32) -> () (stops the program if " \
+        "called)" in text
+    text = subprocess.run([*WASMGROUP, "inspect", str(guests / "abi" / "system.wasm")],
+                          capture_output=True, text=True, check=True).stdout
+    assert "wasix_32v1.proc_spawn2: func (" in text
+    assert "wasix_32v1.proc_join: func (i32, i32, i32) -> (i32) (returns ENOSYS)" in text
+    assert "wasi_snapshot_preview1.fd_write: func (i32, i32, i32, i32) -> (i32) " \
+        "(implemented)" in text
