@@ -177,7 +177,7 @@ SJLJ_EXPECTED = """\
 main thread: round trip 175 (expect 175)
 thread 1: 50/50 round trips right
 thread 2: 50/50 round trips right
-side depth reached: 1
+main thread, second copy: round trip 175 (expect 175)
 """
 
 
@@ -185,8 +185,10 @@ side depth reached: 1
 def test_setjmp_longjmp_with_exceptions_across_modules_and_threads(guests: Path,
                                                                    verify: bool) -> None:
     before = open_fds()
-    result = run_program(str(guests / "abi" / "sjlj_main.wasm"), ["/abi/libsjlj.so"],
-                         dirs=[f"{guests}::/"], verify_groups=verify)
+    # The second name loads a second copy, in thread 1 (main and thread 2 apply it).
+    result = run_program(str(guests / "abi" / "sjlj_main.wasm"),
+                         ["/abi/libsjlj.so", "abi/libsjlj.so"], dirs=[f"{guests}::/"],
+                         verify_groups=verify)
     assert (result.exit_code, result.error) == (0, None)
     assert result.stdout.decode() == SJLJ_EXPECTED
     assert_nothing_left(before)
@@ -229,3 +231,20 @@ def test_inspect_marks_what_each_runtime_import_does(guests: Path, tmp_path: Pat
     assert "wasix_32v1.proc_join: func (i32, i32, i32) -> (i32) (returns ENOSYS)" in text
     assert "wasi_snapshot_preview1.fd_write: func (i32, i32, i32, i32) -> (i32) " \
         "(implemented)" in text
+
+
+@pytest.mark.parametrize(("imported", "found"), [
+    ("(func)", "a func"), ("(tag (param i64))", "a tag of type (i64) -> ()"),
+    ("(global i32)", "a global")])
+def test_a_longjmp_tag_of_another_kind_or_type_is_refused_at_start(
+        tmp_path: Path, imported: str, found: str) -> None:
+    prog = tmp_path / "tag.wasm"
+    prog.write_bytes(wasmtime.wat2wasm(
+        f'(module (import "env" "__c_longjmp" {imported}) (memory (export "memory") 1)'
+        ' (func (export "_start")))'))
+    before = open_fds()
+    result = run_program(str(prog))
+    assert result.exit_code == EXIT_RUNTIME_ERROR
+    assert result.error == ("cannot start: /tag.wasm: import env.__c_longjmp must be a tag of "
+                            f"type (i32) -> (), found {found}")
+    assert_nothing_left(before)

@@ -2,13 +2,10 @@
  * longjmps throw the `__c_longjmp` tag as this module imports it. */
 #include <setjmp.h>
 
-int side_depth_reached;
-
 /* Recurse through side-module frames, then longjmp to a setjmp in the caller's module. */
 __attribute__((noinline)) int side_jump_through(jmp_buf *env, int depth, int value) {
     volatile int here = depth;
     if (depth == 0) {
-        side_depth_reached = 1;
         longjmp(*env, value);
     }
     return side_jump_through(env, depth - 1, value) + here; /* never returns */
