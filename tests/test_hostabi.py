@@ -19,7 +19,7 @@ from leaks import assert_nothing_left, open_fds
 
 from wasmgroup.orchestrator.program import EXIT_RUNTIME_ERROR, EXIT_TRAP, run_program
 from wasmgroup.shared import hostabi, hostabi_table
-from wasmgroup.shared.wasm import FuncType
+from wasmgroup.shared.wasm import FuncType, parse_module
 from wasmgroup.worker.host.wasix import make_wasix_functions
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -248,3 +248,36 @@ def test_a_longjmp_tag_of_another_kind_or_type_is_refused_at_start(
     assert result.error == ("cannot start: /tag.wasm: import env.__c_longjmp must be a tag of "
                             f"type (i32) -> (), found {found}")
     assert_nothing_left(before)
+
+
+def archive_members(data: bytes) -> dict[str, bytes]:
+    """The members of a `ar` archive (GNU format, as llvm-ar writes it), by name."""
+    assert data.startswith(b"!<arch>\n")
+    members, pos, names = {}, 8, b""
+    while pos + 60 <= len(data):
+        header = data[pos:pos + 60]
+        name, size = header[:16].decode().rstrip(), int(header[48:58])
+        body = data[pos + 60:pos + 60 + size]
+        if name == "//":
+            names = body
+        elif name.startswith("/") and name[1:].isdigit():  # a long name, in the "//" member
+            start = int(name[1:])
+            members[names[start:names.index(b"/\n", start)].decode()] = body
+        else:
+            members[name.rstrip("/")] = body
+        pos += 60 + size + size % 2
+    return members
+
+
+def test_table_agrees_with_the_imports_wasix_libc_was_compiled_with() -> None:
+    """The header lowering, checked against what clang emitted for libc's own import
+    declarations (every call, with its wasm type)."""
+    libc = sysroot() / "usr" / "lib" / "wasm32-wasi" / "libc.a"
+    members = archive_members(libc.read_bytes())
+    seen = 0
+    for member in ("__wasilibc_real.o", "__wasixlibc_real.o"):
+        for imp in parse_module(members[member], member).imports:
+            if imp.module in ("wasi_snapshot_preview1", "wasix_32v1"):
+                assert hostabi.abi_signature(imp.module, imp.name) == imp.type, imp.name
+                seen += 1
+    assert seen == len(hostabi_table.WASI_SNAPSHOT_PREVIEW1) + len(hostabi_table.WASIX_32V1)
