@@ -339,10 +339,10 @@ class LinkerState:
             if imp.name in SPECIAL_ENV:
                 how = SPECIAL_ENV[imp.name]
                 if how == B_TAG and imp.type != EXCEPTION_TAG:
-                    found = (f"a tag of type {imp.type.func_type}"
-                             if isinstance(imp.type, TagType) else f"a {imp.kind}")
+                    what = (f"a tag of type {imp.type.func_type}"
+                            if isinstance(imp.type, TagType) else f"a {imp.kind}")
                     raise LinkError(f"{who}: import env.{imp.name} must be a tag of type "
-                                    f"{EXCEPTION_TAG.func_type}, found {found}")
+                                    f"{EXCEPTION_TAG.func_type}, found {what}")
                 return _Resolved(Binding(imp.module, imp.name, how))
             if not isinstance(imp.type, FuncType):
                 raise LinkError(f"{who}: import env.{imp.name} must be a function, "
