@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from wasmgroup.shared import hostabi
 from wasmgroup.shared.dylink import flag_names
 from wasmgroup.shared.wasm import (
     Export,
@@ -28,6 +29,11 @@ KIND_STATIC_MAIN = "static main"
 KIND_SIDE = "side module"
 
 ENTRY_POINTS = ("_start", "_initialize")
+
+# How `format_text` marks each import the runtime provides: what it does under wasmgroup.
+ABI_MARKS = {hostabi.IMPLEMENTED: "implemented", hostabi.ENOSYS: "returns ENOSYS",
+             hostabi.STOPS: "stops the program if called",
+             hostabi.UNKNOWN: "unknown: the program cannot start"}
 
 
 def module_kind(module: WasmModule) -> str:
@@ -80,6 +86,9 @@ def _import_entry(module: WasmModule, imp: Import) -> dict[str, Any]:
         entry["flags"] = flag_names(module.dylink.import_flags[(imp.module, imp.name)])
     elif module.dylink and ("env", imp.name) in module.dylink.import_flags:
         entry["flags"] = flag_names(module.dylink.import_flags[("env", imp.name)])
+    if import_group(imp.module) in ("WASI", "WASIX", "other"):  # what the runtime provides
+        func_type = imp.type if isinstance(imp.type, FuncType) else None
+        entry["abi"] = hostabi.status(imp.module, imp.name, func_type)
     return entry
 
 
@@ -151,7 +160,8 @@ def format_text(summary: dict[str, Any]) -> str:
         lines.append(f"  imports {group} ({len(entries)}):")
         for e in entries:
             flags = f" [{', '.join(e['flags'])}]" if e.get("flags") else ""
-            lines.append(f"    {e['module']}.{e['name']}: {e['kind']} {e['type']}{flags}")
+            abi = f" ({ABI_MARKS[e['abi']]})" if "abi" in e else ""
+            lines.append(f"    {e['module']}.{e['name']}: {e['kind']} {e['type']}{flags}{abi}")
     lines.append(f"  exports ({len(summary['exports'])}):")
     for e in summary["exports"]:
         flags = f" [{', '.join(e['flags'])}]" if e.get("flags") else ""

@@ -45,7 +45,7 @@ from wasmgroup.shared.plan import (
     SlotAssignment,
     SymbolAddress,
 )
-from wasmgroup.shared.wasm import Export, FuncType, GlobalType, Import, WasmModule
+from wasmgroup.shared.wasm import Export, FuncType, GlobalType, Import, TagType, WasmModule
 
 MAIN_HANDLE = 1
 MAIN_TABLE_BASE = 1
@@ -57,6 +57,9 @@ PAGE = 65536
 SPECIAL_ENV = {"memory": B_MEMORY, "__indirect_function_table": B_TABLE,
                "__stack_pointer": B_STACK_POINTER, "__c_longjmp": B_TAG,
                "__cpp_exception": B_TAG}
+# Every module of a group gets the group's one tag of each name (as in Wasmer), so that a
+# longjmp or C++ exception thrown in one module is caught in another.
+EXCEPTION_TAG = TagType(FuncType(("i32",), ()))
 
 # Reads a module from the descriptor the lookup opened (`Located.fd`) -> parsed module. The
 # coordinator's version goes through the compile cache; tests read the descriptor.
@@ -350,7 +353,13 @@ class LinkerState:
             if imp.name == "__table_base":
                 return _Resolved(Binding(imp.module, imp.name, B_CONST, value=loaded.table_base))
             if imp.name in SPECIAL_ENV:
-                return _Resolved(Binding(imp.module, imp.name, SPECIAL_ENV[imp.name]))
+                how = SPECIAL_ENV[imp.name]
+                if how == B_TAG and imp.type != EXCEPTION_TAG:
+                    what = (f"a tag of type {imp.type.func_type}"
+                            if isinstance(imp.type, TagType) else f"a {imp.kind}")
+                    raise LinkError(f"{who}: import env.{imp.name} must be a tag of type "
+                                    f"{EXCEPTION_TAG.func_type}, found {what}")
+                return _Resolved(Binding(imp.module, imp.name, how))
             if not isinstance(imp.type, FuncType):
                 raise LinkError(f"{who}: import env.{imp.name} must be a function, "
                                 f"found a {imp.kind}")

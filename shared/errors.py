@@ -44,3 +44,8 @@ class ModuleNotFound(LinkError):
         by = f" (needed by {requested_by})" if requested_by else ""
         paths = ", ".join(tried) if tried else "no candidate paths"
         super().__init__(f"library {name!r}{by} not found; tried: {paths}")
+
+
+class UnsupportedCall(WasmgroupError):
+    """The guest called a host function that wasmgroup provides only so that the program can
+    start, and that has no error return to report it with: the program stops, naming it."""

@@ -1,23 +1,17 @@
 """The functions the runtime provides to guests, by import module and name.
 
-`check(module, name, type)` says what is wrong with an import the runtime cannot satisfy, so a
-program fails at start (or a dlopen fails) with a message naming the import, never later.
+Like Wasmer, every call of the ABI (`wasi_snapshot_preview1`, `wasix_32v1`, wasi-threads) can
+be imported, with its exact signature (hostabi_table.py, generated from wasix-libc's headers):
+programs import far more than they call. `status` says what a call does here: implemented,
+returns ENOSYS, or stops the program (a call with no errno to return, or one whose failure the
+guest cannot survive). `check(module, name, type)` says what is wrong with an import outside the
+ABI, so a program fails at start (or a dlopen fails) with a message naming it, never later.
 """
 
 from __future__ import annotations
 
+from wasmgroup.shared import hostabi_table
 from wasmgroup.shared.wasm import FuncType
-
-# wasi_snapshot_preview1, as wasmtime implements it.
-WASI_PREVIEW1 = frozenset("""
-args_get args_sizes_get environ_get environ_sizes_get clock_res_get clock_time_get fd_advise
-fd_allocate fd_close fd_datasync fd_fdstat_get fd_fdstat_set_flags fd_fdstat_set_rights
-fd_filestat_get fd_filestat_set_size fd_filestat_set_times fd_pread fd_prestat_get
-fd_prestat_dir_name fd_pwrite fd_read fd_readdir fd_renumber fd_seek fd_sync fd_tell fd_write
-path_create_directory path_filestat_get path_filestat_set_times path_link path_open
-path_readlink path_remove_directory path_rename path_symlink path_unlink_file poll_oneoff
-proc_exit proc_raise sched_yield random_get sock_accept sock_recv sock_send sock_shutdown
-""".split())
 
 I32 = "i32"
 
@@ -26,7 +20,7 @@ def _f(params: int, results: int = 1) -> FuncType:
     return FuncType((I32,) * params, (I32,) * results)
 
 
-# wasix_32v1: the calls wasix-libc programs import for dl*, futexes, threads, exit, signals.
+# wasix_32v1 calls wasmgroup implements: dl*, futexes, threads, exit, signals, cwd, fd flags.
 WASIX_32V1: dict[str, FuncType] = {
     "dlopen": _f(8),
     "dlsym": _f(6),
@@ -68,16 +62,60 @@ HELPERS: dict[str, FuncType] = {
 }
 
 
+IMPLEMENTED = "implemented"
+ENOSYS = "enosys"  # returns WASI errno 52 (ENOSYS) when called
+STOPS = "stops"  # ends the program with a message when called
+UNKNOWN = "unknown"  # outside the ABI: the program cannot start
+
+ERRNO_NOSYS = 52
+
+_ABI: dict[str, dict[str, FuncType]] = {
+    module: {name: FuncType(tuple(params.split()), tuple(results.split()))
+             for name, (params, results) in table.items()}
+    for module, table in (("wasi_snapshot_preview1", hostabi_table.WASI_SNAPSHOT_PREVIEW1),
+                          ("wasix_32v1", hostabi_table.WASIX_32V1))}
+_ABI["wasi_unstable"] = _ABI["wasi_snapshot_preview1"]
+_ABI["wasi"] = WASI_THREADS
+
+_NO_ASYNCIFY = ("wasix-libc's setjmp/longjmp need asyncify, which wasmgroup cannot run; build "
+                "setjmp code with wasm exception handling instead (clang 20 or later: "
+                "-mexception-handling -mllvm -wasm-enable-sjlj -mllvm -wasm-use-legacy-eh=false)")
+# Why a call that is not implemented stops the program instead of returning ENOSYS: setjmp
+# would only trap on `unreachable` after an error return.
+STOP_REASONS: dict[str, str] = {"stack_checkpoint": _NO_ASYNCIFY, "stack_restore": _NO_ASYNCIFY}
+
+
+def abi_signature(module: str, name: str) -> FuncType | None:
+    """The signature the ABI gives `module.name`, or None when it is not a call of the ABI."""
+    return _ABI.get(module, {}).get(name)
+
+
+def status(module: str, name: str, func_type: FuncType | None) -> str:
+    """What the call does here: IMPLEMENTED, ENOSYS, STOPS, or UNKNOWN (outside the ABI, or
+    imported with another signature)."""
+    expected = abi_signature(module, name)
+    if expected is None or expected != func_type:
+        return UNKNOWN
+    if module in ("wasi_snapshot_preview1", "wasi_unstable", "wasi") or name in WASIX_32V1:
+        return IMPLEMENTED  # wasmtime implements all of preview1
+    if name in STOP_REASONS or not expected.results:
+        return STOPS
+    return ENOSYS
+
+
+def stop_reason(module: str, name: str) -> str:
+    """The one-line message a STOPS call ends the program with."""
+    why = STOP_REASONS.get(name, "the call has no error return and wasmgroup does not "
+                                 "implement it")
+    return f"{module}.{name} is not supported: {why}"
+
+
 def check(module: str, name: str, func_type: FuncType) -> str | None:
     """None when the runtime provides `module.name` with this type, else what is wrong."""
-    if module in ("wasi_snapshot_preview1", "wasi_unstable"):
-        if name in WASI_PREVIEW1:
-            return None
+    expected = abi_signature(module, name)
+    if expected is None:
         return f"imports {module}.{name}, which the runtime does not provide"
-    table = {"wasix_32v1": WASIX_32V1, "wasi": WASI_THREADS}.get(module)
-    if table is None or name not in table:
-        return f"imports {module}.{name}, which the runtime does not provide"
-    if table[name] != func_type:
+    if expected != func_type:
         return (f"imports {module}.{name} as {func_type}; the runtime provides "
-                f"{table[name]}")
+                f"{expected}")
     return None

@@ -321,14 +321,14 @@ def test_descriptor_calls_the_runtime_cannot_do_report_enotsup(tmp_path: Path, c
     assert run_program(str(prog)).exit_code == errno
 
 
-def test_setjmp_without_host_unwinding_fails_at_start_naming_it(tmp_path: Path) -> None:
+def test_importing_asyncify_setjmp_alone_does_not_stop_a_program(tmp_path: Path) -> None:
+    """Only calling it does (tests/test_hostabi.py), as with Wasmer."""
     prog = tmp_path / "jmp.wasm"
     prog.write_bytes(wasmtime.wat2wasm(
         '(module (import "wasix_32v1" "stack_checkpoint" (func (param i32 i32) (result i32)))'
         ' (memory (export "memory") 1) (func (export "_start")))'))
     result = run_program(str(prog))
-    assert result.exit_code == EXIT_RUNTIME_ERROR
-    assert result.error is not None and "wasix_32v1.stack_checkpoint" in result.error
+    assert (result.exit_code, result.error) == (0, None)
 
 
 def test_ctrl_c_stops_a_program_spinning_in_guest_code(tmp_path: Path) -> None:

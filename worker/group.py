@@ -53,6 +53,7 @@ from wasmgroup.worker.host.wasix import (
     GuestExit,
     ProgramStopping,
     ThreadExit,
+    make_unimplemented,
     make_wasi_threads_functions,
     make_wasix_functions,
 )
@@ -482,7 +483,7 @@ class InstanceGroup:
         if module in WASI_MODULES:
             return self._wasi_linker.get(self.store, "wasi_snapshot_preview1", name)
         table = {"wasix_32v1": self._wasix, "wasi": self._wasi_threads}[module]
-        return wasmtime.Func(self.store, ty, table[name])
+        return wasmtime.Func(self.store, ty, table.get(name) or make_unimplemented(module, name))
 
     # ------------------------------------------------------------------ blocking and threads
     def post(self, pending: PendingOperation) -> None:

@@ -33,7 +33,7 @@ from typing import Any
 import wasmtime
 
 from wasmgroup.shared import protocol
-from wasmgroup.shared.errors import LinkError
+from wasmgroup.shared.errors import LinkError, UnsupportedCall
 from wasmgroup.shared.memory import SharedRegion
 from wasmgroup.shared.plan import (
     LoadPlan,
@@ -288,7 +288,8 @@ def _ending(err: Exception) -> dict[str, Any]:
     if isinstance(err, WASM_ERRORS):
         text = str(err).strip()
         return {"how": "stopped" if STOP_MESSAGE in text else "trap", "code": 0, "message": text}
-    if isinstance(err, LinkError):  # a lazy stub whose function no module exports
+    # A lazy stub no module serves, or a call wasmgroup provides only so that programs start.
+    if isinstance(err, (LinkError, UnsupportedCall)):
         return {"how": "trap", "code": 0, "message": str(err)}
     text = "".join(traceback.format_exception(err))
     return {"how": "failed", "code": 0, "message": text}

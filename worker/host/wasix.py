@@ -12,7 +12,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from wasmgroup.shared.errors import LinkError
+from wasmgroup.shared import hostabi
+from wasmgroup.shared.errors import LinkError, UnsupportedCall
 from wasmgroup.shared.futex import futex_wake
 from wasmgroup.worker.memview import GuestFault
 
@@ -218,6 +219,21 @@ def make_wasix_functions(group: InstanceGroup) -> dict[str, Callable[..., int | 
     }
 
 
+def make_unimplemented(module: str, name: str) -> Callable[..., int | None]:
+    """A call of the ABI that wasmgroup does not implement: ENOSYS, or, where the call has no
+    errno to return (or the guest could not survive one), the program stops naming it."""
+    if hostabi.status(module, name, hostabi.abi_signature(module, name)) == hostabi.STOPS:
+        message = hostabi.stop_reason(module, name)
+
+        def stop(*args: int) -> None:
+            raise UnsupportedCall(message)
+        return stop
+
+    def nosys(*args: int) -> int:
+        return hostabi.ERRNO_NOSYS
+    return nosys
+
+
 def make_wasi_threads_functions(group: InstanceGroup) -> dict[str, Callable[..., int | None]]:
     def thread_spawn(start_arg: int) -> int:
         return group.spawn_thread(start_arg)
@@ -225,5 +241,5 @@ def make_wasi_threads_functions(group: InstanceGroup) -> dict[str, Callable[...,
     return {"thread-spawn": thread_spawn}
 
 
-__all__ = ["GuestExit", "ProgramStopping", "ThreadExit", "make_wasi_threads_functions",
-           "make_wasix_functions"]
+__all__ = ["GuestExit", "ProgramStopping", "ThreadExit", "make_unimplemented",
+           "make_wasi_threads_functions", "make_wasix_functions"]
