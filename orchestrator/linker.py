@@ -24,6 +24,7 @@ from __future__ import annotations
 import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from wasmgroup.orchestrator.allocator import MemoryAllocator
 from wasmgroup.orchestrator.locate import GuestFilesystem, Located, locate
@@ -39,6 +40,10 @@ from wasmgroup.shared.plan import (
     B_TABLE,
     B_TAG,
     B_TLS,
+    X_DATA,
+    X_FUNC,
+    X_OTHER,
+    X_TLS,
     Binding,
     LoadPlan,
     ModulePlan,
@@ -109,6 +114,32 @@ def _global_value(module: WasmModule, export: Export) -> int | None:
     if export.index < imported:
         return None
     return module.globals[export.index - imported].init_value
+
+
+def _dlsym_export(loaded: LoadedModule, export: Export) -> tuple[str, int]:
+    """What dlsym finds for one export of a loaded module (plan.X_* kind, value)."""
+    if export.kind == "func":
+        return X_FUNC, 0
+    value = _global_value(loaded.module, export)
+    if value is None:
+        return X_OTHER, 0
+    info = loaded.module.dylink
+    if info is not None and info.is_tls_export(export.name):
+        return X_TLS, value
+    return X_DATA, value + loaded.memory_base
+
+
+def _dlsym_exports(loaded: LoadedModule) -> dict[str, list[Any]]:
+    """Every export dlsym can see, for the groups' own answers (ModulePlan.exports)."""
+    info = loaded.module.dylink
+    exports: dict[str, list[Any]] = {}
+    for export in loaded.module.exports:
+        if export.kind not in ("func", "global") or export.name in exports:
+            continue
+        if info is not None and info.is_hidden_export(export.name):
+            continue
+        exports[export.name] = list(_dlsym_export(loaded, export))
+    return exports
 
 
 @dataclass
@@ -326,7 +357,8 @@ class LinkerState:
                 host_path=loaded.host_path, memory_base=loaded.memory_base,
                 table_base=loaded.table_base,
                 table_size=info.mem_info.table_size if info else 0,
-                memory_size=info.mem_info.memory_size if info else 0, bindings=bindings))
+                memory_size=info.mem_info.memory_size if info else 0, bindings=bindings,
+                exports=_dlsym_exports(loaded)))
         plan = LoadPlan(modules=module_plans, table_length=table_length, slots=slots,
                         stack_high=self.stack_high, stack_low=self.stack_low)
         # The table is the plan's from now on, whatever comes of it (tables only grow): a
@@ -485,19 +517,15 @@ class LinkerState:
         source, export = found
         assignment: SlotAssignment | None = None
         if export.kind == "func":
-            assignment = SlotAssignment(self.table_length, source.handle, name)
+            assignment = SlotAssignment(self.table_length, source.handle, name, handle)
             result = SymbolAddress("function", self.table_length, source.handle)
             self.table_length += 1
             self.log.append(assignment)
         else:
-            value = _global_value(source.module, export)
-            if value is None:
+            kind, value = _dlsym_export(source, export)
+            if kind == X_OTHER:
                 raise LinkError(f"{source.name}: global {name} has no constant value")
-            info = source.module.dylink
-            if info is not None and info.is_tls_export(name):
-                result = SymbolAddress("tls", value, source.handle)
-            else:
-                result = SymbolAddress("data", value + source.memory_base, source.handle)
+            result = SymbolAddress("tls" if kind == X_TLS else "data", value, source.handle)
         self.dlsym_cache[key] = result
         return result, assignment
 

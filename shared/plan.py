@@ -7,11 +7,16 @@ boundary as msgpack (`to_wire`/`from_wire`) and be applied identically by every 
   length afterwards and the GOT.func slots to fill (`SlotAssignment`).
 - `SlotAssignment`: put function `export` of module `handle` at table slot `slot` (a GOT.func
   entry, or a dlsym'd function: the seed's `ResolveFunction`).
+
+Plans also carry what a group needs to answer read-only link queries itself, with no round trip
+to the coordinator (the seed's groups read the shared linker state): each module's exports as
+dlsym sees them (`ModulePlan.exports`), and for a dlsym'd function, the handle dlsym was asked
+for (`SlotAssignment.dlsym_handle`), so that the same dlsym later finds its slot.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 # How an import is satisfied (Binding.how).
@@ -39,11 +44,18 @@ class Binding:
     export: str = ""
 
 
+# What a dlsym of an export finds (ModulePlan.exports): a function (it needs a table slot), a
+# data address (absolute), a TLS offset (from the thread's TLS base of the module), or
+# something only the coordinator can answer (a global without a constant value: an error).
+X_FUNC, X_DATA, X_TLS, X_OTHER = "func", "data", "tls", "other"
+
+
 @dataclass(frozen=True)
 class SlotAssignment:
     slot: int
     handle: int
     export: str
+    dlsym_handle: int = -1  # for a dlsym'd function: the handle it was asked of (0: global)
 
 
 @dataclass(frozen=True)
@@ -57,6 +69,8 @@ class ModulePlan:
     table_size: int
     memory_size: int
     bindings: list[Binding]
+    # Exports dlsym can see (hidden ones left out): name -> [X_* kind, value].
+    exports: dict[str, list[Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -95,7 +109,7 @@ def to_wire(obj: LoadPlan | SlotAssignment) -> dict[str, Any]:
     """A msgpack-ready dict of a plan (tuples become lists)."""
     if isinstance(obj, SlotAssignment):
         return {"op": "resolve_function", "slot": obj.slot, "handle": obj.handle,
-                "export": obj.export}
+                "export": obj.export, "dlsym_handle": obj.dlsym_handle}
     return {
         "op": "load_modules",
         "modules": [{**{k: getattr(m, k) for k in ModulePlan.__dataclass_fields__
@@ -103,7 +117,7 @@ def to_wire(obj: LoadPlan | SlotAssignment) -> dict[str, Any]:
                      "bindings": [[b.module, b.name, b.how, b.value, b.source, b.export]
                                   for b in m.bindings]} for m in obj.modules],
         "table_length": obj.table_length,
-        "slots": [[s.slot, s.handle, s.export] for s in obj.slots],
+        "slots": [[s.slot, s.handle, s.export, s.dlsym_handle] for s in obj.slots],
         "stack_low": obj.stack_low,
         "stack_high": obj.stack_high,
     }
@@ -111,7 +125,8 @@ def to_wire(obj: LoadPlan | SlotAssignment) -> dict[str, Any]:
 
 def from_wire(data: dict[str, Any]) -> LoadPlan | SlotAssignment:
     if data["op"] == "resolve_function":
-        return SlotAssignment(data["slot"], data["handle"], data["export"])
+        return SlotAssignment(data["slot"], data["handle"], data["export"],
+                              data.get("dlsym_handle", -1))
     modules = [ModulePlan(**{**m, "bindings": [Binding(*b) for b in m["bindings"]]})
                for m in data["modules"]]
     return LoadPlan(modules=modules, table_length=data["table_length"],

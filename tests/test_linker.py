@@ -434,7 +434,7 @@ def test_got_func_slots_resolvable_first_then_the_rest(world: World) -> None:
     # Later slots come after these.
     address, assignment = world.linker.dlsym(2, "bf")
     assert address == SymbolAddress("function", 12, 2)
-    assert assignment == SlotAssignment(12, 2, "bf")
+    assert assignment == SlotAssignment(12, 2, "bf", dlsym_handle=2)
 
 
 def test_main_got_func_is_filled_after_the_batch(tmp_path: Path) -> None:
@@ -606,14 +606,29 @@ def test_dlsym_function_gets_a_fresh_cached_slot(loaded: World) -> None:
     log_length = len(linker.log)
     address, assignment = linker.dlsym(2, "sf")
     assert address == SymbolAddress("function", first, 2)
-    assert assignment == SlotAssignment(first, 2, "sf")
+    # It says which dlsym made it, so that every group can answer that dlsym again itself.
+    assert assignment == SlotAssignment(first, 2, "sf", dlsym_handle=2)
     assert linker.table_length == first + 1 and linker.log[-1] == assignment
     assert linker.dlsym(2, "sf") == (address, None)
     assert linker.table_length == first + 1 and len(linker.log) == log_length + 1
     # The global search is another cache entry; main's mf wins there.
     address, assignment = linker.dlsym(0, "mf")
     assert address == SymbolAddress("function", first + 1, 1)
-    assert assignment == SlotAssignment(first + 1, 1, "mf")
+    assert assignment == SlotAssignment(first + 1, 1, "mf", dlsym_handle=0)
+
+
+def test_plans_carry_what_dlsym_sees_of_each_module(loaded: World) -> None:
+    """ModulePlan.exports: groups answer dlsym of data, of TLS and of a function that has a
+    slot themselves, so every export dlsym can see is there, resolved as the coordinator does."""
+    linker = loaded.linker
+    (plan,) = [m for p in linker.log if isinstance(p, LoadPlan) for m in p.modules
+               if m.handle == 2]
+    assert "secret" not in plan.exports  # hidden: dlsym cannot see it
+    assert plan.exports["sf"] == ["func", 0]
+    for name in ("shared", "sdata", "tvar"):
+        address, _ = linker.dlsym(2, name)
+        assert plan.exports[name] == [address.kind, address.value]
+    assert plan.exports["tvar"][0] == "tls"
 
 
 def test_dlsym_hidden_export_is_invisible(loaded: World) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from leaks import assert_nothing_left, open_fds
 
-from wasmgroup.orchestrator.program import EXIT_RUNTIME_ERROR, run_program
+from wasmgroup.orchestrator.program import EXIT_RUNTIME_ERROR, Program, run_program
 
 WAITS = ("futex", "atomic", "spin", "sleep")
 
@@ -73,3 +73,26 @@ def test_pie_main_defining_its_own_memory_is_refused(guests: Path) -> None:
                                  "its memory as env.memory (link it with --import-memory)")
     assert result.stdout == b""
     assert_nothing_left(fds)
+
+
+@pytest.mark.parametrize("idle", [0, 2])
+def test_read_only_link_queries_take_no_round_trip(guests: Path, idle: int,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """dlsym of data and dlopen of a loaded name are answered by the group itself, from its
+    replica of the committed link state; only a dlopen that loads and a dlsym that needs a new
+    table slot reach the coordinator (bench.c: per library, dlopen, dlsym of a function, dlsym
+    of data, dlopen of the same name again)."""
+    asked: list[str] = []
+    serve = Program.worker_call
+
+    def counting(self: Program, worker: object, name: str, args: list) -> object:
+        asked.append(name)
+        return serve(self, worker, name, args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Program, "worker_call", counting)
+    folder = guests / "pie_threads"
+    result = run_program(str(folder / "bench.wasm"), [str(idle), "3", "0"],
+                         dirs=[f"{folder}::/"])
+    assert result.exit_code == 0, (result.error, result.stdout)
+    assert result.stdout.decode().splitlines()[-1] == "bench: ok"
+    assert asked.count("dlopen") == 3 and asked.count("dlsym") == 3

@@ -41,6 +41,8 @@ from wasmgroup.shared.plan import (
     LoadPlan,
     ModulePlan,
     SlotAssignment,
+    X_DATA,
+    X_TLS,
     SymbolAddress,
 )
 from wasmgroup.shared.wasm import FuncType
@@ -163,6 +165,12 @@ class InstanceGroup:
         self._tags: dict[str, wasmtime.Tag] = {}
         self.instances: dict[int, wasmtime.Instance] = {}
         self._plans: dict[int, ModulePlan] = {}
+        # The committed link state as far as this group has applied it, for answering
+        # read-only queries without a round trip: handles in order, loaded names, and every
+        # dlsym answer known (dlsym'd function slots come with their SlotAssignment).
+        self._linked: list[int] = []
+        self._names: dict[str, int] = {}
+        self._dlsym_known: dict[tuple[int, str], SymbolAddress] = {}
         self._tls_bases: dict[int, int] = {}
         self._pending: queue.SimpleQueue[PendingOperation] = queue.SimpleQueue()
         self._got: dict[str, wasmtime.Global] = {}  # non-TLS GOT globals, for verification
@@ -255,6 +263,51 @@ class InstanceGroup:
                 self._init_thread_tls(module_plan)
         for slot in slots:
             self.apply_slot(slot)
+        self._now_linked(plans)
+
+    def _now_linked(self, plans: list[ModulePlan]) -> None:
+        for plan in plans:
+            self._linked.append(plan.handle)
+            if plan.handle != MAIN_HANDLE:
+                self._names[plan.name] = plan.handle
+
+    # ------------------------------------------------------------------ read-only queries
+    def loaded_handle(self, name: str) -> int | None:
+        """The handle of a library loaded under `name` (as dlopen requested it), if any."""
+        return self._names.get(name)
+
+    def is_linked_side_module(self, handle: int) -> bool:
+        return handle != MAIN_HANDLE and handle in self._names.values()
+
+    def known_dlsym(self, handle: int, name: str) -> SymbolAddress | None:
+        """dlsym answered from this group's replica of the linker state: a data or TLS
+        symbol, or a function dlsym has given a slot before; None when only the coordinator
+        can answer (a function needing a new slot, an error)."""
+        known = self._dlsym_known.get((handle, name))
+        if known is not None:
+            return known
+        if handle == 0:
+            order = self._linked  # main, then side modules in handle order, as the seed
+        elif handle in self._linked:
+            order = [handle]
+        else:
+            return None
+        for source in order:
+            entry = self._plans[source].exports.get(name)
+            if entry is None:
+                continue
+            kind, value = entry
+            if kind not in (X_DATA, X_TLS):
+                return None
+            known = SymbolAddress("data" if kind == X_DATA else "tls", int(value), source)
+            self._dlsym_known[(handle, name)] = known
+            return known
+        return None
+
+    def remember_dlsym(self, handle: int, name: str, address: SymbolAddress) -> None:
+        """An answer of the coordinator's: dlsym results never change (handles and slots are
+        never reused)."""
+        self._dlsym_known[(handle, name)] = address
 
     def _init_thread_tls(self, plan: ModulePlan) -> None:
         """This thread's TLS block of a side module loaded by another group.
@@ -319,6 +372,7 @@ class InstanceGroup:
                 self.apply_slot(slot)
             if initialise:
                 self._initialise(new)
+            self._now_linked(plan.modules)
         except (GuestExit, wasmtime.ExitTrap):
             raise
         except (*WASM_ERRORS, LinkError) as err:
@@ -341,6 +395,9 @@ class InstanceGroup:
         self._grow_table_to(slot.slot + 1)
         func = self.export(slot.handle, slot.export)
         table.set(self.store, slot.slot, func)
+        if slot.dlsym_handle >= 0:
+            self._dlsym_known[(slot.dlsym_handle, slot.export)] = SymbolAddress(
+                "function", slot.slot, slot.handle)
 
     def _grow_table_to(self, length: int) -> None:
         table = self.table

@@ -79,7 +79,8 @@ def make_wasix_functions(group: InstanceGroup) -> dict[str, Callable[..., int | 
         lib_path = group.memory.read_str(ld_path, ld_path_len) if ld_path and ld_path_len else ""
         entries = [e for e in lib_path.split(":") if e] if ld_path else None
         try:
-            handle = group.service.dlopen(group, name, entries)
+            # A name loaded before needs no round trip (the seed returns its handle at once).
+            handle = group.loaded_handle(name) or group.service.dlopen(group, name, entries)
         except LinkError as err:
             _write_error(group, err_buf, err_len, f"failed to load module: {err}")
             return ENOEXEC
@@ -92,7 +93,10 @@ def make_wasix_functions(group: InstanceGroup) -> dict[str, Callable[..., int | 
         group.service_pending()
         name = group.memory.read_str(symbol, symbol_len)
         try:
-            address = group.service.dlsym(group, handle, name)
+            address = group.known_dlsym(handle, name)
+            if address is None:
+                address = group.service.dlsym(group, handle, name)
+                group.remember_dlsym(handle, name, address)
         except LinkError as err:
             _write_error(group, err_buf, err_len, str(err))
             return EINVAL
@@ -104,6 +108,8 @@ def make_wasix_functions(group: InstanceGroup) -> dict[str, Callable[..., int | 
 
     def dl_invalid_handle(handle: int) -> int:
         group.service_pending()
+        if group.is_linked_side_module(handle):
+            return ESUCCESS
         return ESUCCESS if group.service.is_side_module(handle) else ENOEXEC
 
     @_faults_to_errno
