@@ -625,9 +625,9 @@ def test_plans_carry_what_dlsym_sees_of_each_module(loaded: World) -> None:
                if m.handle == 2]
     assert "secret" not in plan.exports  # hidden: dlsym cannot see it
     assert plan.exports["sf"] == ["func", 0]
-    for name in ("shared", "sdata", "tvar"):
-        address, _ = linker.dlsym(2, name)
-        assert plan.exports[name] == [address.kind, address.value]
+    for symbol in ("shared", "sdata", "tvar"):
+        address, _ = linker.dlsym(2, symbol)
+        assert plan.exports[symbol] == [address.kind, address.value]
     assert plan.exports["tvar"][0] == "tls"
 
 
