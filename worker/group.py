@@ -37,12 +37,12 @@ from wasmgroup.shared.plan import (
     B_TABLE,
     B_TAG,
     B_TLS,
+    X_DATA,
+    X_TLS,
     GroupState,
     LoadPlan,
     ModulePlan,
     SlotAssignment,
-    X_DATA,
-    X_TLS,
     SymbolAddress,
 )
 from wasmgroup.shared.wasm import FuncType
