@@ -1,22 +1,28 @@
-"""The `wasmgroup` command line."""
+"""The `wasmgroup` command line.
+
+Ctrl-C at any moment prints one line, `wasmgroup run: interrupted`, and exits 130, as shells
+report SIGINT: while the program runs `run_program` turns it into the program's outcome; before
+that (the imports of wasmtime take a while, hence imported late) and after, it is caught here.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from wasmgroup.orchestrator.inspect import describe, format_text
-from wasmgroup.orchestrator.program import EXIT_RUNTIME_ERROR, run_program
-from wasmgroup.shared.errors import WasmgroupError
-from wasmgroup.shared.wasm import read_module_file
-
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
 
 
 def _inspect(args: argparse.Namespace) -> int:
+    from wasmgroup.orchestrator.inspect import describe, format_text
+    from wasmgroup.shared.errors import WasmgroupError
+    from wasmgroup.shared.wasm import read_module_file
+
     summaries = []
     for path in args.files:
         try:
@@ -35,6 +41,9 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from wasmgroup.orchestrator.program import EXIT_RUNTIME_ERROR, run_program
+    from wasmgroup.shared.errors import WasmgroupError
+
     env: dict[str, str] = {}
     for item in args.env:
         key, sep, value = item.partition("=")
@@ -52,6 +61,8 @@ def _run(args: argparse.Namespace) -> int:
         text = f"{err.filename}: {err.strerror}" if isinstance(err, OSError) else str(err)
         print(f"wasmgroup run: {text}", file=sys.stderr)
         return EXIT_RUNTIME_ERROR
+    # The outcome is decided and every worker gone: a Ctrl-C from here on changes nothing.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if result.error:
         print(f"wasmgroup run: {result.error}", file=sys.stderr)
     return result.exit_code
@@ -98,8 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    code: int = args.handler(args)
+    command = "wasmgroup"
+    try:
+        args = build_parser().parse_args(argv)
+        command = f"wasmgroup {args.command}"
+        code: int = args.handler(args)
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # one line, however often it is pressed
+        print(f"{command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return code
 
 

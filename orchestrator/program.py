@@ -39,6 +39,7 @@ import wasmtime
 
 from wasmgroup.orchestrator.cache import ModuleCache
 from wasmgroup.orchestrator.capture import PipeCapture
+from wasmgroup.orchestrator.interrupt import watch_interrupts
 from wasmgroup.orchestrator.linker import MAIN_HANDLE, LinkerState, PendingLoad
 from wasmgroup.orchestrator.locate import GuestFilesystem, Located
 from wasmgroup.orchestrator.trace import Tracer, ms
@@ -256,7 +257,7 @@ class Program:
         main = self.cache.load(self.path)
         self._create_memory(main.parsed)
         pending = self.linker.plan_main(main.parsed, self._guest_path_of_main(), self.path)
-        worker = self.pool.take()
+        worker = self.pool.take(cancelled=self._stop.is_set)
         self.main_worker = worker
         config, fds = self._base_config()
         config["stack_high"] = self.linker.stack_high or None
@@ -265,7 +266,7 @@ class Program:
         try:
             self._assign(worker, 1, "main", config, fds)
             self._apply_first(worker, pending)
-        except LinkError:
+        except (LinkError, CallStopped):  # nothing left to wait for at wind-up
             with self._groups_lock:
                 self.groups.pop(1, None)
             raise
@@ -293,7 +294,8 @@ class Program:
     def run(self) -> RunResult:
         try:
             try:
-                self.start()
+                if not self._stop.is_set():  # interrupted while the coordinator started
+                    self.start()
             except (LinkError, ProgramError, OSError, WorkerStartError) as err:
                 message = (f"{err.filename or self.path}: {err.strerror}"
                            if isinstance(err, OSError) else str(err))
@@ -380,6 +382,9 @@ class Program:
             self.finish(EXIT_TRAP, f"the program trapped in {name}: {text}")
         elif how == "exit":
             self.finish(code)
+        elif how == "signal":  # a default action that terminates, as a shell reports it
+            what = "aborted (SIGABRT)" if text == "SIGABRT" else f"was terminated by {text}"
+            self.finish(128 + code, f"the program {what} in {name}")
         elif how == "failed":
             self.finish(EXIT_RUNTIME_ERROR, f"{name} failed inside wasmgroup: {text}")
         elif tid == 1 and how == "returned":
@@ -640,7 +645,7 @@ class Program:
     def _spawn_fresh(self, spawner: WorkerProcess, tid: int, start_arg: int,
                      started: float) -> None:
         try:
-            child = self.pool.take()
+            child = self.pool.take(cancelled=self._stop.is_set)
         except WorkerStartError as err:
             self.finish(EXIT_RUNTIME_ERROR, f"cannot start thread {tid}: {err}")
             raise CallStopped() from None
@@ -723,17 +728,24 @@ def run_program(path: str, args: Sequence[str] = (), *, env: dict[str, str] | No
     `capture_output` (the default) the program's stdout and stderr come back in the result.
     Every wasm thread runs in a worker process of its own; `pool_size` idle workers are kept
     ready for new threads.
+
+    Ctrl-C (SIGINT), when called from the main thread, raises no KeyboardInterrupt: at any
+    point (start-up included) it stops the program, every worker is reaped, and the result
+    says `exit_code` 130, `error` "interrupted", with the output so far. (From another thread
+    SIGINT stays the main thread's business.)
     """
     options = ProgramOptions(args=args, env=dict(env or {}), dirs=dirs, lib_paths=lib_paths,
                              cwd=cwd, capture_output=capture_output, cache_dir=cache_dir,
                              verify_groups=verify_groups, trace=trace)
     if pool_size is not None:
         options.pool_size = pool_size
-    program = Program(path, options)
-    try:
-        return program.run()
-    finally:
-        program.close()
+    with watch_interrupts() as watch:
+        program = Program(path, options)
+        try:
+            watch.set_target(lambda: program.finish(EXIT_INTERRUPTED, "interrupted"))
+            return program.run()
+        finally:
+            program.close()
 
 
 __all__ = ["EXIT_INTERRUPTED", "EXIT_RUNTIME_ERROR", "EXIT_TRAP", "Program", "ProgramOptions",
