@@ -45,6 +45,7 @@ from wasmgroup.orchestrator.locate import GuestFilesystem, Located
 from wasmgroup.orchestrator.trace import Tracer, ms
 from wasmgroup.orchestrator.verify import first_difference
 from wasmgroup.orchestrator.workers import (
+    SHUTDOWN_GRACE,
     CallFailed,
     CallStopped,
     OperationFuture,
@@ -98,6 +99,9 @@ class ProgramOptions:
 MAX_THREAD_ID = (1 << 29) - 1  # wasi-threads: thread ids are in [1, 2^29)
 TLS_ARENA_BYTES = 4096  # a group's TLS arena (asked for when first needed; more on demand)
 JOIN_TIMEOUT = 5.0  # seconds stopped threads get to reach a safe point at exit
+# After Ctrl-C a person waits: threads that have not left guest code by then (blocked in a
+# read of the terminal, say) are killed sooner.
+INTERRUPT_GRACE = 0.5
 WAIT_SLICE = 0.05  # seconds between checks for a stopping program while waiting on workers
 
 
@@ -127,6 +131,7 @@ class Program:
         self._arenas: dict[int, list[tuple[int, int]]] = {}  # thread id -> its TLS arenas
         self._free_arenas: list[tuple[int, int]] = []
         self._stop = threading.Event()
+        self._interrupted = False
         self._outcome: tuple[int, str | None] | None = None
         self._outcome_lock = threading.Lock()
         self._thread_ids = itertools.count(2)
@@ -312,8 +317,13 @@ class Program:
             while not self._stop.wait(0.1):
                 pass
         except KeyboardInterrupt:
-            self.finish(EXIT_INTERRUPTED, "interrupted")
+            self.interrupt()
         return self._wind_up()
+
+    def interrupt(self) -> None:
+        """Ctrl-C: end the program (unless it has ended already) and wind up promptly."""
+        self._interrupted = True
+        self.finish(EXIT_INTERRUPTED, "interrupted")
 
     def finish(self, code: int, error: str | None = None) -> None:
         """End the program with this outcome, unless another came first; stop every group."""
@@ -330,8 +340,9 @@ class Program:
         return self._stop.is_set()
 
     def _wind_up(self) -> RunResult:
-        deadline = time.monotonic() + JOIN_TIMEOUT
-        while self.groups and time.monotonic() < deadline:
+        started = time.monotonic()
+        while self.groups and time.monotonic() < started + (
+                INTERRUPT_GRACE if self._interrupted else JOIN_TIMEOUT):
             time.sleep(0.01)  # stopped groups report their exit at their next safe point
         self.close()
         assert self._outcome is not None
@@ -346,7 +357,7 @@ class Program:
             return
         self._closed = True
         self._stop.set()
-        self.pool.close()
+        self.pool.close(INTERRUPT_GRACE if self._interrupted else SHUTDOWN_GRACE)
         self.cache.close()
         self.tracer.close()
         if self.region is not None:
@@ -742,7 +753,7 @@ def run_program(path: str, args: Sequence[str] = (), *, env: dict[str, str] | No
     with watch_interrupts() as watch:
         program = Program(path, options)
         try:
-            watch.set_target(lambda: program.finish(EXIT_INTERRUPTED, "interrupted"))
+            watch.set_target(program.interrupt)
             return program.run()
         finally:
             program.close()

@@ -332,14 +332,15 @@ class WorkerPool:
             if worker in self._all:
                 self._all.remove(worker)
 
-    def close(self) -> None:
+    def close(self, grace: float = SHUTDOWN_GRACE) -> None:
+        """Ask every worker to leave; kill those still there after `grace` seconds."""
         with self._lock:
             self._closed = True
             workers, self._all, self._idle = list(self._all), [], []
         for worker in workers:
             worker._closing = True
             worker.send("shutdown")
-        deadline = time.monotonic() + SHUTDOWN_GRACE  # one grace period for all of them
+        deadline = time.monotonic() + grace  # one grace period for all of them
         for worker in workers:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 worker.process.wait(timeout=max(0.0, deadline - time.monotonic()))

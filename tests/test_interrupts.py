@@ -124,6 +124,26 @@ def test_ctrl_c_at_a_terminal_prints_one_line_and_exits_130(
     assert_gone(workers)
 
 
+def test_ctrl_c_does_not_wait_for_a_thread_blocked_reading_the_terminal(guests: Path) -> None:
+    """A thread in a read never reaches a safe point: after Ctrl-C its worker is killed
+    within a fraction of a second instead of after the usual 5 + 2 s of grace."""
+    term = Terminal(["run", str(guests / "libc" / "signals.wasm"), "--", "read"])
+    try:
+        wait_for(lambda: "read: waiting" in term.text())
+        workers = term.process.children(recursive=True)
+        started = time.monotonic()
+        term.ctrl_c()
+        code, lines = term.finish()
+        seconds = time.monotonic() - started
+    finally:
+        if term.process.poll() is None:
+            term.process.kill()
+    assert lines == ["signals: read", "read: waiting", "wasmgroup run: interrupted"]
+    assert code == 130
+    assert seconds < 4.0
+    assert_gone(workers)
+
+
 @pytest.mark.parametrize("delay", [0.0, 0.15, 0.5])
 def test_sigint_to_the_coordinator_alone_at_any_point(guests: Path, delay: float) -> None:
     """kill -INT of the coordinator only (its workers get nothing): the same one line."""

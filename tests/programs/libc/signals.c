@@ -12,6 +12,8 @@
  *                  callback), then abort(): still ends as SIGABRT.
  *   forever        two threads, one spinning, one sleeping, main in pthread_join: runs until
  *                  it is interrupted; prints "forever: running" once both threads run.
+ *   read           prints "read: waiting", then blocks reading stdin (a terminal that never
+ *                  types); prints what it read.
  */
 #include <pthread.h>
 #include <signal.h>
@@ -91,6 +93,13 @@ int main(int argc, char **argv) {
         fflush(stdout);
         pthread_join(a, 0);
         return 1;
+    }
+    if (strcmp(mode, "read") == 0) {
+        char buf[64];
+        puts("read: waiting");
+        fflush(stdout);
+        printf("read: %d bytes\n", (int)read(0, buf, sizeof buf));
+        return 0;
     }
     printf("signals: %s returned (unexpected)\n", mode);
     return 1;
