@@ -28,7 +28,7 @@ from leaks import assert_nothing_left, open_fds
 from wasmgroup.orchestrator.program import run_program
 
 WASMGROUP = [sys.executable, "-m", "wasmgroup.orchestrator.cli"]
-FOREVER_LINES = ["signals: forever", "forever: running"]
+FOREVER_LINES = ["interruptible: forever", "forever: running"]
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
@@ -102,7 +102,7 @@ CTRL_C_POINTS = [("start", 0.0, None), ("start", 0.1, None), ("start", 0.3, None
 @pytest.mark.parametrize(("phase", "delay", "again"), CTRL_C_POINTS)
 def test_ctrl_c_at_a_terminal_prints_one_line_and_exits_130(
         guests: Path, phase: str, delay: float, again: float | None) -> None:
-    term = Terminal(["run", str(guests / "libc" / "signals.wasm"), "--", "forever"])
+    term = Terminal(["run", str(guests / "libc" / "interruptible.wasm"), "--", "forever"])
     try:
         if phase == "start":
             wait_for(lambda: wasmtime_loaded(term.process.pid))
@@ -127,7 +127,7 @@ def test_ctrl_c_at_a_terminal_prints_one_line_and_exits_130(
 def test_ctrl_c_does_not_wait_for_a_thread_blocked_reading_the_terminal(guests: Path) -> None:
     """A thread in a read never reaches a safe point: after Ctrl-C its worker is killed
     within a fraction of a second instead of after the usual 5 + 2 s of grace."""
-    term = Terminal(["run", str(guests / "libc" / "signals.wasm"), "--", "read"])
+    term = Terminal(["run", str(guests / "libc" / "interruptible.wasm"), "--", "read"])
     try:
         wait_for(lambda: "read: waiting" in term.text())
         workers = term.process.children(recursive=True)
@@ -138,7 +138,7 @@ def test_ctrl_c_does_not_wait_for_a_thread_blocked_reading_the_terminal(guests: 
     finally:
         if term.process.poll() is None:
             term.process.kill()
-    assert lines == ["signals: read", "read: waiting", "wasmgroup run: interrupted"]
+    assert lines == ["interruptible: read", "read: waiting", "wasmgroup run: interrupted"]
     assert code == 130
     assert seconds < 4.0
     assert_gone(workers)
@@ -148,7 +148,7 @@ def test_ctrl_c_does_not_wait_for_a_thread_blocked_reading_the_terminal(guests: 
 def test_sigint_to_the_coordinator_alone_at_any_point(guests: Path, delay: float) -> None:
     """kill -INT of the coordinator only (its workers get nothing): the same one line."""
     with tempfile.TemporaryFile() as err:
-        process = psutil.Popen([*WASMGROUP, "run", str(guests / "libc" / "signals.wasm"),
+        process = psutil.Popen([*WASMGROUP, "run", str(guests / "libc" / "interruptible.wasm"),
                                 "--", "forever"], stdout=subprocess.DEVNULL, stderr=err)
         wait_for(lambda: wasmtime_loaded(process.pid))
         time.sleep(delay)
@@ -159,6 +159,25 @@ def test_sigint_to_the_coordinator_alone_at_any_point(guests: Path, delay: float
         err.seek(0)
         assert err.read().decode() == "wasmgroup run: interrupted\n"
     assert code == 130
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.05, 0.2])
+def test_sigint_while_a_finished_program_winds_up(guests: Path, delay: float) -> None:
+    """The first outcome wins: a program that has ended keeps its status, or Ctrl-C came
+    first; either way one consistent ending, never a traceback or a status of -2."""
+    process = psutil.Popen([*WASMGROUP, "run", str(guests / "libc" / "interruptible.wasm"),
+                            "--", "done"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line == "done: exiting\n":
+            break
+    time.sleep(delay)
+    workers = process.children(recursive=True)
+    process.send_signal(signal.SIGINT)
+    _out, err = process.communicate(timeout=30)
+    assert_gone(workers)
+    assert (process.returncode, err) in [(0, ""), (130, "wasmgroup run: interrupted\n")]
 
 
 API_SCRIPT = """
@@ -172,7 +191,7 @@ print("result", result.exit_code, result.error, result.stdout.decode().splitline
 def test_run_program_interrupted_returns_130(guests: Path) -> None:
     """The Python API, called from the main thread: Ctrl-C makes it return, never raise."""
     process = psutil.Popen([sys.executable, "-c", API_SCRIPT,
-                            str(guests / "libc" / "signals.wasm")],
+                            str(guests / "libc" / "interruptible.wasm")],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: len(process.children()) >= 2)  # workers are starting
     time.sleep(0.2)
@@ -190,7 +209,7 @@ def test_workers_of_a_killed_coordinator_leave_silently(guests: Path, when: str)
     """SIGKILL the coordinator (no clean-up runs): its workers, which share its stderr, exit
     without a word, whatever they were doing."""
     with tempfile.TemporaryFile() as out:
-        process = psutil.Popen([*WASMGROUP, "run", str(guests / "libc" / "signals.wasm"),
+        process = psutil.Popen([*WASMGROUP, "run", str(guests / "libc" / "interruptible.wasm"),
                                 "--", "forever"], stdout=out, stderr=out)
         try:
             if when == "workers starting":

@@ -1,6 +1,6 @@
 /*
- * libc/signals.c -> libc/signals.wasm: signals a program sends itself, and a program that runs
- * until interrupted. One mode per run (argv[1]); every mode first prints "signals: MODE".
+ * libc/signals.c -> libc/signals.wasm: signals a program sends itself. One mode per run
+ * (argv[1]); every mode first prints "signals: MODE".
  *   abort          abort() in the main thread: the program ends as SIGABRT (134).
  *   abort-thread   abort() in a second thread while main waits in pthread_join.
  *   term           raise(SIGTERM): ends as SIGTERM (143).
@@ -10,21 +10,15 @@
  *                  one line for each, then "handled: done" and exits 0.
  *   handled-abort  a handler for SIGUSR1 is installed (so libc registers its signal
  *                  callback), then abort(): still ends as SIGABRT.
- *   forever        two threads, one spinning, one sleeping, main in pthread_join: runs until
- *                  it is interrupted; prints "forever: running" once both threads run.
- *   read           prints "read: waiting", then blocks reading stdin (a terminal that never
- *                  types); prints what it read.
  */
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 static volatile int got;
-static volatile int started;
 
 static void handler(int sig) { got = sig; }
 
@@ -33,27 +27,11 @@ static void *aborter(void *arg) {
     abort();
 }
 
-static void *spinner(void *arg) {
-    (void)arg;
-    __atomic_fetch_add(&started, 1, __ATOMIC_SEQ_CST);
-    volatile unsigned long spin = 0;
-    for (;;) spin++;
-}
-
-static void *sleeper(void *arg) {
-    (void)arg;
-    __atomic_fetch_add(&started, 1, __ATOMIC_SEQ_CST);
-    for (;;) {
-        struct timespec t = {0, 20 * 1000 * 1000};
-        nanosleep(&t, 0);
-    }
-}
-
 int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "";
     printf("signals: %s\n", mode);
     fflush(stdout);
-    pthread_t a, b;
+    pthread_t a;
     if (strcmp(mode, "abort") == 0) abort();
     if (strcmp(mode, "abort-thread") == 0) {
         pthread_create(&a, 0, aborter, 0);
@@ -81,25 +59,6 @@ int main(int argc, char **argv) {
     if (strcmp(mode, "handled-abort") == 0) {
         signal(SIGUSR1, handler);
         abort();
-    }
-    if (strcmp(mode, "forever") == 0) {
-        pthread_create(&a, 0, spinner, 0);
-        pthread_create(&b, 0, sleeper, 0);
-        while (__atomic_load_n(&started, __ATOMIC_SEQ_CST) < 2) {
-            struct timespec t = {0, 1000 * 1000};
-            nanosleep(&t, 0);
-        }
-        puts("forever: running");
-        fflush(stdout);
-        pthread_join(a, 0);
-        return 1;
-    }
-    if (strcmp(mode, "read") == 0) {
-        char buf[64];
-        puts("read: waiting");
-        fflush(stdout);
-        printf("read: %d bytes\n", (int)read(0, buf, sizeof buf));
-        return 0;
     }
     printf("signals: %s returned (unexpected)\n", mode);
     return 1;
