@@ -1,23 +1,28 @@
-"""The `wasmgroup` command line."""
+"""The `wasmgroup` command line.
+
+Ctrl-C at any moment prints one line, `wasmgroup run: interrupted`, and exits 130, as shells
+report SIGINT: while the program runs `run_program` turns it into the program's outcome; before
+that (the imports of wasmtime take a while, hence imported late) and after, it is caught here.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from wasmgroup.orchestrator.cache import DEFAULT_MAX_MODULE_SIZE
-from wasmgroup.orchestrator.inspect import describe, format_text
-from wasmgroup.orchestrator.program import EXIT_RUNTIME_ERROR, run_program
-from wasmgroup.shared.errors import WasmgroupError
-from wasmgroup.shared.wasm import read_module_file
-
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
 
 
 def _inspect(args: argparse.Namespace) -> int:
+    from wasmgroup.orchestrator.inspect import describe, format_text
+    from wasmgroup.shared.errors import WasmgroupError
+    from wasmgroup.shared.wasm import read_module_file
+
     summaries = []
     for path in args.files:
         try:
@@ -36,6 +41,9 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from wasmgroup.orchestrator.program import EXIT_RUNTIME_ERROR, run_program
+    from wasmgroup.shared.errors import WasmgroupError
+
     env: dict[str, str] = {}
     for item in args.env:
         key, sep, value = item.partition("=")
@@ -44,15 +52,19 @@ def _run(args: argparse.Namespace) -> int:
             return EXIT_USAGE
         env[key] = value
     program_args = args.args[1:] if args.args[:1] == ["--"] else args.args
+    # Unless given, run_program's own default (DEFAULT_MAX_MODULE_SIZE in cache.py).
+    limits = {} if args.max_module_size is None else {"max_module_size": args.max_module_size}
     try:
         result = run_program(args.program, program_args, env=env, dirs=args.dir,
                              lib_paths=args.lib_path, cwd=args.cwd, capture_output=False,
                              verify_groups=args.verify_groups, trace=args.trace,
-                             pool_size=args.pool, max_module_size=args.max_module_size)
+                             pool_size=args.pool, **limits)
     except (OSError, WasmgroupError) as err:
         text = f"{err.filename}: {err.strerror}" if isinstance(err, OSError) else str(err)
         print(f"wasmgroup run: {text}", file=sys.stderr)
         return EXIT_RUNTIME_ERROR
+    # The outcome is decided and every worker gone: a Ctrl-C from here on changes nothing.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if result.error:
         print(f"wasmgroup run: {result.error}", file=sys.stderr)
     return result.exit_code
@@ -108,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--pool", type=int, default=None, metavar="N",
                      help="idle worker processes kept ready for new threads (default: one more "
                           "than the number of cores, at most 8)")
-    run.add_argument("--max-module-size", type=_byte_size, default=DEFAULT_MAX_MODULE_SIZE,
+    run.add_argument("--max-module-size", type=_byte_size, default=None,
                      metavar="BYTES",
                      help="refuse module files larger than this, unread (suffix K, M or G; "
                           "default 256M)")
@@ -120,8 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    code: int = args.handler(args)
+    command = "wasmgroup"
+    try:
+        args = build_parser().parse_args(argv)
+        command = f"wasmgroup {args.command}"
+        code: int = args.handler(args)
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # one line, however often it is pressed
+        print(f"{command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return code
 
 

@@ -39,11 +39,13 @@ import wasmtime
 
 from wasmgroup.orchestrator.cache import DEFAULT_MAX_MODULE_SIZE, CachedModule, ModuleCache
 from wasmgroup.orchestrator.capture import PipeCapture
+from wasmgroup.orchestrator.interrupt import watch_interrupts
 from wasmgroup.orchestrator.linker import MAIN_HANDLE, LinkerState, PendingLoad
 from wasmgroup.orchestrator.locate import GuestFilesystem, Located, host_path_of
 from wasmgroup.orchestrator.trace import Tracer, ms
 from wasmgroup.orchestrator.verify import first_difference
 from wasmgroup.orchestrator.workers import (
+    SHUTDOWN_GRACE,
     CallFailed,
     CallStopped,
     OperationFuture,
@@ -99,6 +101,9 @@ class ProgramOptions:
 MAX_THREAD_ID = (1 << 29) - 1  # wasi-threads: thread ids are in [1, 2^29)
 TLS_ARENA_BYTES = 4096  # a group's TLS arena (asked for when first needed; more on demand)
 JOIN_TIMEOUT = 5.0  # seconds stopped threads get to reach a safe point at exit
+# After Ctrl-C a person waits: threads that have not left guest code by then (blocked in a
+# read of the terminal, say) are killed sooner.
+INTERRUPT_GRACE = 0.5
 WAIT_SLICE = 0.05  # seconds between checks for a stopping program while waiting on workers
 
 
@@ -158,6 +163,7 @@ class Program:
         self._arenas: dict[int, list[tuple[int, int]]] = {}  # thread id -> its TLS arenas
         self._free_arenas: list[tuple[int, int]] = []
         self._stop = threading.Event()
+        self._interrupted = False
         self._outcome: tuple[int, str | None] | None = None
         self._outcome_lock = threading.Lock()
         self._thread_ids = itertools.count(2)
@@ -299,7 +305,7 @@ class Program:
         main, host_path = self._load_main()
         self._create_memory(main.parsed)
         pending = self.linker.plan_main(main.parsed, self._guest_path_of_main(), host_path)
-        worker = self.pool.take()
+        worker = self.pool.take(cancelled=self._stop.is_set)
         self.main_worker = worker
         config, fds = self._base_config()
         if self.linker.main_imports_stack_pointer:
@@ -309,7 +315,7 @@ class Program:
         try:
             self._assign(worker, 1, "main", config, fds)
             self._apply_first(worker, pending)
-        except LinkError:
+        except (LinkError, CallStopped):  # nothing left to wait for at wind-up
             with self._groups_lock:
                 self.groups.pop(1, None)
             raise
@@ -337,7 +343,8 @@ class Program:
     def run(self) -> RunResult:
         try:
             try:
-                self.start()
+                if not self._stop.is_set():  # interrupted while the coordinator started
+                    self.start()
             except (LinkError, WasmFormatError, ProgramError, OSError, WorkerStartError) as err:
                 message = (f"{err.filename or self.path}: {err.strerror}"
                            if isinstance(err, OSError) else str(err))
@@ -354,8 +361,13 @@ class Program:
             while not self._stop.wait(0.1):
                 pass
         except KeyboardInterrupt:
-            self.finish(EXIT_INTERRUPTED, "interrupted")
+            self.interrupt()
         return self._wind_up()
+
+    def interrupt(self) -> None:
+        """Ctrl-C: end the program (unless it has ended already) and wind up promptly."""
+        self._interrupted = True
+        self.finish(EXIT_INTERRUPTED, "interrupted")
 
     def finish(self, code: int, error: str | None = None) -> None:
         """End the program with this outcome, unless another came first; stop every group."""
@@ -372,8 +384,9 @@ class Program:
         return self._stop.is_set()
 
     def _wind_up(self) -> RunResult:
-        deadline = time.monotonic() + JOIN_TIMEOUT
-        while self.groups and time.monotonic() < deadline:
+        started = time.monotonic()
+        while self.groups and time.monotonic() < started + (
+                INTERRUPT_GRACE if self._interrupted else JOIN_TIMEOUT):
             time.sleep(0.01)  # stopped groups report their exit at their next safe point
         self.close()
         assert self._outcome is not None
@@ -388,7 +401,7 @@ class Program:
             return
         self._closed = True
         self._stop.set()
-        self.pool.close()
+        self.pool.close(INTERRUPT_GRACE if self._interrupted else SHUTDOWN_GRACE)
         self.cache.close()
         self.fs.close()
         self.tracer.close()
@@ -425,6 +438,9 @@ class Program:
             self.finish(EXIT_TRAP, f"the program trapped in {name}: {text}")
         elif how == "exit":
             self.finish(code)
+        elif how == "signal":  # a default action that terminates, as a shell reports it
+            what = "aborted (SIGABRT)" if text == "SIGABRT" else f"was terminated by {text}"
+            self.finish(128 + code, f"the program {what} in {name}")
         elif how == "failed":
             self.finish(EXIT_RUNTIME_ERROR, f"{name} failed inside wasmgroup: {text}")
         elif tid == 1 and how == "returned":
@@ -703,7 +719,7 @@ class Program:
     def _spawn_fresh(self, spawner: WorkerProcess, tid: int, start_arg: int,
                      started: float) -> None:
         try:
-            child = self.pool.take()
+            child = self.pool.take(cancelled=self._stop.is_set)
         except WorkerStartError as err:
             self.finish(EXIT_RUNTIME_ERROR, f"cannot start thread {tid}: {err}")
             raise CallStopped() from None
@@ -787,6 +803,11 @@ def run_program(path: str, args: Sequence[str] = (), *, env: dict[str, str] | No
     `capture_output` (the default) the program's stdout and stderr come back in the result.
     Every wasm thread runs in a worker process of its own; `pool_size` idle workers are kept
     ready for new threads. A module file over `max_module_size` bytes is refused unread.
+
+    Ctrl-C (SIGINT), when called from the main thread, raises no KeyboardInterrupt: at any
+    point (start-up included) it stops the program, every worker is reaped, and the result
+    says `exit_code` 130, `error` "interrupted", with the output so far. (From another thread
+    SIGINT stays the main thread's business.)
     """
     options = ProgramOptions(args=args, env=dict(env or {}), dirs=dirs, lib_paths=lib_paths,
                              cwd=cwd, capture_output=capture_output, cache_dir=cache_dir,
@@ -794,11 +815,13 @@ def run_program(path: str, args: Sequence[str] = (), *, env: dict[str, str] | No
                              max_module_size=max_module_size)
     if pool_size is not None:
         options.pool_size = pool_size
-    program = Program(path, options)
-    try:
-        return program.run()
-    finally:
-        program.close()
+    with watch_interrupts() as watch:
+        program = Program(path, options)
+        try:
+            watch.set_target(program.interrupt)
+            return program.run()
+        finally:
+            program.close()
 
 
 __all__ = ["EXIT_INTERRUPTED", "EXIT_RUNTIME_ERROR", "EXIT_TRAP", "Program", "ProgramOptions",

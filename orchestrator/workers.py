@@ -25,7 +25,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -38,6 +38,7 @@ from wasmgroup.shared.errors import WasmgroupError
 IMMEDIATE_CALLS = frozenset({"grow", "tls_arena", "cwd", "chdir", "is_side_module"})
 READY_TIMEOUT = 60.0  # seconds for a new worker to import wasmtime and create its engine
 SHUTDOWN_GRACE = 2.0  # seconds a worker gets to leave on its own before it is killed
+READY_SLICE = 0.05  # seconds between checks for a cancelled wait for a worker
 
 
 class WorkerStartError(WasmgroupError):
@@ -90,6 +91,10 @@ class WorkerProcess:
         A `background` worker starts at idle CPU priority (worker/__main__.py)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         env = {**os.environ, "WASMGROUP_WORKER_BACKGROUND": "1" if background else "0"}
+        # Ctrl-C reaches the whole foreground process group: the child starts with SIGINT
+        # blocked (the mask of this thread survives fork and exec) until it ignores it
+        # (worker/__main__.py), so no worker is ever interrupted, even mid-import.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             self.process = subprocess.Popen(
                 [*command, str(theirs.fileno())], pass_fds=[theirs.fileno()], close_fds=True,
@@ -98,6 +103,7 @@ class WorkerProcess:
             ours.close()
             raise WorkerStartError(f"cannot start a worker process: {err}") from None
         finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             theirs.close()
         self.sock = ours
         self.pid = self.process.pid
@@ -136,8 +142,17 @@ class WorkerProcess:
         self.send("op", id=op_id, op=op, initialise=initialise)
         return future
 
-    def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
-        if not self._ready.wait(timeout) or self.lost is not None:
+    def wait_ready(self, timeout: float = READY_TIMEOUT,
+                   cancelled: Callable[[], bool] | None = None) -> None:
+        """Until the worker has said `ready`; raises WorkerStartError if it does not (killed
+        then), or at once when `cancelled()` turns true (the worker is left as it is)."""
+        deadline = time.monotonic() + timeout
+        while not self._ready.wait(min(READY_SLICE, max(0.0, deadline - time.monotonic()))):
+            if cancelled is not None and cancelled():
+                raise WorkerStartError("the program is ending")
+            if time.monotonic() >= deadline:
+                break
+        if not self._ready.is_set() or self.lost is not None:
             reason = self.lost or f"no answer within {timeout:.0f} s"
             self.kill()
             raise WorkerStartError(f"worker process {self.pid} did not start: {reason}")
@@ -274,15 +289,16 @@ class WorkerPool:
             raise WorkerStartError("the worker pool is closed")
         return worker
 
-    def take(self) -> WorkerProcess:
+    def take(self, cancelled: Callable[[], bool] | None = None) -> WorkerProcess:
         """A ready worker: an idle one if one is ready, else a new one started now at normal
-        priority (workers still starting in the background stay in the pool)."""
+        priority (workers still starting in the background stay in the pool). Gives up
+        (WorkerStartError) when `cancelled()` turns true; close() stops that worker."""
         worker = self.take_ready()
         if worker is None:
             worker = self._start_one()
             with self._lock:
                 self._idle.remove(worker)
-        worker.wait_ready()
+        worker.wait_ready(cancelled=cancelled)
         return worker
 
     def take_ready(self) -> WorkerProcess | None:
@@ -323,14 +339,15 @@ class WorkerPool:
             if worker in self._all:
                 self._all.remove(worker)
 
-    def close(self) -> None:
+    def close(self, grace: float = SHUTDOWN_GRACE) -> None:
+        """Ask every worker to leave; kill those still there after `grace` seconds."""
         with self._lock:
             self._closed = True
             workers, self._all, self._idle = list(self._all), [], []
         for worker in workers:
             worker._closing = True
             worker.send("shutdown")
-        deadline = time.monotonic() + SHUTDOWN_GRACE  # one grace period for all of them
+        deadline = time.monotonic() + grace  # one grace period for all of them
         for worker in workers:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 worker.process.wait(timeout=max(0.0, deadline - time.monotonic()))

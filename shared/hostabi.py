@@ -31,6 +31,7 @@ WASIX_32V1: dict[str, FuncType] = {
     "thread_exit": _f(1, 0),
     "proc_exit2": _f(1, 0),
     "thread_signal": _f(2),
+    "proc_signal": _f(2),
     "callback_signal": _f(2, 0),
     "proc_signals_get": _f(1),
     "proc_signals_sizes_get": _f(1),

@@ -13,7 +13,8 @@ Messages, by direction (W = worker, C = coordinator):
   W→C assigned(error)                     the group exists (replayed), or why not
   C→W run(entry, args, thread)            call the group's entry point, as wasm thread `thread`
   W→C exited(how, code, message)          the entry point ended: returned / exit /
-                                          thread_exit / trap / stopped / failed
+                                          thread_exit / trap / stopped / failed /
+                                          signal (code: its number, message: its name)
   W→C call(name, args)                    a LinkService request (dlopen, dlsym, spawn, ...)
   C→W reply(ok, value, error)             its answer; `stopped` when the program is ending
   C→W op(id, op, initialise)              apply a link operation (or describe) at a safe point

@@ -51,6 +51,7 @@ from wasmgroup.worker.host.clocks import CLOCK_FUNCTIONS, make_clock_functions
 from wasmgroup.worker.host.memory import make_memory_functions
 from wasmgroup.worker.host.poll import make_poll_oneoff
 from wasmgroup.worker.host.shim import PATH_FUNCTIONS, instantiate_shim
+from wasmgroup.worker.host.signals import SignalState
 from wasmgroup.worker.host.wasix import (
     GuestExit,
     ProgramStopping,
@@ -158,6 +159,7 @@ class InstanceGroup:
         self.memory_object: wasmtime.Memory | wasmtime.SharedMemory | None = None
         self.region: SharedRegion | None = None
         self.program_id = os.getpid()  # what proc_id (getpid) returns: the coordinator's pid
+        self.signals = SignalState()  # raise/abort/kill(getpid()) (host/signals.py)
         self._tls_arena = [0, 0]  # [next free byte, end] of this group's TLS arena
         self._memory: GuestMemory | None = None
         self.table: wasmtime.Table | None = None

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
-import signal
 import socket
 import sys
 import threading
@@ -51,6 +50,7 @@ from wasmgroup.worker.group import (
     PendingOperation,
     make_engine_config,
 )
+from wasmgroup.worker.host.signals import GuestSignal
 from wasmgroup.worker.host.wasix import GuestExit, ProgramStopping, ThreadExit
 
 TICK_SECONDS = 0.005
@@ -66,7 +66,12 @@ class Connection:
     def send(self, kind: str, **fields: Any) -> None:
         frame = protocol.encode(kind, **fields)
         with self._send_lock:
-            protocol.send(self.sock, frame)
+            try:
+                protocol.send(self.sock, frame)
+            except protocol.ConnectionClosed:
+                # The coordinator is gone (killed): leave at once and silently, from whichever
+                # thread noticed first (the reader does the same).
+                os._exit(0)
 
 
 class Worker:
@@ -281,6 +286,8 @@ def _ending(err: Exception) -> dict[str, Any]:
     """How guest code ended, as the fields of an `exited` frame."""
     if isinstance(err, ThreadExit):
         return {"how": "thread_exit", "code": err.code, "message": None}
+    if isinstance(err, GuestSignal):
+        return {"how": "signal", "code": err.signal, "message": err.name}
     if isinstance(err, (GuestExit, wasmtime.ExitTrap)):
         return {"how": "exit", "code": err.code, "message": None}
     if isinstance(err, ProgramStopping):
@@ -360,7 +367,6 @@ class WorkerService:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator handles Ctrl-C for all
     sock = socket.socket(fileno=int(args[0]))
     worker = Worker(sock)
     with contextlib.suppress(AttributeError, OSError):  # started in the background

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from wasmgroup.worker.group import InstanceGroup
 
 ESUCCESS, EAGAIN, EFAULT, EINVAL, ENOENT, ENOEXEC = 0, 6, 21, 28, 44, 45
-ENOTSUP, EOVERFLOW, EMEMVIOLATION = 58, 61, 78
+ENOTSUP, EOVERFLOW, ESRCH, EMEMVIOLATION = 58, 61, 71, 78
 
 RTLD_DEFAULT = 0
 MAIN_HANDLE = 1
@@ -67,6 +67,7 @@ def _faults_to_errno(fn: Callable[..., int]) -> Callable[..., int]:
 
 def make_wasix_functions(group: InstanceGroup) -> dict[str, Callable[..., int | None]]:
     """The `wasix_32v1` functions for one group, by import name."""
+    from wasmgroup.worker.host import signals  # it imports GuestExit from here
 
     @_faults_to_errno
     def dlopen(path: int, path_len: int, flags: int, err_buf: int, err_len: int,
@@ -143,10 +144,20 @@ def make_wasix_functions(group: InstanceGroup) -> dict[str, Callable[..., int | 
         raise GuestExit(code)
 
     def thread_signal(tid: int, signal: int) -> int:
-        return ESUCCESS  # signals are not delivered yet; raise()/abort() fall through
+        if not signals.is_own_thread(group, tid):
+            return ESUCCESS  # not delivered to other threads (host/signals.py)
+        return signals.raise_signal(group, signal)
+
+    def proc_signal(pid: int, signal: int) -> int:
+        if pid not in (0, group.program_id):
+            return ESRCH  # a guest sees no other process
+        return signals.raise_signal(group, signal)
 
     def callback_signal(name: int, name_len: int) -> None:
-        return None
+        try:
+            group.signals.callback = group.memory.read_str(name, name_len)
+        except GuestFault:
+            group.signals.callback = None  # nothing to deliver through
 
     @_faults_to_errno
     def proc_signals_sizes_get(ret: int) -> int:
@@ -218,6 +229,7 @@ def make_wasix_functions(group: InstanceGroup) -> dict[str, Callable[..., int | 
         "dlopen": dlopen, "dlsym": dlsym, "dl_invalid_handle": dl_invalid_handle,
         "futex_wait": futex_wait_, "futex_wake": futex_wake_, "futex_wake_all": futex_wake_all,
         "thread_exit": thread_exit, "proc_exit2": proc_exit2, "thread_signal": thread_signal,
+        "proc_signal": proc_signal,
         "callback_signal": callback_signal, "proc_signals_get": proc_signals_get,
         "proc_signals_sizes_get": proc_signals_sizes_get, "thread_spawn_v2": thread_spawn_v2,
         "thread_sleep": thread_sleep,
