@@ -47,6 +47,7 @@ from wasmgroup.shared.plan import (
 )
 from wasmgroup.shared.wasm import FuncType
 from wasmgroup.worker import epoch, wasmtime_compat
+from wasmgroup.worker.wasmtime_compat import host_func
 from wasmgroup.worker.host.clocks import CLOCK_FUNCTIONS, make_clock_functions
 from wasmgroup.worker.host.memory import make_memory_functions
 from wasmgroup.worker.host.poll import make_poll_oneoff
@@ -445,7 +446,7 @@ class InstanceGroup:
             raise LinkError(f"{plan.name}: the compiled module does not match its plan")
         imports = [self._import_value(plan, binding, imp)
                    for binding, imp in zip(plan.bindings, wanted, strict=False)]
-        imports += [wasmtime.Func(self.store, imp.type, self._memory_helpers[str(imp.name)])
+        imports += [host_func(self.store, imp.type, self._memory_helpers[str(imp.name)])
                     for imp in helpers if isinstance(imp.type, wasmtime.FuncType)]
         try:
             self.instances[plan.handle] = wasmtime.Instance(self.store, module, imports)
@@ -534,15 +535,15 @@ class InstanceGroup:
         if adapted and self.memory_object is not None:
             return self._shim_export(name)
         if module in WASI_MODULES and name in CLOCK_FUNCTIONS and self._memory is not None:
-            return wasmtime.Func(self.store, ty, self._clocks[name])
+            return host_func(self.store, ty, self._clocks[name])
         if module in WASI_MODULES and name == "poll_oneoff" and self.memory_object is not None:
             original = self._shim_export("poll_oneoff")
-            return wasmtime.Func(self.store, ty, make_poll_oneoff(
+            return host_func(self.store, ty, make_poll_oneoff(
                 self, lambda *args: int(original(self.store, *args))))
         if module in WASI_MODULES:
             return self._wasi_linker.get(self.store, "wasi_snapshot_preview1", name)
         table = {"wasix_32v1": self._wasix, "wasi": self._wasi_threads}[module]
-        return wasmtime.Func(self.store, ty, table.get(name) or make_unimplemented(module, name))
+        return host_func(self.store, ty, table.get(name) or make_unimplemented(module, name))
 
     # ------------------------------------------------------------------ blocking and threads
     def post(self, pending: PendingOperation) -> None:
