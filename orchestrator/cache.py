@@ -15,6 +15,7 @@ import hashlib
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -23,7 +24,7 @@ import wasmtime
 
 from wasmgroup.orchestrator.instrument import REWRITE_VERSION, export_imported_memory
 from wasmgroup.orchestrator.rewrite import rewrite_memory_instructions
-from wasmgroup.shared.errors import LinkError
+from wasmgroup.orchestrator.validate import check_module, compile_module
 from wasmgroup.shared.wasm import WasmModule, parse_module
 
 WASMTIME_VERSION = version("wasmtime")
@@ -62,10 +63,12 @@ class ModuleCache:
         parsed = parse_module(data, source=host_path)
         key = hashlib.sha256(self._salt.encode() + b"\0" + data).hexdigest()
         if key not in self._by_key:
-            runnable = data
-            if parsed.imports_of("memory"):  # a program memory shared by instance groups
-                runnable = rewrite_memory_instructions(runnable, parsed)
-            runnable = export_imported_memory(runnable, parsed)
+            def runnable() -> bytes:  # only on a miss: a hit was validated when compiled
+                check_module(self.engine, data, host_path)
+                out = data
+                if parsed.imports_of("memory"):  # a program memory shared by instance groups
+                    out = rewrite_memory_instructions(out, parsed)
+                return export_imported_memory(out, parsed)
             module, artefact = self._compiled(key, runnable, host_path)
             self._by_key[key] = CachedModule(key, parsed, module, artefact)
         self._by_path[host_path] = self._by_key[key]
@@ -76,7 +79,8 @@ class ModuleCache:
         self._by_path.clear()
         self._by_key.clear()
 
-    def _compiled(self, key: str, data: bytes, host_path: str) -> tuple[wasmtime.Module, Path]:
+    def _compiled(self, key: str, prepare: Callable[[], bytes], host_path: str
+                  ) -> tuple[wasmtime.Module, Path]:
         self.directory.mkdir(parents=True, exist_ok=True)
         artefact = self.directory / f"{key}.cwasm"
         checksum = self.directory / f"{key}.sha256"
@@ -88,11 +92,9 @@ class ModuleCache:
                 pass  # unreadable or refused: rebuild below
             for stale in (artefact, checksum):
                 stale.unlink(missing_ok=True)
+        runnable = prepare()
         started = time.perf_counter()
-        try:
-            module = wasmtime.Module(self.engine, data)
-        except wasmtime.WasmtimeError as err:
-            raise LinkError(f"{host_path}: invalid module: {str(err).strip()}") from None
+        module = compile_module(self.engine, runnable, host_path)
         self.compiled += 1
         self.compile_seconds += time.perf_counter() - started
         serialized = module.serialize()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,24 +15,30 @@ from wasmgroup.shared.errors import WasmgroupError
 from wasmgroup.shared.wasm import read_module_file
 
 EXIT_USAGE = 2
+EXIT_BROKEN_PIPE = 128 + 13  # SIGPIPE
 
 
 def _inspect(args: argparse.Namespace) -> int:
+    """Every good file in full, one line on stderr for each bad one; status 2 if any was bad."""
     summaries = []
+    status = 0
     for path in args.files:
         try:
-            module = read_module_file(path)
+            summary = describe(read_module_file(path), path)
         except (OSError, WasmgroupError) as err:
             text = f"{path}: {err.strerror}" if isinstance(err, OSError) else str(err)
             print(f"wasmgroup inspect: {text}", file=sys.stderr)
-            return EXIT_USAGE
-        summaries.append(describe(module, path))
+            status = EXIT_USAGE
+            continue
+        if args.json:
+            summaries.append(summary)
+        else:
+            print(("\n" if summaries else "") + format_text(summary), flush=True)
+            summaries.append(summary)
     if args.json:
         json.dump(summaries, sys.stdout, indent=2)
         print()
-    else:
-        print("\n\n".join(format_text(s) for s in summaries))
-    return 0
+    return status
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -99,7 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    code: int = args.handler(args)
+    try:
+        code: int = args.handler(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader left (`| head -1`): the rest is unwanted. Point stdout at /dev/null so
+        # that the interpreter's last flush does not fail again, and exit as a process that
+        # SIGPIPE ended would be reported.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     return code
 
 

@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from wasmgroup.orchestrator.allocator import MemoryAllocator
 from wasmgroup.orchestrator.locate import GuestFilesystem, Located, locate
 from wasmgroup.shared import hostabi
-from wasmgroup.shared.errors import LinkError, WasmFormatError
+from wasmgroup.shared.dylink import MAX_TABLE_SLOTS
+from wasmgroup.shared.errors import InvalidModule, LinkError, WasmFormatError
 from wasmgroup.shared.plan import (
     B_CONST,
     B_FUNC,
@@ -122,6 +123,13 @@ def _align_up(value: int, alignment: int) -> int:
     return (value + alignment - 1) // alignment * alignment
 
 
+def _check_table_length(length: int, by: str) -> None:
+    """Every worker holds the whole table: refuse one no real program needs, before any grows."""
+    if length > MAX_TABLE_SLOTS:
+        raise LinkError(f"{by}: the function table would need {length} slots, more than the "
+                        f"{MAX_TABLE_SLOTS} a program may have")
+
+
 def _is_data_global(t: object) -> bool:
     return isinstance(t, GlobalType) and t.value in ("i32", "i64")
 
@@ -170,6 +178,7 @@ class LinkerState:
         table_imports = main.imports_of("table")
         limits = getattr(table_imports[0].type, "limits", None) if table_imports else None
         self.table_length = limits.minimum if limits else 0
+        _check_table_length(self.table_length, "the main module's table import")
         return memory_pages
 
     def plan_main(self, main: WasmModule, guest_path: str, host_path: str) -> PendingLoad:
@@ -224,6 +233,8 @@ class LinkerState:
             # Name the guest path: the guest must not learn where its files live on the host.
             raise LinkError(f"{found.guest_path}: not a valid module: "
                             f"{WasmFormatError(err.offset, err.expected)}") from None
+        except InvalidModule as err:
+            raise LinkError(f"{found.guest_path}: invalid module: {err.reason}") from None
         except OSError as err:
             raise LinkError(f"{name}: cannot read {found.guest_path}: {err.strerror}") from None
         if module.dylink is None:
@@ -284,6 +295,7 @@ class LinkerState:
             out[index] = _Resolved(Binding(b.module, b.name, B_CONST, value=table_length))
             slots.append(SlotAssignment(table_length, target.handle, export_name))
             table_length += 1
+        _check_table_length(table_length, ", ".join(m.name for m in planned))
 
         # Memory last: the one step with a side effect (growing memory), undone on failure.
         saved = self.allocator.snapshot()

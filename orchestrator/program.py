@@ -294,7 +294,7 @@ class Program:
         try:
             try:
                 self.start()
-            except (LinkError, ProgramError, OSError, WorkerStartError) as err:
+            except (WasmgroupError, OSError) as err:
                 message = (f"{err.filename or self.path}: {err.strerror}"
                            if isinstance(err, OSError) else str(err))
                 self.finish(EXIT_RUNTIME_ERROR, f"cannot start: {message}")

@@ -79,6 +79,16 @@ class Reader:
                 return result
         raise self.fail(f"{what} of at most {max_bytes} bytes (overlong)", start)
 
+    def count(self, what: str, min_size: int = 1) -> int:
+        """A vector's element count, refused when its elements (each at least `min_size`
+        bytes) could not fit in what is left: no loop or allocation ever trusts the count."""
+        start = self.pos
+        n = self.u32(what)
+        if n * min_size > self.end - self.pos:
+            raise self.fail(f"{what} that fits its {self.end - self.pos} remaining bytes, "
+                            f"found {n}", start)
+        return n
+
     def name(self, what: str = "name") -> str:
         length = self.u32(f"{what} length")
         start = self.pos

@@ -30,6 +30,33 @@ class WasmFormatError(WasmgroupError):
         return WasmFormatError(self.offset, self.expected, source)
 
 
+class InvalidModule(WasmgroupError):
+    """A module wasmtime refuses: invalid (its validator's message, with offsets in the file as
+    given), or one it cannot compile. `reason` is one line; `source` names the file."""
+
+    def __init__(self, reason: str, source: str | None = None) -> None:
+        self.reason = reason
+        self.source = source
+        super().__init__(f"{source}: invalid module: {reason}" if source
+                         else f"invalid module: {reason}")
+
+    def with_source(self, source: str) -> InvalidModule:
+        return InvalidModule(self.reason, source)
+
+
+def one_line(message: str) -> str:
+    """An error text with a `Caused by:` chain (anyhow's format, as wasmtime reports it) as
+    one line: each cause after the last, joined by ': ', their `N:` numbering dropped."""
+    parts = []
+    for line in message.splitlines():
+        line = line.strip()
+        if not line or line == "Caused by:":
+            continue
+        number, sep, rest = line.partition(": ")
+        parts.append(rest if sep and number.isdigit() else line)
+    return ": ".join(parts)
+
+
 class LinkError(WasmgroupError):
     """A dynamic-linking failure: a library not found, not a dynamic library, a symbol missing
     or of the wrong type, a constructor that trapped. The linker state is left as before."""
