@@ -173,6 +173,7 @@ class LinkerState:
             self.stack_high = self.stack_low + STACK_SIZE
             self.heap_base = self.stack_high
             self.table_length = MAIN_TABLE_BASE + dylink.mem_info.table_size
+            _check_table_length(self.table_length, "the main module")
             return max(memory_pages, -(-self.stack_high // PAGE))
         self._main_memory_base = 0
         table_imports = main.imports_of("table")
@@ -271,6 +272,7 @@ class LinkerState:
             if info is not None and loaded.handle != MAIN_HANDLE and info.mem_info.table_size:
                 loaded.table_base = _align_up(table_length, 1 << info.mem_info.table_alignment)
                 table_length = loaded.table_base + info.mem_info.table_size
+                _check_table_length(table_length, loaded.name)
             out: list[_Resolved] = []
             for imp in loaded.module.imports:
                 try:
@@ -295,7 +297,7 @@ class LinkerState:
             out[index] = _Resolved(Binding(b.module, b.name, B_CONST, value=table_length))
             slots.append(SlotAssignment(table_length, target.handle, export_name))
             table_length += 1
-        _check_table_length(table_length, ", ".join(m.name for m in planned))
+        _check_table_length(table_length, ", ".join(m.name for m in planned))  # GOT.func slots
 
         # Memory last: the one step with a side effect (growing memory), undone on failure.
         saved = self.allocator.snapshot()

@@ -15,7 +15,7 @@ class Reader:
     def __init__(self, data: bytes, pos: int = 0, end: int | None = None) -> None:
         self.data = data
         self.pos = pos
-        self.end = len(data) if end is None else end
+        self.end = len(data) if end is None else min(end, len(data))
 
     @property
     def at_end(self) -> bool:

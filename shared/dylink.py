@@ -97,7 +97,7 @@ def parse_dylink(r: Reader) -> DylinkInfo:
             info.mem_info = _mem_info(sub)
         elif sub_type == NEEDED:
             count = sub.count("needed library count", 1)
-            info.needed.extend(sub.name("needed library") for _ in range(count))
+            info.needed.extend(_path(sub, "needed library") for _ in range(count))
         elif sub_type == EXPORT_INFO:
             for _ in range(sub.count("export info count", 2)):
                 name = sub.name("export info name")
@@ -109,7 +109,7 @@ def parse_dylink(r: Reader) -> DylinkInfo:
                 info.import_flags[(module, name)] = sub.u32("import flags")
         elif sub_type == RUNTIME_PATH:
             count = sub.count("runtime path count", 1)
-            info.runtime_path.extend(sub.name("runtime path") for _ in range(count))
+            info.runtime_path.extend(_path(sub, "runtime path") for _ in range(count))
         else:
             info.skipped_subsections.append(sub_type)
             sub.pos = sub.end
@@ -137,3 +137,13 @@ def _mem_info(r: Reader) -> MemInfo:
         raise r.fail(f"dylink.0 table_size of at most {MAX_TABLE_SLOTS} slots, found "
                      f"{table_size}", table_at)
     return MemInfo(memory_size, memory_align, table_size, table_align)
+
+
+def _path(r: Reader, what: str) -> str:
+    """A library name or directory: a file path, so not empty and free of NUL bytes."""
+    start = r.pos
+    path = r.name(what)
+    if not path or "\0" in path:
+        raise r.fail(f"a dylink.0 {what} that is a path (not empty, no NUL byte), "
+                     f"found {path!r}", start)
+    return path

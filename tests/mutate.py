@@ -24,32 +24,36 @@ class RawSection:
 
 
 def sections(data: bytes) -> list[RawSection]:
-    """The top-level sections of valid module bytes."""
+    """The top-level sections (`WasmFormatError` when they do not fit the bytes)."""
     r = Reader(data, 8)
     out = []
     while not r.at_end:
         start = r.pos
         sec_id = r.byte()
         size_at = r.pos
-        size = r.u32()
-        out.append(RawSection(sec_id, start, size_at, r.pos, r.pos + size))
-        r.pos += size
+        body = r.sub(r.u32(), "section")  # a section past the end: WasmFormatError
+        out.append(RawSection(sec_id, start, size_at, body.pos, body.end))
     return out
 
 
 def bit_flip(data: bytes, position: int, bit: int) -> bytes:
+    if not data:
+        return data
     out = bytearray(data)
     out[position % len(out)] ^= 1 << (bit % 8)
     return bytes(out)
 
 
 def truncate(data: bytes, length: int) -> bytes:
-    return data[:length % len(data)]
+    return data[:length % len(data)] if data else data
 
 
 def section_size(data: bytes, which: int, size: int) -> bytes:
     """Section `which` (modulo their number) claiming `size` bytes; its payload unchanged."""
-    sec = sections(data)[which % len(sections(data))]
+    found = sections(data)
+    if not found:
+        return data
+    sec = found[which % len(found)]
     return data[:sec.size_at] + encode_u32(size) + data[sec.body:]
 
 
@@ -59,11 +63,25 @@ def vector_count(data: bytes, which: int, count: int, section_id: int | None = N
     is wrong)."""
     candidates = [s for s in sections(data) if s.id not in (0, 8)  # start has no vector
                   and section_id in (None, s.id)]
+    if not candidates:
+        return data
     sec = candidates[which % len(candidates)]
     r = Reader(data, sec.body, sec.end)
     r.u32()
     payload = encode_u32(count) + data[r.pos:sec.end]
     return data[:sec.start + 1] + encode_u32(len(payload)) + payload + data[sec.end:]
+
+
+def dylink_byte(data: bytes, position: int, value: int) -> bytes:
+    """One byte inside the `dylink.0` section set to `value` (a NUL or `/` in a NEEDED name,
+    a flag, a length): the section's structure is what it is about."""
+    for sec in sections(data):
+        r = Reader(data, sec.body, sec.end)
+        if sec.id == 0 and r.name() == "dylink.0" and r.pos < sec.end:
+            out = bytearray(data)
+            out[r.pos + position % (sec.end - r.pos)] = value & 0xFF
+            return bytes(out)
+    return data
 
 
 def mem_info(data: bytes, field: str, value: int) -> bytes:

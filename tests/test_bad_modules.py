@@ -17,7 +17,7 @@ import mutate
 import pytest
 import wasmtime
 from leaks import assert_nothing_left, open_fds
-from wasm_bytes import dylink, mem_info, module, name, section, uleb
+from wasm_bytes import dylink, mem_info, module, name, section, strings, uleb
 
 from wasmgroup.orchestrator.cache import ModuleCache
 from wasmgroup.orchestrator.program import EXIT_RUNTIME_ERROR, run_program
@@ -70,6 +70,14 @@ def test_largest_real_mem_info_is_accepted() -> None:
 def test_vector_counts_beyond_their_section_are_refused(data: bytes) -> None:
     err = error_of(data)
     assert "count that fits its" in err.expected
+
+
+@pytest.mark.parametrize("path", ["libfo\0.so", ""])
+def test_needed_and_runtime_path_entries_must_be_paths(path: str) -> None:
+    # A NUL byte in a NEEDED entry reached the locator and ended in a ValueError there.
+    for sub_type, what in ((dl.NEEDED, "needed library"), (dl.RUNTIME_PATH, "runtime path")):
+        err = error_of(module(dylink(strings(sub_type, path))))
+        assert f"a dylink.0 {what} that is a path (not empty, no NUL byte)" in err.expected
 
 
 def test_indices_outside_their_space_are_refused() -> None:
