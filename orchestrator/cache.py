@@ -22,9 +22,8 @@ from pathlib import Path
 
 import wasmtime
 
-from wasmgroup.orchestrator.instrument import REWRITE_VERSION, export_imported_memory
-from wasmgroup.orchestrator.rewrite import rewrite_memory_instructions
-from wasmgroup.orchestrator.validate import check_module, compile_module
+from wasmgroup.orchestrator.instrument import REWRITE_VERSION
+from wasmgroup.orchestrator.prepare import compile_module, runnable_bytes
 from wasmgroup.shared.wasm import WasmModule, parse_module
 
 WASMTIME_VERSION = version("wasmtime")
@@ -63,13 +62,9 @@ class ModuleCache:
         parsed = parse_module(data, source=host_path)
         key = hashlib.sha256(self._salt.encode() + b"\0" + data).hexdigest()
         if key not in self._by_key:
-            def runnable() -> bytes:  # only on a miss: a hit was validated when compiled
-                check_module(self.engine, data, host_path)
-                out = data
-                if parsed.imports_of("memory"):  # a program memory shared by instance groups
-                    out = rewrite_memory_instructions(out, parsed)
-                return export_imported_memory(out, parsed)
-            module, artefact = self._compiled(key, runnable, host_path)
+            # Validated and rewritten only on a miss: a hit was validated when compiled.
+            module, artefact = self._compiled(
+                key, lambda: runnable_bytes(self.engine, data, parsed, host_path), host_path)
             self._by_key[key] = CachedModule(key, parsed, module, artefact)
         self._by_path[host_path] = self._by_key[key]
         return self._by_key[key]

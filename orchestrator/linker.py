@@ -29,7 +29,7 @@ from wasmgroup.orchestrator.allocator import MemoryAllocator
 from wasmgroup.orchestrator.locate import GuestFilesystem, Located, locate
 from wasmgroup.shared import hostabi
 from wasmgroup.shared.dylink import MAX_TABLE_SLOTS
-from wasmgroup.shared.errors import InvalidModule, LinkError, WasmFormatError
+from wasmgroup.shared.errors import LinkError, ModuleRefused, WasmFormatError
 from wasmgroup.shared.plan import (
     B_CONST,
     B_FUNC,
@@ -234,8 +234,8 @@ class LinkerState:
             # Name the guest path: the guest must not learn where its files live on the host.
             raise LinkError(f"{found.guest_path}: not a valid module: "
                             f"{WasmFormatError(err.offset, err.expected)}") from None
-        except InvalidModule as err:
-            raise LinkError(f"{found.guest_path}: invalid module: {err.reason}") from None
+        except ModuleRefused as err:
+            raise LinkError(f"{found.guest_path}: {err.reason}") from None
         except OSError as err:
             raise LinkError(f"{name}: cannot read {found.guest_path}: {err.strerror}") from None
         if module.dylink is None:

@@ -30,18 +30,18 @@ class WasmFormatError(WasmgroupError):
         return WasmFormatError(self.offset, self.expected, source)
 
 
-class InvalidModule(WasmgroupError):
-    """A module wasmtime refuses: invalid (its validator's message, with offsets in the file as
-    given), or one it cannot compile. `reason` is one line; `source` names the file."""
+class ModuleRefused(WasmgroupError):
+    """A module wasmtime or wasmgroup's load-time rewrite refuses: invalid (the validator's
+    message, with offsets in the file as given), unsupported, or impossible to compile.
+    `reason` is one line; `source` names the file."""
 
     def __init__(self, reason: str, source: str | None = None) -> None:
         self.reason = reason
         self.source = source
-        super().__init__(f"{source}: invalid module: {reason}" if source
-                         else f"invalid module: {reason}")
+        super().__init__(f"{source}: {reason}" if source else reason)
 
-    def with_source(self, source: str) -> InvalidModule:
-        return InvalidModule(self.reason, source)
+    def with_source(self, source: str) -> ModuleRefused:
+        return ModuleRefused(self.reason, source)
 
 
 def one_line(message: str) -> str:

@@ -28,7 +28,7 @@ from wasmgroup.orchestrator.linker import PAGE, LinkerState
 from wasmgroup.orchestrator.locate import GuestFilesystem
 from wasmgroup.orchestrator.program import run_program
 from wasmgroup.shared.dylink import MAX_TABLE_SLOTS
-from wasmgroup.shared.errors import InvalidModule, LinkError, WasmFormatError
+from wasmgroup.shared.errors import LinkError, ModuleRefused, WasmFormatError
 from wasmgroup.shared.wasm import parse_module
 
 SOURCES = ("side/libfoo.so", "side/libbar.so", "plugins/plugins/libhello.so",
@@ -106,7 +106,7 @@ def check_in_process(data: bytes, work: Path, guests: Path, cache: ModuleCache,
 
     try:
         cache.load(str(path))
-    except InvalidModule as err:
+    except ModuleRefused as err:
         assert_one_line(str(err))
         # The original passed validation: the rewrite must keep a valid module valid.
         assert "after wasmgroup's load-time rewrite" not in str(err), str(err)

@@ -22,7 +22,7 @@ from wasm_bytes import dylink, mem_info, module, name, section, strings, uleb
 from wasmgroup.orchestrator.cache import ModuleCache
 from wasmgroup.orchestrator.program import EXIT_RUNTIME_ERROR, run_program
 from wasmgroup.shared import dylink as dl
-from wasmgroup.shared.errors import InvalidModule, WasmFormatError, one_line
+from wasmgroup.shared.errors import ModuleRefused, WasmFormatError, one_line
 from wasmgroup.shared.wasm import TagType, parse_module
 from wasmgroup.worker.group import ENGINE_SETTINGS, make_engine_config
 
@@ -125,10 +125,36 @@ def test_invalid_module_is_refused_before_rewrite_with_original_offsets(guests: 
     path = tmp_path / "libfoo.so"
     path.write_bytes(bad)
     cache = ModuleCache(wasmtime.Engine(make_engine_config()), ENGINE_SETTINGS, tmp_path / "c")
-    with pytest.raises(InvalidModule) as info:
+    with pytest.raises(ModuleRefused) as info:
         cache.load(str(path))
-    assert str(info.value) == f"{path}: invalid module: {validator}"
+    assert str(info.value) == f"{path}: invalid module: {validator}"  # offsets: the file's
     assert "\n" not in str(info.value) and cache.compiled == 0
+
+
+def test_valid_module_the_rewrite_cannot_handle_is_refused_in_one_line(tmp_path: Path) -> None:
+    # Valid (multi-memory), but the rewrite mediates memory 0 only: a refusal, not a crash.
+    path = tmp_path / "two-memories.wasm"
+    path.write_bytes(wasmtime.wat2wasm("""(module (import "env" "memory" (memory 1))
+        (memory $b 1) (func (export "_start") (drop (i32.load $b (i32.const 0)))))"""))
+    proc = subprocess.run([*WASMGROUP, "run", str(path)], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == EXIT_RUNTIME_ERROR
+    assert proc.stderr.startswith(f"wasmgroup run: cannot start: {path}: not supported by "
+                                  "wasmgroup's load-time rewrite: expected memory 0")
+    assert proc.stderr.count("\n") == 1
+
+
+def test_static_main_table_beyond_the_limit_is_refused(tmp_path: Path) -> None:
+    # The validator allows 10^7 slots; every worker would hold them.
+    path = tmp_path / "bigtable.wasm"
+    path.write_bytes(wasmtime.wat2wasm("""(module
+        (import "env" "__indirect_function_table" (table 5000000 funcref))
+        (import "env" "memory" (memory 1 1 shared)) (func (export "_start")))"""))
+    result = run_program(str(path))
+    assert result.exit_code == EXIT_RUNTIME_ERROR
+    assert result.error == (f"cannot start: the main module's table import: the function table "
+                            f"would need 5000000 slots, more than the {dl.MAX_TABLE_SLOTS} a "
+                            "program may have")
 
 
 def test_cache_hit_skips_validation(guests: Path, tmp_path: Path,
