@@ -53,6 +53,7 @@ MAIN_TABLE_BASE = 1
 STACK_SIZE = 8 * 1024 * 1024  # what WASIX gives the main thread
 STACK_ALIGN = 1024
 PAGE = 65536
+MAX_NEEDED_DEPTH = 128  # libraries each needing the next; real programs need a handful
 
 # `env` imports with a fixed meaning; everything else in `env` must be a function.
 SPECIAL_ENV = {"memory": B_MEMORY, "__indirect_function_table": B_TABLE,
@@ -228,6 +229,10 @@ class LinkerState:
                        origin=origin, requested_by=requested_by)
         if found.host_path in batch.pending_paths:
             return  # a cycle: the module is already being loaded further up
+        if len(batch.pending_paths) >= MAX_NEEDED_DEPTH:
+            # Deeper would end in a RecursionError: a guest can write such chains.
+            raise LinkError(f"{name} (needed by {requested_by}): a chain of NEEDED libraries "
+                            f"deeper than {MAX_NEEDED_DEPTH}")
         try:
             module = self._source(found)
         except WasmFormatError as err:
