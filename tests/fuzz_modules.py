@@ -144,9 +144,10 @@ def check_in_process(data: bytes, work: Path, guests: Path, cache: ModuleCache,
     return "planned"
 
 
-def run_plugin_host(guests: Path, plugins: Path, timeout: float = 120.0) -> list[str]:
-    """One real run of the plugin host over `plugins`: every library is dlopened by the guest.
-    Returns the `failed ...` and `loaded ...` lines; asserts a clean end."""
+def run_plugin_host(guests: Path, plugins: Path) -> tuple[int, list[str]]:
+    """One real run of the plugin host over `plugins`: every library is dlopened by the guest
+    (in name order) until one that loads traps. Returns the exit status and the `failed ...`
+    and `loaded ...` lines; asserts a clean end."""
     result = run_program(str(guests / "plugins" / "host.wasm"), ["/plugins"],
                          dirs=[f"{guests / 'plugins'}::/", f"{plugins}::/plugins"])
     stdout = result.stdout.decode(errors="replace")
@@ -162,7 +163,7 @@ def run_plugin_host(guests: Path, plugins: Path, timeout: float = 120.0) -> list
     lines = [line for line in stdout.splitlines() if line.startswith(("failed ", "loaded "))]
     for line in lines:
         assert str(plugins) not in line, line  # the guest sees guest paths only
-    return lines
+    return result.exit_code, lines
 
 
 def start_main(main: Path, guests: Path) -> str:
