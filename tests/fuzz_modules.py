@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -95,14 +96,19 @@ def check_in_process(data: bytes, work: Path, guests: Path, cache: ModuleCache,
     except WasmFormatError as err:
         assert_one_line(str(err))
 
-    out, err_out = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err_out):
-        status = cli_main(["inspect", str(path)])
-    if status == 0:
-        assert out.getvalue().startswith(f"{path}: ") and err_out.getvalue() == ""
-    else:
-        assert status == 2 and out.getvalue() == ""
-        assert_one_line(err_out.getvalue())
+    for as_json in (False, True):
+        out, err_out = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err_out):
+            status = cli_main(["inspect", *(["--json"] if as_json else []), str(path)])
+        if status == 0:
+            assert err_out.getvalue() == ""
+            if as_json:
+                assert json.loads(out.getvalue())[0]["path"] == str(path)
+            else:
+                assert out.getvalue().startswith(f"{path}: ")
+        else:
+            assert status == 2 and out.getvalue() in ("", "[]\n")
+            assert_one_line(err_out.getvalue())
 
     try:
         cache.load(str(path))

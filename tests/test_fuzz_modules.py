@@ -116,7 +116,7 @@ def test_damaged_mains_start_or_are_refused(guests: Path, tmp_path: Path) -> Non
              mutate.mem_info(pie, "table_size", 2**20),  # one past the table limit with main's
              mutate.mem_info(pie, "mem_align", 16)]  # legal: runs
     cases += [mutate.mem_info(pie, rng.choice(MEM_INFO_FIELDS), rng.randrange(2**32))
-              for _ in range(BATCHES)]
+              for _ in range(BATCHES - 1)]  # only in longer runs
     fds = open_fds()
     outcomes = []
     for i, data in enumerate(cases):
