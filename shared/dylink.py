@@ -117,26 +117,27 @@ def parse_dylink(r: Reader) -> DylinkInfo:
     return info
 
 
-
 def _mem_info(r: Reader) -> MemInfo:
-    fields = []
+    """MEM_INFO, each field checked before anyone allocates by it; errors point at the field."""
+    offsets: dict[str, int] = {}
+    values: dict[str, int] = {}
     for what in ("mem_size", "mem_align", "table_size", "table_align"):
-        fields.append((r.pos, r.u32(f"dylink.0 {what}")))
-    (_, memory_size), (align_at, memory_align), (table_at, table_size), (talign_at, table_align) \
-        = fields
-    for offset, what, log2 in ((align_at, "mem_align", memory_align),
-                               (talign_at, "table_align", table_align)):
-        if log2 > MAX_ALIGN_LOG2:
+        offsets[what] = r.pos
+        values[what] = r.u32(f"dylink.0 {what}")
+    for what in ("mem_align", "table_align"):
+        if values[what] > MAX_ALIGN_LOG2:
             # Say 2^n, never the number itself: 1 << (2^32 - 1) is a 512 MiB integer.
             raise r.fail(f"dylink.0 {what} of at most 2^{MAX_ALIGN_LOG2} (a power of two up "
-                         f"to the page size), found 2^{log2}", offset)
-    if memory_size > MEMORY32_BYTES - (1 << memory_align):
-        raise r.fail(f"dylink.0 mem_size that fits a 32-bit memory, found {memory_size} bytes "
-                     f"aligned to {1 << memory_align}", fields[0][0])
-    if table_size > MAX_TABLE_SLOTS:
+                         f"to the page size), found 2^{values[what]}", offsets[what])
+    alignment = 1 << values["mem_align"]
+    if values["mem_size"] > MEMORY32_BYTES - alignment:
+        raise r.fail(f"dylink.0 mem_size that fits a 32-bit memory, found {values['mem_size']} "
+                     f"bytes aligned to {alignment}", offsets["mem_size"])
+    if values["table_size"] > MAX_TABLE_SLOTS:
         raise r.fail(f"dylink.0 table_size of at most {MAX_TABLE_SLOTS} slots, found "
-                     f"{table_size}", table_at)
-    return MemInfo(memory_size, memory_align, table_size, table_align)
+                     f"{values['table_size']}", offsets["table_size"])
+    return MemInfo(values["mem_size"], values["mem_align"], values["table_size"],
+                   values["table_align"])
 
 
 def _path(r: Reader, what: str) -> str:
