@@ -150,7 +150,9 @@ def test_static_main_table_beyond_the_limit_is_refused(tmp_path: Path) -> None:
     path.write_bytes(wasmtime.wat2wasm("""(module
         (import "env" "__indirect_function_table" (table 5000000 funcref))
         (import "env" "memory" (memory 1 1 shared)) (func (export "_start")))"""))
+    fds = open_fds()
     result = run_program(str(path))
+    assert_nothing_left(fds)
     assert result.exit_code == EXIT_RUNTIME_ERROR
     assert result.error == (f"cannot start: the main module's table import: the function table "
                             f"would need 5000000 slots, more than the {dl.MAX_TABLE_SLOTS} a "
@@ -227,6 +229,10 @@ def test_pie_main_with_impossible_mem_align_is_refused_at_start(guests: Path,
     [line] = proc.stderr.splitlines()
     assert line.startswith(f"wasmgroup run: cannot start: {main}: malformed wasm at offset")
     assert "dylink.0 mem_align of at most 2^16" in line
+    fds = open_fds()
+    result = run_program(str(main))
+    assert result.exit_code == EXIT_RUNTIME_ERROR and result.error == line.split(": ", 1)[1]
+    assert_nothing_left(fds)
 
 
 def test_invalid_library_and_main_are_refused_before_rewrite(guests: Path,
@@ -253,6 +259,11 @@ def test_invalid_library_and_main_are_refused_before_rewrite(guests: Path,
                           timeout=60)
     assert proc.returncode == EXIT_RUNTIME_ERROR
     assert proc.stderr == f"wasmgroup run: cannot start: {main}: invalid module: {validator}\n"
+    fds = open_fds()
+    result = run_program(str(main))
+    assert result.exit_code == EXIT_RUNTIME_ERROR
+    assert result.error == f"cannot start: {main}: invalid module: {validator}"
+    assert_nothing_left(fds)
 
 
 # ---------------------------------------------------------------- inspect
