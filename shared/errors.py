@@ -8,7 +8,22 @@ from __future__ import annotations
 
 
 class WasmgroupError(Exception):
-    """Base of every error wasmgroup raises deliberately."""
+    """Base of every error wasmgroup raises deliberately.
+
+    Its text is one line whatever went into it: control characters that a module or a guest
+    put into a name (a newline in a NEEDED entry, an import name, a path) are shown escaped.
+    """
+
+    def __str__(self) -> str:
+        return printable(super().__str__())
+
+
+def printable(text: str) -> str:
+    """`text` with every non-printable character (newline, tab, other controls, line
+    separators) escaped as Python would write it: one line, and idempotent."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
 class WasmFormatError(WasmgroupError):

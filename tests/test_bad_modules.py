@@ -22,7 +22,14 @@ from wasm_bytes import dylink, mem_info, module, name, section, strings, uleb
 from wasmgroup.orchestrator.cache import ModuleCache
 from wasmgroup.orchestrator.program import EXIT_RUNTIME_ERROR, run_program
 from wasmgroup.shared import dylink as dl
-from wasmgroup.shared.errors import ModuleRefused, WasmFormatError, one_line
+from wasmgroup.shared.errors import (
+    LinkError,
+    ModuleNotFound,
+    ModuleRefused,
+    WasmFormatError,
+    one_line,
+    printable,
+)
 from wasmgroup.shared.wasm import TagType, parse_module
 from wasmgroup.worker.group import ENGINE_SETTINGS, make_engine_config
 
@@ -99,6 +106,13 @@ def test_defined_and_imported_tags_have_types() -> None:
     m = parse_module(bytes(data))
     for export in m.exports:
         assert m.export_type(export) == TagType(m.types[0])
+
+
+def test_every_wasmgroup_error_is_one_line() -> None:
+    assert str(LinkError("a\nb\tc\u2028d")) == "a\\nb\\tc\\u2028d"
+    assert str(ModuleNotFound("l\nb", ["/lib/l\nb.so"])) == \
+        "library 'l\\nb' not found; tried: /lib/l\\nb.so"
+    assert printable(printable("x\ny")) == printable("x\ny")  # escaping twice changes nothing
 
 
 def test_one_line_flattens_caused_by_chains() -> None:
@@ -214,6 +228,28 @@ def test_dlopen_of_impossible_dylink_fields_fails_without_allocating(guests: Pat
     assert "table_size of at most" in failed["libd.so"]
     assert all("/plugins/lib" in line and str(tmp_path) not in line for line in failed.values())
     assert lines[-1] == "1 plugin(s), 4 failure(s)"
+    assert_nothing_left(fds)
+
+
+def test_control_characters_from_a_module_stay_escaped_in_one_line(guests: Path,
+                                                                    tmp_path: Path) -> None:
+    """Found by the fuzz test: a newline in a NEEDED entry made a two-line dlerror."""
+    bar = (guests / "side" / "libbar.so").read_bytes()
+    assert bar.count(b"libfoo.so") == 1
+    plugins = plugin_dir(guests, tmp_path, {"libbar.so": bar.replace(b"libfoo.so",
+                                                                     b"lib\nfoo.s")})
+    fds = open_fds()
+    result = run_program(str(guests / "plugins" / "host.wasm"), ["/plugins"],
+                         dirs=[f"{guests / 'plugins'}::/", f"{plugins}::/plugins"])
+    assert result.exit_code == 0, result.error
+    lines = result.stdout.decode().splitlines()
+    [failed] = [line for line in lines if line.startswith("failed ")]
+    assert failed.startswith("failed libbar.so: ")
+    assert "library 'lib\\nfoo.s' (needed by /plugins/libbar.so) not found" in failed
+    assert lines[-1] == "1 plugin(s), 1 failure(s)"
+    # No piece of a message on a line of its own (the tried paths used to break the line).
+    assert all(line.startswith(("plugin host ", "failed ", "[math] ", "loaded ", "1 plugin"))
+               for line in lines), lines
     assert_nothing_left(fds)
 
 
