@@ -16,14 +16,15 @@ import os
 import stat
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
 import wasmtime
 
-from wasmgroup.orchestrator.instrument import REWRITE_VERSION, export_imported_memory
-from wasmgroup.orchestrator.rewrite import rewrite_memory_instructions
+from wasmgroup.orchestrator.instrument import REWRITE_VERSION
+from wasmgroup.orchestrator.prepare import compile_module, runnable_bytes
 from wasmgroup.shared.errors import LinkError, WasmFormatError
 from wasmgroup.shared.wasm import WasmModule, parse_module
 
@@ -68,11 +69,9 @@ class ModuleCache:
         parsed = parse_module(data, source=name)
         key = hashlib.sha256(self._salt.encode() + b"\0" + data).hexdigest()
         if key not in self._by_key:
-            runnable = data
-            if parsed.imports_of("memory"):  # a program memory shared by instance groups
-                runnable = rewrite_memory_instructions(runnable, parsed)
-            runnable = export_imported_memory(runnable, parsed)
-            module, artefact = self._compiled(key, runnable, name)
+            # Validated and rewritten only on a miss: a hit was validated when compiled.
+            module, artefact = self._compiled(
+                key, lambda: runnable_bytes(self.engine, data, parsed, name), name)
             self._by_key[key] = CachedModule(key, parsed, module, artefact)
         self._by_path[host_path] = self._by_key[key]
         return self._by_key[key]
@@ -86,7 +85,8 @@ class ModuleCache:
         self._by_path.clear()
         self._by_key.clear()
 
-    def _compiled(self, key: str, data: bytes, name: str) -> tuple[wasmtime.Module, Path]:
+    def _compiled(self, key: str, prepare: Callable[[], bytes], name: str
+                  ) -> tuple[wasmtime.Module, Path]:
         self.directory.mkdir(parents=True, exist_ok=True)
         artefact = self.directory / f"{key}.cwasm"
         checksum = self.directory / f"{key}.sha256"
@@ -98,11 +98,9 @@ class ModuleCache:
                 pass  # unreadable or refused: rebuild below
             for stale in (artefact, checksum):
                 stale.unlink(missing_ok=True)
+        runnable = prepare()
         started = time.perf_counter()
-        try:
-            module = wasmtime.Module(self.engine, data)
-        except wasmtime.WasmtimeError as err:
-            raise LinkError(f"{name}: invalid module: {str(err).strip()}") from None
+        module = compile_module(self.engine, runnable, name)
         self.compiled += 1
         self.compile_seconds += time.perf_counter() - started
         serialized = module.serialize()

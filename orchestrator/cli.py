@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -16,28 +17,34 @@ from pathlib import Path
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
+EXIT_BROKEN_PIPE = 128 + 13  # SIGPIPE
 
 
 def _inspect(args: argparse.Namespace) -> int:
+    """Every good file in full, one line on stderr for each bad one; status 2 if any was bad."""
     from wasmgroup.orchestrator.inspect import describe, format_text
     from wasmgroup.shared.errors import WasmgroupError
     from wasmgroup.shared.wasm import read_module_file
 
     summaries = []
+    status = 0
     for path in args.files:
         try:
-            module = read_module_file(path)
+            summary = describe(read_module_file(path), path)
         except (OSError, WasmgroupError) as err:
             text = f"{path}: {err.strerror}" if isinstance(err, OSError) else str(err)
             print(f"wasmgroup inspect: {text}", file=sys.stderr)
-            return EXIT_USAGE
-        summaries.append(describe(module, path))
+            status = EXIT_USAGE
+            continue
+        if args.json:
+            summaries.append(summary)
+        else:
+            print(("\n" if summaries else "") + format_text(summary), flush=True)
+            summaries.append(summary)
     if args.json:
         json.dump(summaries, sys.stdout, indent=2)
         print()
-    else:
-        print("\n\n".join(format_text(s) for s in summaries))
-    return 0
+    return status
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -137,10 +144,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         command = f"wasmgroup {args.command}"
         code: int = args.handler(args)
+        sys.stdout.flush()
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # one line, however often it is pressed
         print(f"{command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader left (`| head -1`): the rest is unwanted. Point stdout at /dev/null so
+        # that the interpreter's last flush does not fail again, and exit as a process that
+        # SIGPIPE ended would be reported.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     return code
 
 

@@ -66,7 +66,7 @@ def type_text(t: FuncType | TableType | MemoryType | GlobalType | TagType) -> st
     if isinstance(t, GlobalType):
         return f"{'mut ' if t.mutable else ''}{t.value}"
     if isinstance(t, TagType):
-        return f"tag {t.func_type}"
+        return str(t.func_type)  # the kind, printed beside it, already says "tag"
     limits = t.limits
     prefix = f"{t.element} " if isinstance(t, TableType) else ""
     maximum = "" if limits.maximum is None else f"..{limits.maximum}"

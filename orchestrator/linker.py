@@ -29,7 +29,8 @@ from typing import Any
 from wasmgroup.orchestrator.allocator import MemoryAllocator
 from wasmgroup.orchestrator.locate import GuestFilesystem, Located, locate
 from wasmgroup.shared import hostabi
-from wasmgroup.shared.errors import LinkError, WasmFormatError
+from wasmgroup.shared.dylink import MAX_TABLE_SLOTS
+from wasmgroup.shared.errors import LinkError, ModuleRefused, WasmFormatError
 from wasmgroup.shared.plan import (
     B_CONST,
     B_FUNC,
@@ -57,6 +58,7 @@ MAIN_TABLE_BASE = 1
 STACK_SIZE = 8 * 1024 * 1024  # what WASIX gives the main thread
 STACK_ALIGN = 1024
 PAGE = 65536
+MAX_NEEDED_DEPTH = 128  # libraries each needing the next; real programs need a handful
 
 # `env` imports with a fixed meaning; everything else in `env` must be a function.
 SPECIAL_ENV = {"memory": B_MEMORY, "__indirect_function_table": B_TABLE,
@@ -156,6 +158,13 @@ def _align_up(value: int, alignment: int) -> int:
     return (value + alignment - 1) // alignment * alignment
 
 
+def _check_table_length(length: int, by: str) -> None:
+    """Every worker holds the whole table: refuse one no real program needs, before any grows."""
+    if length > MAX_TABLE_SLOTS:
+        raise LinkError(f"{by}: the function table would need {length} slots, more than the "
+                        f"{MAX_TABLE_SLOTS} a program may have")
+
+
 def _is_data_global(t: object) -> bool:
     return isinstance(t, GlobalType) and t.value in ("i32", "i64")
 
@@ -213,11 +222,13 @@ class LinkerState:
             self.stack_high = self.stack_low + STACK_SIZE
             self.heap_base = self.stack_high
             self.table_length = MAIN_TABLE_BASE + dylink.mem_info.table_size
+            _check_table_length(self.table_length, "the main module")
             return max(memory_pages, -(-self.stack_high // PAGE))
         self._main_memory_base = 0
         table_imports = main.imports_of("table")
         limits = getattr(table_imports[0].type, "limits", None) if table_imports else None
         self.table_length = limits.minimum if limits else 0
+        _check_table_length(self.table_length, "the main module's table import")
         return memory_pages
 
     def plan_main(self, main: WasmModule, guest_path: str, host_path: str) -> PendingLoad:
@@ -267,12 +278,18 @@ class LinkerState:
         with found:  # the module is read from the descriptor the lookup opened
             if found.host_path in batch.pending_paths:
                 return  # a cycle: the module is already being loaded further up
+            if len(batch.pending_paths) >= MAX_NEEDED_DEPTH:
+                # Deeper would end in a RecursionError: a guest can write such chains.
+                raise LinkError(f"{name} (needed by {requested_by}): a chain of NEEDED "
+                                f"libraries deeper than {MAX_NEEDED_DEPTH}")
             try:
                 module = self._source(found)
             except WasmFormatError as err:
                 # Name the guest path: the guest must not learn where its files live on the host.
                 raise LinkError(f"{found.guest_path}: not a valid module: "
                                 f"{WasmFormatError(err.offset, err.expected)}") from None
+            except ModuleRefused as err:
+                raise LinkError(f"{found.guest_path}: {err.reason}") from None
             except OSError as err:
                 raise LinkError(f"{name}: cannot read {found.guest_path}: "
                                 f"{err.strerror}") from None
@@ -310,6 +327,7 @@ class LinkerState:
             if info is not None and loaded.handle != MAIN_HANDLE and info.mem_info.table_size:
                 loaded.table_base = _align_up(table_length, 1 << info.mem_info.table_alignment)
                 table_length = loaded.table_base + info.mem_info.table_size
+                _check_table_length(table_length, loaded.name)
             out: list[_Resolved] = []
             for imp in loaded.module.imports:
                 try:
@@ -334,6 +352,7 @@ class LinkerState:
             out[index] = _Resolved(Binding(b.module, b.name, B_CONST, value=table_length))
             slots.append(SlotAssignment(table_length, target.handle, export_name))
             table_length += 1
+        _check_table_length(table_length, ", ".join(m.name for m in planned))  # GOT.func slots
 
         # Memory last: the one step with a side effect (growing memory), undone on failure.
         saved = self.allocator.snapshot()

@@ -53,7 +53,7 @@ from wasmgroup.orchestrator.workers import (
     WorkerProcess,
     WorkerStartError,
 )
-from wasmgroup.shared.errors import LinkError, WasmFormatError, WasmgroupError
+from wasmgroup.shared.errors import LinkError, WasmgroupError
 from wasmgroup.shared.memory import MAX_PAGES_32, SharedRegion
 from wasmgroup.shared.plan import LoadPlan, ModulePlan, state_from_wire, to_wire
 from wasmgroup.shared.wasm import FuncType, Limits, WasmModule
@@ -345,7 +345,7 @@ class Program:
             try:
                 if not self._stop.is_set():  # interrupted while the coordinator started
                     self.start()
-            except (LinkError, WasmFormatError, ProgramError, OSError, WorkerStartError) as err:
+            except (WasmgroupError, OSError) as err:
                 message = (f"{err.filename or self.path}: {err.strerror}"
                            if isinstance(err, OSError) else str(err))
                 self.finish(EXIT_RUNTIME_ERROR, f"cannot start: {message}")

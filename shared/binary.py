@@ -15,7 +15,7 @@ class Reader:
     def __init__(self, data: bytes, pos: int = 0, end: int | None = None) -> None:
         self.data = data
         self.pos = pos
-        self.end = len(data) if end is None else end
+        self.end = len(data) if end is None else min(end, len(data))
 
     @property
     def at_end(self) -> bool:
@@ -78,6 +78,16 @@ class Reader:
                     result -= 1 << shift
                 return result
         raise self.fail(f"{what} of at most {max_bytes} bytes (overlong)", start)
+
+    def count(self, what: str, min_size: int = 1) -> int:
+        """A vector's element count, refused when its elements (each at least `min_size`
+        bytes) could not fit in what is left: no loop or allocation ever trusts the count."""
+        start = self.pos
+        n = self.u32(what)
+        if n * min_size > self.end - self.pos:
+            raise self.fail(f"{what} that fits its {self.end - self.pos} remaining bytes, "
+                            f"found {n}", start)
+        return n
 
     def name(self, what: str = "name") -> str:
         length = self.u32(f"{what} length")

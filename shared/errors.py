@@ -8,7 +8,22 @@ from __future__ import annotations
 
 
 class WasmgroupError(Exception):
-    """Base of every error wasmgroup raises deliberately."""
+    """Base of every error wasmgroup raises deliberately.
+
+    Its text is one line whatever went into it: control characters that a module or a guest
+    put into a name (a newline in a NEEDED entry, an import name, a path) are shown escaped.
+    """
+
+    def __str__(self) -> str:
+        return printable(super().__str__())
+
+
+def printable(text: str) -> str:
+    """`text` with every non-printable character (newline, tab, other controls, line
+    separators) escaped as Python would write it: one line, and idempotent."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
 class WasmFormatError(WasmgroupError):
@@ -28,6 +43,33 @@ class WasmFormatError(WasmgroupError):
     def with_source(self, source: str) -> WasmFormatError:
         """The same error, naming the file it came from."""
         return WasmFormatError(self.offset, self.expected, source)
+
+
+class ModuleRefused(WasmgroupError):
+    """A module wasmtime or wasmgroup's load-time rewrite refuses: invalid (the validator's
+    message, with offsets in the file as given), unsupported, or impossible to compile.
+    `reason` is one line; `source` names the file."""
+
+    def __init__(self, reason: str, source: str | None = None) -> None:
+        self.reason = reason
+        self.source = source
+        super().__init__(f"{source}: {reason}" if source else reason)
+
+    def with_source(self, source: str) -> ModuleRefused:
+        return ModuleRefused(self.reason, source)
+
+
+def one_line(message: str) -> str:
+    """An error text with a `Caused by:` chain (anyhow's format, as wasmtime reports it) as
+    one line: each cause after the last, joined by ': ', their `N:` numbering dropped."""
+    parts = []
+    for line in message.splitlines():
+        line = line.strip()
+        if not line or line == "Caused by:":
+            continue
+        number, sep, rest = line.partition(": ")
+        parts.append(rest if sep and number.isdigit() else line)
+    return ": ".join(parts)
 
 
 class LinkError(WasmgroupError):

@@ -68,7 +68,11 @@ def encode(kind: str, **fields: Any) -> bytes:
     """One frame, validated as the receiver will validate it."""
     message = {"v": PROTOCOL_VERSION, "t": kind, **fields}
     validate(message)
-    body: bytes = msgpack.packb(message, use_bin_type=True)
+    try:
+        body: bytes = msgpack.packb(message, use_bin_type=True)
+    except (OverflowError, ValueError, TypeError) as err:
+        # e.g. an integer past 64 bits: refuse the frame by name, as the receiver would.
+        raise ProtocolError(f"message {kind!r} cannot be encoded: {err}") from None
     return _HEADER.pack(len(body)) + body
 
 

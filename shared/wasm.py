@@ -6,7 +6,9 @@ metadata when present. Function bodies are located, not decoded.
 
 Every malformed input raises `WasmFormatError` with the byte offset and what was expected there:
 a truncated file, a wrong magic or version, an overlong or oversized LEB128, a section or
-subsection that overruns its parent, trailing bytes in a section, two `dylink.0` sections.
+subsection that overruns its parent, trailing bytes in a section, two `dylink.0` sections, a
+vector count its section cannot hold, a type, export or start index outside its index space.
+So every index a `WasmModule` holds can be looked up. (Full validation is wasmtime's job.)
 """
 
 from __future__ import annotations
@@ -126,6 +128,7 @@ class WasmModule:
     tables: list[TableType] = field(default_factory=list)
     memories: list[MemoryType] = field(default_factory=list)
     globals: list[Global] = field(default_factory=list)
+    tags: list[TagType] = field(default_factory=list)
     exports: list[Export] = field(default_factory=list)
     start: int | None = None
     sections: list[Section] = field(default_factory=list)
@@ -133,6 +136,13 @@ class WasmModule:
 
     def imports_of(self, kind: ExternKind) -> list[Import]:
         return [imp for imp in self.imports if imp.kind == kind]
+
+    def space_size(self, kind: ExternKind) -> int:
+        """How many items the module's `kind` index space holds (imports first)."""
+        defined = {"func": len(self.function_type_indices), "table": len(self.tables),
+                   "memory": len(self.memories), "global": len(self.globals),
+                   "tag": len(self.tags)}
+        return len(self.imports_of(kind)) + defined[kind]
 
     def function_type(self, func_index: int) -> FuncType:
         """The type of a function in the module's function index space (imports first)."""
@@ -160,7 +170,7 @@ class WasmModule:
         spaces: dict[str, list[ExternType]] = {
             "table": [*(i.type for i in self.imports_of("table")), *self.tables],
             "memory": [*(i.type for i in self.imports_of("memory")), *self.memories],
-            "tag": [i.type for i in self.imports_of("tag")],
+            "tag": [*(i.type for i in self.imports_of("tag")), *self.tags],
         }
         return spaces[export.kind][export.index]
 
@@ -215,11 +225,15 @@ def _tag_type(r: Reader, types: list[FuncType]) -> TagType:
 
 
 def _type_at(r: Reader, types: list[FuncType]) -> FuncType:
+    return types[_type_index(r, types)]
+
+
+def _type_index(r: Reader, types: list[FuncType]) -> int:
     offset = r.pos
     index = r.u32("type index")
     if index >= len(types):
         raise r.fail(f"a type index below {len(types)}, found {index}", offset)
-    return types[index]
+    return index
 
 
 def _const_expr(r: Reader) -> int | None:
@@ -256,18 +270,18 @@ def _const_expr(r: Reader) -> int | None:
 
 
 def _read_types(r: Reader, module: WasmModule) -> None:
-    for _ in range(r.u32("type count")):
+    for _ in range(r.count("type count", 3)):
         offset = r.pos
         form = r.byte("a type form")
         if form != 0x60:
             raise r.fail(f"function type form 0x60, found {form:#04x}", offset)
-        params = tuple(_value_type(r) for _ in range(r.u32("parameter count")))
-        results = tuple(_value_type(r) for _ in range(r.u32("result count")))
+        params = tuple(_value_type(r) for _ in range(r.count("parameter count")))
+        results = tuple(_value_type(r) for _ in range(r.count("result count")))
         module.types.append(FuncType(params, results))
 
 
 def _read_imports(r: Reader, module: WasmModule) -> None:
-    for _ in range(r.u32("import count")):
+    for _ in range(r.count("import count", 4)):
         mod = r.name("import module name")
         name = r.name("import field name")
         offset = r.pos
@@ -291,7 +305,8 @@ def _read_imports(r: Reader, module: WasmModule) -> None:
 
 def _read_exports(r: Reader, module: WasmModule) -> None:
     seen: set[str] = set()
-    for _ in range(r.u32("export count")):
+    sizes = {kind: module.space_size(kind) for kind in EXTERN_KINDS.values()}
+    for _ in range(r.count("export count", 3)):
         offset = r.pos
         name = r.name("export name")
         if name in seen:
@@ -302,7 +317,12 @@ def _read_exports(r: Reader, module: WasmModule) -> None:
         kind = EXTERN_KINDS.get(kind_code)
         if kind is None:
             raise r.fail(f"an export kind 0..4, found {kind_code:#04x}", kind_offset)
-        module.exports.append(Export(name, kind, r.u32("export index")))
+        index_offset = r.pos
+        index = r.u32("export index")
+        if index >= sizes[kind]:
+            raise r.fail(f"an index below {sizes[kind]} for {kind} export "
+                         f"{name!r}, found {index}", index_offset)
+        module.exports.append(Export(name, kind, index))
 
 
 def _read_section(sec_id: int, r: Reader, module: WasmModule) -> None:
@@ -311,22 +331,27 @@ def _read_section(sec_id: int, r: Reader, module: WasmModule) -> None:
     elif sec_id == SEC_IMPORT:
         _read_imports(r, module)
     elif sec_id == SEC_FUNCTION:
-        module.function_type_indices = [r.u32("type index") for _ in range(r.u32("count"))]
+        module.function_type_indices = [
+            _type_index(r, module.types) for _ in range(r.count("function count"))]
     elif sec_id == SEC_TABLE:
-        module.tables = [_table_type(r) for _ in range(r.u32("table count"))]
+        module.tables = [_table_type(r) for _ in range(r.count("table count", 3))]
     elif sec_id == SEC_MEMORY:
-        module.memories = [MemoryType(_limits(r, "memory")) for _ in range(r.u32("count"))]
+        count = r.count("memory count", 2)
+        module.memories = [MemoryType(_limits(r, "memory")) for _ in range(count)]
     elif sec_id == SEC_GLOBAL:
-        for _ in range(r.u32("global count")):
+        for _ in range(r.count("global count", 3)):
             gtype = _global_type(r)
             module.globals.append(Global(gtype, _const_expr(r)))
     elif sec_id == SEC_EXPORT:
         _read_exports(r, module)
     elif sec_id == SEC_START:
+        offset = r.pos
         module.start = r.u32("start function index")
+        if module.start >= module.space_size("func"):
+            raise r.fail(f"a start function index below {module.space_size('func')}, "
+                         f"found {module.start}", offset)
     elif sec_id == SEC_TAG:
-        for _ in range(r.u32("tag count")):
-            _tag_type(r, module.types)
+        module.tags = [_tag_type(r, module.types) for _ in range(r.count("tag count", 2))]
     else:
         # Element, code, data and datacount sections are located but not decoded here.
         r.pos = r.end

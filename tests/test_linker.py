@@ -18,7 +18,7 @@ from fakes import FakeMemory
 from wasm_bytes import HEADER, dylink, mem_info, name, strings, subsection, uleb
 
 from wasmgroup.orchestrator.allocator import PAGE
-from wasmgroup.orchestrator.linker import STACK_SIZE, LinkerState, PendingLoad
+from wasmgroup.orchestrator.linker import MAX_NEEDED_DEPTH, STACK_SIZE, LinkerState, PendingLoad
 from wasmgroup.orchestrator.locate import GuestFilesystem, Located
 from wasmgroup.shared import dylink as dl
 from wasmgroup.shared.errors import LinkError, ModuleNotFound
@@ -246,6 +246,19 @@ def test_needed_cycle_loads_each_once(world: World) -> None:
     plan = world.dlopen("libA.so")
     assert [(m.handle, m.name) for m in plan.modules] == [(2, "libB.so"), (3, "libA.so")]
     assert world.linker.by_name == {"libB.so": 2, "libA.so": 3}
+
+
+def test_needed_chain_deeper_than_the_limit_fails_cleanly(world: World) -> None:
+    depth = MAX_NEEDED_DEPTH + 1
+    for i in range(depth):
+        world.lib(f"lib{i}.so", wat(), needed=[f"lib{i + 1}.so"] if i + 1 < depth else None)
+    before = world.state()
+    with pytest.raises(LinkError, match=rf"lib{MAX_NEEDED_DEPTH}.so \(needed by "
+                                        rf"lib{MAX_NEEDED_DEPTH - 1}.so\): a chain of NEEDED "
+                                        rf"libraries deeper than {MAX_NEEDED_DEPTH}"):
+        world.linker.plan_load("lib0.so")
+    assert world.state() == before
+    world.dlopen(f"lib{depth - MAX_NEEDED_DEPTH}.so")  # exactly the limit: loads
 
 
 def test_self_needed_loads_once(world: World) -> None:

@@ -103,6 +103,12 @@ def test_encode_validates_like_the_receiver() -> None:
         encode("run", entry="_start")
 
 
+def test_integer_past_64_bits_is_a_protocol_error() -> None:
+    # A table base of 2^(2^32-1) from a bad module used to escape as OverflowError (a hang).
+    with pytest.raises(ProtocolError, match=r"message 'op' cannot be encoded: Integer value"):
+        encode("op", id=1, op={"table_base": 1 << 64}, initialise=False)
+
+
 def test_other_protocol_version() -> None:
     frame = raw(v=PROTOCOL_VERSION + 1, t="ready", pid=1)
     with pytest.raises(ProtocolError,

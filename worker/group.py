@@ -47,7 +47,6 @@ from wasmgroup.shared.plan import (
 )
 from wasmgroup.shared.wasm import FuncType
 from wasmgroup.worker import epoch, wasmtime_compat
-from wasmgroup.worker.wasmtime_compat import host_func
 from wasmgroup.worker.host.clocks import CLOCK_FUNCTIONS, make_clock_functions
 from wasmgroup.worker.host.memory import make_memory_functions
 from wasmgroup.worker.host.poll import make_poll_oneoff
@@ -62,6 +61,7 @@ from wasmgroup.worker.host.wasix import (
     make_wasix_functions,
 )
 from wasmgroup.worker.memview import GuestMemory
+from wasmgroup.worker.wasmtime_compat import host_func
 
 wasmtime_compat.apply()
 

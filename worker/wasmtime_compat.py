@@ -25,6 +25,7 @@ from typing import Any
 import wasmtime
 from wasmtime import _ffi as ffi  # the bindings' own ctypes layer
 from wasmtime import _func
+from wasmtime._slab import Slab
 
 _LOCAL = threading.local()
 
@@ -76,7 +77,8 @@ def _maybe_raise_last_exn() -> None:
 
 # A raw value's field for each wasm value type a host function may take or return.
 _RAW_FIELDS = {"i32": "i32", "i64": "i64", "f32": "f32", "f64": "f64"}
-_RAW_FUNCTIONS = _func.Slab()  # env index -> (callable, parameter fields, result fields)
+# env index -> (callable, parameter fields, result fields)
+_RAW_FUNCTIONS: Slab[tuple[Callable[..., Any], list[str], list[str]]] = Slab()
 
 
 @ffi.wasmtime_func_unchecked_callback_t  # type: ignore[untyped-decorator]
@@ -98,7 +100,7 @@ def _raw_trampoline(env: Any, caller: Any, values: Any, count: int) -> Any:
         return cast(trap, c_void_p).value
 
 
-@ctypes.CFUNCTYPE(None, c_void_p)
+@ctypes.CFUNCTYPE(None, c_void_p)  # type: ignore[untyped-decorator]
 def _raw_finalize(env: Any) -> None:
     _RAW_FUNCTIONS.deallocate(env or 0)
 
