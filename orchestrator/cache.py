@@ -24,6 +24,7 @@ from pathlib import Path
 import wasmtime
 
 from wasmgroup.orchestrator.instrument import REWRITE_VERSION
+from wasmgroup.orchestrator.locate import host_path_of
 from wasmgroup.orchestrator.prepare import compile_module, runnable_bytes
 from wasmgroup.shared.errors import LinkError, WasmFormatError
 from wasmgroup.shared.wasm import WasmModule, parse_module
@@ -75,6 +76,16 @@ class ModuleCache:
             self._by_key[key] = CachedModule(key, parsed, module, artefact)
         self._by_path[host_path] = self._by_key[key]
         return self._by_key[key]
+
+    def load_file(self, path: str) -> tuple[CachedModule, str]:
+        """A module the user named by its host path (a main module): the module, and the
+        host path that keys it. Raises OSError when it cannot be opened."""
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        try:
+            host_path = host_path_of(fd)
+            return self.load(fd, host_path, path), host_path
+        finally:
+            os.close(fd)
 
     def loaded(self, host_path: str) -> CachedModule:
         """A module `load` already read (the plans name modules by their host path)."""

@@ -37,11 +37,11 @@ from typing import Any
 
 import wasmtime
 
-from wasmgroup.orchestrator.cache import DEFAULT_MAX_MODULE_SIZE, CachedModule, ModuleCache
+from wasmgroup.orchestrator.cache import DEFAULT_MAX_MODULE_SIZE, ModuleCache
 from wasmgroup.orchestrator.capture import PipeCapture
 from wasmgroup.orchestrator.interrupt import watch_interrupts
 from wasmgroup.orchestrator.linker import MAIN_HANDLE, LinkerState, PendingLoad
-from wasmgroup.orchestrator.locate import GuestFilesystem, Located, host_path_of
+from wasmgroup.orchestrator.locate import GuestFilesystem, Located
 from wasmgroup.orchestrator.trace import Tracer, ms
 from wasmgroup.orchestrator.verify import first_difference
 from wasmgroup.orchestrator.workers import (
@@ -192,15 +192,6 @@ class Program:
     def _parsed_module(self, found: Located) -> WasmModule:
         return self.cache.load(found.fd, found.host_path, found.guest_path).parsed
 
-    def _load_main(self) -> tuple[CachedModule, str]:
-        """The main module (a host path the user gave) and its key in the cache."""
-        fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-        try:
-            host_path = host_path_of(fd)
-            return self.cache.load(fd, host_path, self.path), host_path
-        finally:
-            os.close(fd)
-
     def _artefacts(self, modules: Iterable[ModulePlan]) -> dict[str, str]:
         return {m.host_path: str(self.cache.loaded(m.host_path).artefact) for m in modules}
 
@@ -302,7 +293,7 @@ class Program:
 
     def start(self) -> None:
         """Link the main module and its NEEDED tree, constructors included."""
-        main, host_path = self._load_main()
+        main, host_path = self.cache.load_file(self.path)
         self._create_memory(main.parsed)
         pending = self.linker.plan_main(main.parsed, self._guest_path_of_main(), host_path)
         worker = self.pool.take(cancelled=self._stop.is_set)

@@ -111,7 +111,7 @@ def check_in_process(data: bytes, work: Path, guests: Path, cache: ModuleCache,
             assert_one_line(err_out.getvalue())
 
     try:
-        cache.load(str(path))
+        cache.load_file(str(path))
     except ModuleRefused as err:
         assert_one_line(str(err))
         # The original passed validation: the rewrite must keep a valid module valid.
@@ -131,8 +131,9 @@ def check_in_process(data: bytes, work: Path, guests: Path, cache: ModuleCache,
         pages[0] += n
         return old
 
-    linker = LinkerState(fs, lambda found: cache.load(found.host_path).parsed, grow)
-    host = cache.load(str(guests / "plugins" / "host.wasm")).parsed
+    linker = LinkerState(
+        fs, lambda found: cache.load(found.fd, found.host_path, found.guest_path).parsed, grow)
+    host = cache.load_file(str(guests / "plugins" / "host.wasm"))[0].parsed
     pages[0] = linker.layout_main(host, 2)
     linker.plan_main(host, "/host.wasm", str(guests / "plugins" / "host.wasm"))
     try:

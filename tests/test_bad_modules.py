@@ -140,7 +140,7 @@ def test_invalid_module_is_refused_before_rewrite_with_original_offsets(guests: 
     path.write_bytes(bad)
     cache = ModuleCache(wasmtime.Engine(make_engine_config()), ENGINE_SETTINGS, tmp_path / "c")
     with pytest.raises(ModuleRefused) as info:
-        cache.load(str(path))
+        cache.load_file(str(path))
     assert str(info.value) == f"{path}: invalid module: {validator}"  # offsets: the file's
     assert "\n" not in str(info.value) and cache.compiled == 0
 
@@ -168,7 +168,8 @@ def test_static_main_table_beyond_the_limit_is_refused(tmp_path: Path) -> None:
     result = run_program(str(path))
     assert_nothing_left(fds)
     assert result.exit_code == EXIT_RUNTIME_ERROR
-    assert result.error == (f"cannot start: the main module's table import: the function table "
+    assert result.error == (f"cannot start: {path}: the main module's table import: the "
+                            f"function table "
                             f"would need 5000000 slots, more than the {dl.MAX_TABLE_SLOTS} a "
                             "program may have")
 
@@ -185,10 +186,10 @@ def test_cache_hit_skips_validation(guests: Path, tmp_path: Path,
 
     monkeypatch.setattr(wasmtime.Module, "validate", staticmethod(counting_validate))
     path = str(guests / "side" / "libfoo.so")
-    ModuleCache(engine, ENGINE_SETTINGS, tmp_path).load(path)
+    ModuleCache(engine, ENGINE_SETTINGS, tmp_path).load_file(path)
     assert len(calls) == 1  # a miss: the original bytes were validated, then compiled
     again = ModuleCache(engine, ENGINE_SETTINGS, tmp_path)
-    again.load(path)
+    again.load_file(path)
     assert len(calls) == 1 and again.compiled == 0  # a hit: deserialized, nothing else
 
 
