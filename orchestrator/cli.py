@@ -211,7 +211,11 @@ def _cache(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         removed, freed = clean_cache(directory)
         print(f"removed {removed} entries ({freed / (1 << 20):.1f} MiB) from {directory}")
         return 0
-    info = cache_info(directory)
+    try:
+        info = cache_info(directory)
+    except WasmgroupError as err:
+        print(f"wasmgroup cache: {err}", file=sys.stderr)
+        return EXIT_USAGE
     print(f"directory: {info.directory}\nentries:   {info.entries}\n"
           f"size:      {info.size / (1 << 20):.1f} MiB\n"
           f"limit:     {info.limit / (1 << 20):.1f} MiB (WASMGROUP_CACHE_SIZE)")

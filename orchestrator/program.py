@@ -277,6 +277,7 @@ class Program:
     def start(self) -> None:
         """Link the main module and its NEEDED tree, constructors included."""
         self._arm_timeout()
+        started = time.perf_counter()
         main = self.cache.load(self.path)
         self._create_memory(main.parsed)
         pending = self.linker.plan_main(main.parsed, self._guest_path_of_main(), self.path)
@@ -295,7 +296,7 @@ class Program:
                 self.groups.pop(1, None)
             raise
         self.tracer.record(op="start", thread=1, groups=1, ok=True, handles=pending.plan.handles,
-                           pid=worker.pid)
+                           pid=worker.pid, total_ms=ms(time.perf_counter() - started))
         log.info("linked %s: modules %s, main thread in worker %d", self.path,
                  pending.plan.handles, worker.pid)
 
