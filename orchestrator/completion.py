@@ -21,7 +21,8 @@ def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.Argument
 
 def _options(parser: argparse.ArgumentParser) -> tuple[list[str], list[str]]:
     """(every option string, the options that take a value)."""
-    every, valued = [], []
+    every: list[str] = []
+    valued: list[str] = []
     for action in parser._actions:
         every += action.option_strings
         if action.option_strings and action.nargs != 0:

@@ -257,6 +257,7 @@ class Program:
             "slots": [],
             "entry": None,  # [name, args]: run it as soon as the group exists
             "program_id": os.getpid(),  # the guest's process id, in every thread
+            "max_memory": self.options.max_memory,  # bytes, for a memory the module defines
         }
         return config, fds
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -180,6 +181,22 @@ def test_max_memory_makes_memory_grow_fail(probe: Path) -> None:
                                 "of memory at start, more than --max-memory 65536\n")
 
 
+def test_max_memory_bounds_a_memory_the_module_defines(tmp_path: Path) -> None:
+    """A main with a memory of its own (grown inside wasmtime, not through the coordinator):
+    it grows a page at a time until memory.grow fails and exits with its size in pages."""
+    wat = tmp_path / "grow.wat"
+    wat.write_text("""
+(module
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1 100)
+  (func (export "_start")
+    (loop (br_if 0 (i32.ne (memory.grow (i32.const 1)) (i32.const -1))))
+    (call $exit (memory.size))))
+""")
+    assert wasmgroup(wat).returncode == 100
+    assert wasmgroup("--max-memory", "640KiB", wat).returncode == 10
+
+
 def test_wat_text_modules_run_and_inspect(tmp_path: Path) -> None:
     wat = tmp_path / "hello.wat"
     wat.write_text(HELLO_WAT)
@@ -194,6 +211,22 @@ def test_wat_text_modules_run_and_inspect(tmp_path: Path) -> None:
     assert failed.stderr.startswith(f"wasmgroup run: cannot start: {broken}: invalid "
                                     "WebAssembly text: ")
     assert len(failed.stderr.splitlines()) == 1
+
+
+def test_wat_side_module_loads_with_dlopen(guests: Path, tmp_path: Path) -> None:
+    """libbaz.so printed as text (its dylink.0 as an annotation) and dlopen'd by that name;
+    its RUNPATH dependency is still found."""
+    shutil.copytree(guests / "rpath" / "lib", tmp_path / "rpath" / "lib")
+    shutil.copytree(guests / "side", tmp_path / "side")
+    wasm_tools = Path(sys.executable).parent / "wasm-tools"
+    text = subprocess.run([str(wasm_tools), "print", str(guests / "rpath" / "libbaz.so")],
+                          capture_output=True, text=True, check=True).stdout
+    assert "(@dylink.0" in text
+    (tmp_path / "rpath" / "libbaz.wat").write_text(text)
+    proc = wasmgroup("--dir", f"{tmp_path}::/", "--env", "LD_LIBRARY_PATH=/side",
+                     guests / "pie" / "main.wasm", "/rpath/libbaz.wat")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "baz(5)=122" in proc.stdout.splitlines()
 
 
 def test_verbose_says_what_the_coordinator_decides(probe: Path) -> None:
