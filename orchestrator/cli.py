@@ -35,6 +35,7 @@ from wasmgroup.shared.wasm import parse_module
 
 EXIT_USAGE = 2
 MAX_POOL = 64  # idle workers: beyond this a typo, not a wish (each is a Python process)
+VERBOSITY_FLAGS = ("-v", "-vv", "-vvv", "--verbose", "-q", "--quiet")
 VERSION_TEXT = f"wasmgroup {WASMGROUP_VERSION} (wasmtime {WASMTIME_VERSION})"
 log = logging.getLogger("wasmgroup")
 
@@ -370,6 +371,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.parse_args(argv)  # help or version: prints and exits
         parser.print_usage(sys.stderr)
         return EXIT_USAGE
+    # `wasmgroup -v inspect X`: verbosity given before the command belongs to it.
+    lead = 0
+    while lead < len(argv) - 1 and argv[lead] in VERBOSITY_FLAGS:
+        lead += 1
+    if lead and argv[lead] in commands:
+        argv = [argv[lead], *argv[:lead], *argv[lead + 1:]]
     # As wasmtime: anything that is not a command is a program (or run's options) to run.
     name = argv[0] if argv[0] in commands else "run"
     if name == argv[0]:

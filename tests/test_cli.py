@@ -238,6 +238,8 @@ def test_verbose_says_what_the_coordinator_decides(probe: Path) -> None:
     assert any(line.startswith(f"wasmgroup: linked {probe}: modules [1], main thread in worker")
                for line in lines)
     assert wasmgroup("-q", probe, "cpus").stderr == ""
+    before = wasmgroup("-v", "run", "--pool", "1", probe, "cpus")
+    assert "wasmgroup: pool of 1 idle workers" in before.stderr.splitlines()
     assert wasmgroup(probe, "cpus").stderr == ""
 
 
