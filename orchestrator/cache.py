@@ -121,7 +121,10 @@ class CachedModule:
     key: str
     parsed: WasmModule
     module: wasmtime.Module
-    artefact: Path  # the serialized module, for other processes to deserialize
+    artefact: Path  # the serialized module in the cache directory
+    # The same file through a descriptor this cache holds open: what worker processes are
+    # given, so that eviction or `cache clean` by another program cannot pull it away.
+    shared_path: str
 
 
 class ModuleCache:
@@ -133,6 +136,7 @@ class ModuleCache:
         self._salt = f"wasmtime-{WASMTIME_VERSION};{settings};rewrite-{REWRITE_VERSION}"
         self._by_path: dict[str, CachedModule] = {}
         self._by_key: dict[str, CachedModule] = {}
+        self._held: list[int] = []  # descriptors behind each entry's shared_path
         self.compiled = 0  # how many modules this cache had to compile (tests read it)
         self.compile_seconds = 0.0  # time spent compiling them (--trace reads it)
 
@@ -150,7 +154,10 @@ class ModuleCache:
                 runnable = rewrite_memory_instructions(runnable, parsed)
             runnable = export_imported_memory(runnable, parsed)
             module, artefact = self._compiled(key, runnable, host_path)
-            self._by_key[key] = CachedModule(key, parsed, module, artefact)
+            fd = os.open(artefact, os.O_RDONLY | os.O_CLOEXEC)
+            self._held.append(fd)
+            self._by_key[key] = CachedModule(key, parsed, module, artefact,
+                                             f"/proc/{os.getpid()}/fd/{fd}")
         self._by_path[host_path] = self._by_key[key]
         return self._by_key[key]
 
@@ -158,6 +165,9 @@ class ModuleCache:
         """Drop the compiled modules (each keeps its artefact file open and mapped)."""
         self._by_path.clear()
         self._by_key.clear()
+        for fd in self._held:
+            os.close(fd)
+        self._held.clear()
 
     def _compiled(self, key: str, data: bytes, host_path: str) -> tuple[wasmtime.Module, Path]:
         self.directory.mkdir(parents=True, exist_ok=True)

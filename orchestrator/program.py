@@ -168,7 +168,7 @@ class Program:
         return self.cache.load(found.host_path).parsed
 
     def _artefacts(self, modules: Iterable[ModulePlan]) -> dict[str, str]:
-        return {m.host_path: str(self.cache.load(m.host_path).artefact) for m in modules}
+        return {m.host_path: self.cache.load(m.host_path).shared_path for m in modules}
 
     def _load_op(self, plan: LoadPlan) -> dict[str, Any]:
         return {**to_wire(plan), "artefacts": self._artefacts(plan.modules)}

@@ -5,12 +5,16 @@ JSON, timeline picture), shell completion, and the compile cache commands."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
-from test_cli import usage_error, wasmgroup
+from leaks import processes_marked
+from test_cli import WASMGROUP, usage_error, wasmgroup
 
 TOPOLOGY = "dl-concurrent-open-and-spawn"
 
@@ -192,3 +196,32 @@ def test_cache_location_info_clean_and_size_limit(guests: Path, tmp_path: Path,
     bad_info = wasmgroup("cache", "info", env={**xdg, "WASMGROUP_CACHE_SIZE": "lots"})
     assert bad_info.returncode == 2 and bad_info.stderr.startswith(
         "wasmgroup cache: WASMGROUP_CACHE_SIZE='lots'")
+
+
+def test_a_running_program_survives_cache_clean(guests: Path, tmp_path: Path) -> None:
+    """Another program's eviction or `cache clean` removes the files of a program still
+    running: its next thread's worker must still load the compiled main module."""
+    root = tmp_path / "root"
+    root.mkdir()
+    env = {"WASMGROUP_CACHE": str(tmp_path / "cache")}
+    mark = uuid.uuid4().hex
+    running = subprocess.Popen(
+        [*WASMGROUP, "--pool", "0", "--dir", f"{root}::/", guests / "cli" / "probe.wasm",
+         "late-thread"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, **env, "WASMGROUP_TEST_MARK": mark})
+    try:
+        assert running.stdout is not None
+        assert running.stdout.readline() == "waiting for /go\n"
+        cleaned = wasmgroup("cache", "clean", env=env)
+        assert cleaned.stdout.startswith("removed 1 entries")
+        (root / "go").write_text("")
+        out, err = running.communicate(timeout=60)
+    finally:
+        running.kill()
+        running.wait()
+    assert running.returncode == 0, err
+    assert out == "thread ran\n" and err == ""
+    deadline = time.monotonic() + 10
+    while processes_marked(mark) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert processes_marked(mark) == []

@@ -3,15 +3,24 @@
  *   probe env NAME...   prints "NAME=value" or "NAME unset" for each NAME
  *   probe sleep         sleeps forever (a thread blocked in the host)
  *   probe spin          loops forever in guest code (no host calls)
- *   probe grow          grows memory 1 MiB at a time until memory.grow fails, then prints
- *                       "grew to N MiB"
+ *   probe grow          grows memory a page at a time until memory.grow fails, then prints
+ *                       "grew to N KiB"
  *   probe malloc        mallocs 1 MiB blocks until malloc returns NULL: "malloc: N MiB"
+ *   probe late-thread   waits until the file /go exists (in the guest view), then starts a
+ *                       thread that prints "thread ran" and joins it
  *   probe cpus          prints "cpus: N" (sysconf(_SC_NPROCESSORS_ONLN): thread_parallelism)
  */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+static void *say(void *arg) {
+    (void)arg;
+    puts("thread ran");
+    return NULL;
+}
 
 int main(int argc, char **argv) {
     if (argc >= 2 && strcmp(argv[1], "env") == 0) {
@@ -34,9 +43,9 @@ int main(int argc, char **argv) {
         for (;;) n++;
     }
     if (argc == 2 && strcmp(argv[1], "grow") == 0) {
-        while (__builtin_wasm_memory_grow(0, 16) != (__SIZE_TYPE__)-1) {
+        while (__builtin_wasm_memory_grow(0, 1) != (__SIZE_TYPE__)-1) {
         }
-        printf("grew to %lu MiB\n", (unsigned long)(__builtin_wasm_memory_size(0) / 16));
+        printf("grew to %lu KiB\n", (unsigned long)(__builtin_wasm_memory_size(0) * 64));
         return 0;
     }
     if (argc == 2 && strcmp(argv[1], "malloc") == 0) {
@@ -46,10 +55,21 @@ int main(int argc, char **argv) {
         printf("malloc: %lu MiB\n", n);
         return 0;
     }
+    if (argc == 2 && strcmp(argv[1], "late-thread") == 0) {
+        puts("waiting for /go");
+        fflush(stdout);
+        while (access("/go", F_OK) != 0) usleep(20000);
+        pthread_t t;
+        if (pthread_create(&t, NULL, say, NULL) != 0 || pthread_join(t, NULL) != 0) {
+            puts("pthread failed");
+            return 1;
+        }
+        return 0;
+    }
     if (argc == 2 && strcmp(argv[1], "cpus") == 0) {
         printf("cpus: %ld\n", sysconf(_SC_NPROCESSORS_ONLN));
         return 0;
     }
-    fprintf(stderr, "usage: probe env NAME... | sleep | spin | grow | malloc | cpus\n");
+    fprintf(stderr, "usage: probe env NAME... | sleep | spin | grow | malloc | late-thread | cpus\n");
     return 2;
 }
