@@ -142,6 +142,13 @@ def parse_trace(text: str) -> Path:
     return Path(text)
 
 
+def parse_output(text: str) -> Path:
+    """A file to write (not `-`: these outputs are not for a terminal)."""
+    if text == "-":
+        raise argparse.ArgumentTypeError("give a file name (- is not supported here)")
+    return parse_trace(text)
+
+
 # ---------------------------------------------------------------------- commands
 def _module_summary(path: str) -> dict[str, object]:
     with open(path, "rb") as f:
@@ -323,9 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
         "trace", parents=common, help="summarise a --trace file; export it for Perfetto or "
                                       "as a timeline picture")
     trace.add_argument("file", type=Path, metavar="FILE")
-    trace.add_argument("--chrome", type=parse_trace, metavar="OUT.json",
+    trace.add_argument("--chrome", type=parse_output, metavar="OUT.json",
                        help="write the Chrome trace-event format (Perfetto, chrome://tracing)")
-    trace.add_argument("--plot", type=parse_trace, metavar="OUT.png",
+    trace.add_argument("--plot", type=parse_output, metavar="OUT.png",
                        help="draw a timeline (needs matplotlib: pip install wasmgroup[plot])")
     trace.set_defaults(handler=_trace)
 

@@ -34,17 +34,19 @@ class TraceError(Exception):
 
 def read_trace(path: Path) -> list[dict[str, Any]]:
     records = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise TraceError(f"{path}:{number}: not a JSON line ({err.msg})") from None
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                reason = err.msg if isinstance(err, json.JSONDecodeError) else "not UTF-8"
+                raise TraceError(f"{path}:{number}: not a JSON line ({reason})") from None
             if (not isinstance(record, dict) or not isinstance(record.get("op"), str)
                     or not _is_number(record.get("at_ms"))):
-                raise TraceError(f"{path}:{number}: not a trace line (no op and at_ms)")
+                raise TraceError(f"{path}:{number}: not a trace line (needs op and a finite "
+                                 "at_ms)")
             records.append(record)
     if not records:
         raise TraceError(f"{path}: empty: no trace lines")

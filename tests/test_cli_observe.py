@@ -135,6 +135,12 @@ def test_trace_command_refuses_what_is_not_a_trace(tmp_path: Path) -> None:
     missing = wasmgroup("trace", tmp_path / "missing.jsonl")
     assert missing.returncode == 2 and "No such file or directory" in missing.stderr
     usage_error(wasmgroup("trace", bad, "--chrome", tmp_path / "no" / "x.json"), "trace")
+    assert usage_error(wasmgroup("trace", bad, "--plot", "-"), "trace") == (
+        "wasmgroup trace: error: argument --plot: give a file name (- is not supported here)")
+    binary = tmp_path / "binary.jsonl"
+    binary.write_bytes(b"\xff\xfe\n")
+    assert wasmgroup("trace", binary).stderr == (f"wasmgroup trace: {binary}:1: not a JSON line "
+                                                 "(not UTF-8)\n")
 
 
 def complete(script: str, line: str) -> list[str]:
