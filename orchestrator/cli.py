@@ -142,6 +142,22 @@ def parse_trace(text: str) -> Path:
     return Path(text)
 
 
+WASMTIME_W = {"timeout": parse_duration, "max-memory-size": parse_size}
+ALWAYS_ON = ("threads", "shared-memory", "bulk-memory")  # wasmtime features wasmgroup has on
+
+
+def parse_wasmtime_option(text: str) -> tuple[str, object]:
+    """wasmtime's `-W KEY=VALUE` / `-S KEY=VALUE`: the keys wasmgroup has an equivalent for."""
+    key, _, value = text.partition("=")
+    if key in ALWAYS_ON and value in ("", "y", "yes", "true"):
+        return key, None  # nothing to do: always on here
+    if key not in WASMTIME_W:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: wasmgroup understands timeout=S, max-memory-size=SIZE and "
+            f"{', '.join(ALWAYS_ON)} (always on)")
+    return key, WASMTIME_W[key](value)
+
+
 def parse_output(text: str) -> Path:
     """A file to write (not `-`: these outputs are not for a terminal)."""
     if text == "-":
@@ -196,12 +212,14 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             parser.error(f"argument --cwd: {args.cwd!r} is not a directory the guest can see "
                          "(map one with --dir HOST::GUEST)")
     program_args = args.args[1:] if args.args[:1] == ["--"] else args.args
+    wasmtime_options = dict(args.wasmtime_options)
+    timeout = args.timeout or wasmtime_options.get("timeout")
+    max_memory = args.max_memory or wasmtime_options.get("max-memory-size")
     try:
         result = run_program(args.program, program_args, env=env, dirs=dirs,
                              lib_paths=args.lib_path, cwd=args.cwd, capture_output=False,
                              verify_groups=args.verify_groups, trace=args.trace,
-                             pool_size=args.pool, timeout=args.timeout,
-                             max_memory=args.max_memory)
+                             pool_size=args.pool, timeout=timeout, max_memory=max_memory)
     except (OSError, WasmgroupError) as err:
         text = f"{err.filename}: {err.strerror}" if isinstance(err, OSError) else str(err)
         print(f"wasmgroup run: {text}", file=sys.stderr)
@@ -304,6 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-memory", type=parse_size, metavar="SIZE",
                      help="the most the linear memory may grow to (bytes, or 64MiB, 1G...): "
                           "memory.grow fails beyond it")
+    run.add_argument("-W", "-S", dest="wasmtime_options", action="append", default=[],
+                     type=parse_wasmtime_option, metavar="KEY=VALUE",
+                     help="wasmtime's forms: -W timeout=S, -W max-memory-size=SIZE; "
+                          "-W/-S threads (always on)")
     run.add_argument("--verify-groups", action="store_true",
                      help="after every link operation, check that all threads' instance groups "
                           "agree on modules, table slots and GOT values; stop at the first "

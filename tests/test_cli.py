@@ -137,6 +137,9 @@ def test_one_colon_dir_says_what_was_meant(probe: Path, tree: Path) -> None:
     (["--cwd", "/nope"], "argument --cwd: '/nope' is not a directory the guest can see"),
     (["--trace", "/definitely/not/here/t.jsonl"],
      "argument --trace: cannot write '/definitely/not/here/t.jsonl'"),
+    (["-W", "fuel=10"], "argument -W/-S: 'fuel=10': wasmgroup understands timeout=S, "
+                        "max-memory-size=SIZE and threads, shared-memory, bulk-memory"),
+    (["-W", "timeout=never"], "argument -W/-S: 'never' is not a duration"),
     (["--bogus"], "unrecognized arguments: --bogus"),
     ([], "the program to run is missing"),
 ])
@@ -162,6 +165,13 @@ def test_timeout_stops_every_thread_with_124(probe: Path, mode: str) -> None:
     assert proc.stdout == ("sleeping\n" if mode == "sleep" else "spinning\n")
     assert proc.stderr == "wasmgroup run: timed out after 1.5 s (--timeout): every thread stopped\n"
     assert 1.5 <= time.monotonic() - started < 15
+
+
+def test_wasmtime_forms_of_the_limits(probe: Path) -> None:
+    proc = wasmgroup("-S", "threads", "-W", "threads=y", "-W", "timeout=1s", probe, "sleep")
+    assert proc.returncode == 124
+    grown = wasmgroup("-W", "max-memory-size=1048576", probe, "grow")
+    assert grown.stdout == "grew to 1024 KiB\n"
 
 
 def test_a_program_that_ends_in_time_keeps_its_status(probe: Path) -> None:
