@@ -5,8 +5,11 @@ stale entry (another version or configuration) is never looked up. Each artefact
 with the SHA-256 of its own bytes; an entry whose bytes do not match (truncated, corrupt) or
 that wasmtime refuses is deleted and rebuilt, never trusted. Writes are atomic (rename).
 
-Location: `$WASMGROUP_CACHE`, else `~/.cache/wasmgroup`. Artefacts are mmapped while in use:
-replace entries (as this module does), never truncate or rewrite them in place.
+Location: `$WASMGROUP_CACHE`, else `$XDG_CACHE_HOME/wasmgroup`, else `~/.cache/wasmgroup`.
+Artefacts are mmapped while in use: replace or unlink entries (as this module does), never
+truncate or rewrite them in place. Size: after each new entry, the least recently used
+entries are evicted until the cache holds at most `$WASMGROUP_CACHE_SIZE` bytes (default
+1 GiB; K/M/G suffixes); an entry in use stays mapped by its users when it is unlinked.
 """
 
 from __future__ import annotations
@@ -26,17 +29,96 @@ import wasmtime
 from wasmgroup.orchestrator.instrument import REWRITE_VERSION
 from wasmgroup.orchestrator.locate import host_path_of
 from wasmgroup.orchestrator.prepare import compile_module, runnable_bytes
+from wasmgroup.orchestrator.wat import TEXT_STARTS, wasm_bytes
 from wasmgroup.shared.errors import LinkError, WasmFormatError
 from wasmgroup.shared.wasm import WasmModule, parse_module
 
 WASMTIME_VERSION = version("wasmtime")
+WASMGROUP_VERSION = version("wasmgroup")
 DEFAULT_MAX_MODULE_SIZE = 256 << 20  # bytes; a module file larger than this is refused unread
 WASM_MAGIC = b"\0asm"
 
 
+DEFAULT_CACHE_LIMIT = 1 << 30
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
 def default_cache_dir() -> Path:
     env = os.environ.get("WASMGROUP_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "wasmgroup"
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    # The XDG spec: a relative XDG_CACHE_HOME is invalid and must be ignored.
+    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
+    return base / "wasmgroup"
+
+
+def cache_limit() -> int:
+    """$WASMGROUP_CACHE_SIZE in bytes (`500M`, `2G`, `1048576`); a bad value is an error."""
+    text = os.environ.get("WASMGROUP_CACHE_SIZE", "").strip()
+    if not text:
+        return DEFAULT_CACHE_LIMIT
+    unit = text[-1].upper() if text[-1].isalpha() else ""
+    number = text[:-1] if unit else text
+    if unit not in _UNITS or not number.isdigit():
+        raise LinkError(f"WASMGROUP_CACHE_SIZE={text!r}: expected bytes, or a number with "
+                        "K, M or G")
+    return int(number) * _UNITS[unit]
+
+
+@dataclass
+class CacheInfo:
+    directory: Path
+    entries: int
+    size: int  # bytes
+    limit: int
+
+
+def _entries(directory: Path) -> list[tuple[float, int, Path]]:
+    """(last use, bytes, artefact) per entry, oldest first."""
+    found = []
+    for artefact in directory.glob("*.cwasm"):
+        try:
+            st = artefact.stat()
+        except FileNotFoundError:
+            continue  # evicted by another process meanwhile
+        found.append((st.st_mtime, st.st_size, artefact))
+    return sorted(found)
+
+
+def cache_info(directory: Path) -> CacheInfo:
+    entries = _entries(directory) if directory.is_dir() else []
+    return CacheInfo(directory, len(entries), sum(e[1] for e in entries), cache_limit())
+
+
+def _remove(artefact: Path) -> None:
+    for path in (artefact, artefact.with_suffix(".sha256")):
+        path.unlink(missing_ok=True)
+
+
+def clean_cache(directory: Path) -> tuple[int, int]:
+    """Remove every entry: (entries, bytes) removed."""
+    entries = _entries(directory) if directory.is_dir() else []
+    for _, _, artefact in entries:
+        _remove(artefact)
+    return len(entries), sum(e[1] for e in entries)
+
+
+def evict(directory: Path, limit: int, keep: set[Path]) -> int:
+    """Remove the least recently used entries (never those in `keep`) until the cache holds
+    at most `limit` bytes; returns how many were removed."""
+    entries = _entries(directory)
+    total = sum(e[1] for e in entries)
+    removed = 0
+    for _, size, artefact in entries:
+        if total <= limit:
+            break
+        if artefact in keep:
+            continue
+        _remove(artefact)
+        total -= size
+        removed += 1
+    return removed
 
 
 @dataclass
@@ -44,7 +126,10 @@ class CachedModule:
     key: str
     parsed: WasmModule
     module: wasmtime.Module
-    artefact: Path  # the serialized module, for other processes to deserialize
+    artefact: Path  # the serialized module in the cache directory
+    # The same file through a descriptor this cache holds open: what worker processes are
+    # given, so that eviction or `cache clean` by another program cannot pull it away.
+    shared_path: str
 
 
 class ModuleCache:
@@ -54,9 +139,11 @@ class ModuleCache:
         self.engine = engine
         self.max_module_size = max_module_size
         self.directory = directory or default_cache_dir()
+        self.limit = cache_limit()
         self._salt = f"wasmtime-{WASMTIME_VERSION};{settings};rewrite-{REWRITE_VERSION}"
         self._by_path: dict[str, CachedModule] = {}
         self._by_key: dict[str, CachedModule] = {}
+        self._held: list[int] = []  # descriptors behind each entry's shared_path
         self.compiled = 0  # how many modules this cache had to compile (tests read it)
         self.compile_seconds = 0.0  # time spent compiling them (--trace reads it)
 
@@ -66,14 +153,17 @@ class ModuleCache:
         modules already loaded; `name` is how errors name it (the guest path for a library)."""
         if host_path in self._by_path:
             return self._by_path[host_path]
-        data = read_module(fd, name, self.max_module_size)
+        data = wasm_bytes(read_module(fd, name, self.max_module_size), name)
         parsed = parse_module(data, source=name)
         key = hashlib.sha256(self._salt.encode() + b"\0" + data).hexdigest()
         if key not in self._by_key:
             # Validated and rewritten only on a miss: a hit was validated when compiled.
             module, artefact = self._compiled(
                 key, lambda: runnable_bytes(self.engine, data, parsed, name), name)
-            self._by_key[key] = CachedModule(key, parsed, module, artefact)
+            held = os.open(artefact, os.O_RDONLY | os.O_CLOEXEC)
+            self._held.append(held)
+            self._by_key[key] = CachedModule(key, parsed, module, artefact,
+                                             f"/proc/{os.getpid()}/fd/{held}")
         self._by_path[host_path] = self._by_key[key]
         return self._by_key[key]
 
@@ -95,6 +185,9 @@ class ModuleCache:
         """Drop the compiled modules (each keeps its artefact file open and mapped)."""
         self._by_path.clear()
         self._by_key.clear()
+        for fd in self._held:
+            os.close(fd)
+        self._held.clear()
 
     def _compiled(self, key: str, prepare: Callable[[], bytes], name: str
                   ) -> tuple[wasmtime.Module, Path]:
@@ -104,6 +197,7 @@ class ModuleCache:
         if artefact.exists() and checksum.exists():
             try:
                 if hashlib.sha256(artefact.read_bytes()).hexdigest() == checksum.read_text():
+                    os.utime(artefact)  # its last use, for eviction
                     return wasmtime.Module.deserialize_file(self.engine, str(artefact)), artefact
             except (OSError, wasmtime.WasmtimeError):
                 pass  # unreadable or refused: rebuild below
@@ -117,6 +211,7 @@ class ModuleCache:
         serialized = module.serialize()
         _atomic_write(artefact, serialized)
         _atomic_write(checksum, hashlib.sha256(serialized).hexdigest().encode())
+        evict(self.directory, self.limit, {m.artefact for m in self._by_key.values()} | {artefact})
         return module, artefact
 
 
@@ -126,7 +221,9 @@ def read_module(fd: int, name: str, limit: int) -> bytes:
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
         raise LinkError(f"{name}: not a regular file")
-    if os.pread(fd, len(WASM_MAGIC), 0) != WASM_MAGIC:
+    start = os.pread(fd, 64, 0)
+    if not start.startswith(WASM_MAGIC) and not (
+            name.endswith(".wat") or start.lstrip().startswith(TEXT_STARTS)):
         raise WasmFormatError(0, "the wasm magic \\0asm", name)
     if info.st_size > limit:
         raise LinkError(f"{name}: {info.st_size} bytes, more than the module size limit of "

@@ -1,71 +1,249 @@
 """The `wasmgroup` command line.
 
+Follows wasmtime's habits where they fit: `wasmgroup PROG.wasm ARGS` means `run`, `--env K`
+inherits the host's value, `--timeout` ends with status 124 as timeout(1) does; wasmer's
+`--mapdir GUEST:HOST` and `--volume HOST:GUEST` are accepted beside `--dir HOST::GUEST`.
+Every option is checked before anything starts: a bad value is one line naming the option,
+under the subcommand's own usage, status 2.
+
 Ctrl-C at any moment prints one line, `wasmgroup run: interrupted`, and exits 130, as shells
 report SIGINT: while the program runs `run_program` turns it into the program's outcome; before
-that (the imports of wasmtime take a while, hence imported late) and after, it is caught here.
+that (the imports of wasmtime take a while, hence imported late, inside `main`) and after, it
+is caught here.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import math
 import os
+import re
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from importlib.metadata import version
 from pathlib import Path
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
 EXIT_BROKEN_PIPE = 128 + 13  # SIGPIPE
+WASMGROUP_VERSION = version("wasmgroup")
+WASMTIME_VERSION = version("wasmtime")
+MAX_POOL = 64  # idle workers: beyond this a typo, not a wish (each is a Python process)
+VERBOSITY_FLAGS = ("-v", "-vv", "-vvv", "--verbose", "-q", "--quiet")
+VERSION_TEXT = f"wasmgroup {WASMGROUP_VERSION} (wasmtime {WASMTIME_VERSION})"
+log = logging.getLogger("wasmgroup")
 
 
-def _inspect(args: argparse.Namespace) -> int:
+# ---------------------------------------------------------------------- option values
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 << 20,
+               "mb": 1000**2, "mib": 1 << 20, "g": 1 << 30, "gb": 1000**3, "gib": 1 << 30}
+_DURATION_UNITS = {"": 1.0, "s": 1.0, "ms": 0.001, "m": 60.0, "min": 60.0, "h": 3600.0}
+
+
+def parse_size(text: str, minimum: int = 65536) -> int:
+    """`65536`, `64K`, `16MiB`, `1G`: bytes (K/M/G and KiB/MiB/GiB are powers of 1024), at
+    least `minimum` (by default one wasm page)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
+    unit = match.group(2).lower() if match else ""
+    if match is None or unit not in _SIZE_UNITS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a size (bytes, or with K, M, G, KiB, MiB, GiB)")
+    size = int(float(match.group(1)) * _SIZE_UNITS[unit])
+    if size < minimum:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is less than one wasm page (64KiB)" if minimum == 65536
+            else f"{text!r} is less than {minimum} bytes")
+    return size
+
+
+def parse_module_size(text: str) -> int:
+    return parse_size(text, minimum=1)
+
+
+def parse_duration(text: str) -> float:
+    """`10`, `2.5s`, `500ms`, `1m`: seconds, more than zero."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?|\.\d+)\s*([A-Za-z]*)\s*", text)
+    unit = match.group(2).lower() if match else ""
+    if match is None or unit not in _DURATION_UNITS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (seconds, or with "
+                                         "ms, s, m, h)")
+    seconds = float(match.group(1)) * _DURATION_UNITS[unit]
+    if not 0 < seconds < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than zero")
+    return seconds
+
+
+def parse_pool(text: str) -> int:
+    try:
+        size = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= size <= MAX_POOL:
+        raise argparse.ArgumentTypeError(f"{size} is not between 0 and {MAX_POOL}")
+    return size
+
+
+def parse_dir(text: str) -> str:
+    """--dir HOST::GUEST (or plain HOST); says what was meant by wasmer's one-colon form."""
+    host, sep, guest = text.partition("::")
+    if not host or (sep and not guest):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected HOST::GUEST or HOST")
+    if not os.path.isdir(host):
+        hint = ""
+        if not sep and text.count(":") == 1:
+            left, right = text.split(":")
+            hint = (f" (wasmgroup maps with two colons: did you mean --dir {left}::{right}, "
+                    f"or wasmer's --mapdir {right}:{left}?)")
+        raise argparse.ArgumentTypeError(f"{host!r} is not a directory{hint}")
+    return text
+
+
+def _mapping(host: str, guest: str, text: str, form: str) -> str:
+    if not host or not guest:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected {form}")
+    if not os.path.isdir(host):
+        raise argparse.ArgumentTypeError(f"{host!r} is not a directory")
+    return f"{host}::{guest}"
+
+
+def parse_mapdir(text: str) -> str:
+    """wasmer's --mapdir GUEST:HOST (or GUEST::HOST), as HOST::GUEST."""
+    guest, _, host = text.partition("::") if "::" in text else text.partition(":")
+    return _mapping(host, guest, text, "GUEST:HOST")
+
+
+def parse_volume(text: str) -> str:
+    """wasmer's --volume HOST:GUEST, as HOST::GUEST."""
+    host, _, guest = text.rpartition(":")
+    return _mapping(host, guest, text, "HOST:GUEST")
+
+
+def parse_env(text: str) -> tuple[str, str | None]:
+    """KEY=VALUE, or KEY alone: the host's value of KEY (unset in the guest if it has none)."""
+    key, sep, value = text.partition("=")
+    if not key or "\0" in text:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE or KEY")
+    return key, (value if sep else None)
+
+
+def parse_lib_path(text: str) -> str:
+    if not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a directory")
+    return text
+
+
+def parse_trace(text: str) -> Path:
+    """A file to write (its directory must exist), or `-` for stderr."""
+    if text != "-":
+        parent = Path(text).parent
+        if not parent.is_dir():
+            raise argparse.ArgumentTypeError(f"cannot write {text!r}: no directory {parent}")
+        if Path(text).is_dir():
+            raise argparse.ArgumentTypeError(f"cannot write {text!r}: it is a directory")
+    return Path(text)
+
+
+WASMTIME_W = {"timeout": parse_duration, "max-memory-size": parse_size}
+ALWAYS_ON = ("threads", "shared-memory", "bulk-memory")  # wasmtime features wasmgroup has on
+
+
+def parse_wasmtime_option(text: str) -> tuple[str, object]:
+    """wasmtime's `-W KEY=VALUE` / `-S KEY=VALUE`: the keys wasmgroup has an equivalent for."""
+    key, _, value = text.partition("=")
+    if key in ALWAYS_ON and value in ("", "y", "yes", "true"):
+        return key, None  # nothing to do: always on here
+    if key not in WASMTIME_W:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: wasmgroup understands timeout=S, max-memory-size=SIZE and "
+            f"{', '.join(ALWAYS_ON)} (always on)")
+    return key, WASMTIME_W[key](value)
+
+
+def parse_output(text: str) -> Path:
+    """A file to write (not `-`: these outputs are not for a terminal)."""
+    if text == "-":
+        raise argparse.ArgumentTypeError("give a file name (- is not supported here)")
+    return parse_trace(text)
+
+
+# ---------------------------------------------------------------------- commands
+def _module_summary(path: str) -> dict[str, object]:
+    from wasmgroup.orchestrator.inspect import describe
+    from wasmgroup.orchestrator.wat import wasm_bytes
+    from wasmgroup.shared.wasm import parse_module
+
+    with open(path, "rb") as f:
+        data = wasm_bytes(f.read(), path)
+    return describe(parse_module(data, source=path), path)
+
+
+def _inspect(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Every good file in full, one line on stderr for each bad one; status 2 if any was bad."""
-    from wasmgroup.orchestrator.inspect import describe, format_text
+    from wasmgroup.orchestrator.inspect import format_text
     from wasmgroup.shared.errors import WasmgroupError
-    from wasmgroup.shared.wasm import read_module_file
 
-    summaries = []
+    summaries: list[dict[str, object]] = []
     status = 0
     for path in args.files:
         try:
-            summary = describe(read_module_file(path), path)
+            summary = _module_summary(path)
         except (OSError, WasmgroupError) as err:
             text = f"{path}: {err.strerror}" if isinstance(err, OSError) else str(err)
             print(f"wasmgroup inspect: {text}", file=sys.stderr)
             status = EXIT_USAGE
             continue
-        if args.json:
-            summaries.append(summary)
-        else:
+        if not args.json:
             print(("\n" if summaries else "") + format_text(summary), flush=True)
-            summaries.append(summary)
+        summaries.append(summary)
     if args.json:
-        json.dump(summaries, sys.stdout, indent=2)
+        json.dump([{**s, "wasmgroup": WASMGROUP_VERSION} for s in summaries], sys.stdout,
+                  indent=2)
         print()
     return status
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from wasmgroup.orchestrator.locate import GuestFilesystem
     from wasmgroup.orchestrator.program import EXIT_RUNTIME_ERROR, run_program
     from wasmgroup.shared.errors import WasmgroupError
 
+    if args.program is None:
+        parser.error("the program to run is missing: wasmgroup run [OPTIONS] PROG.wasm [ARGS]")
     env: dict[str, str] = {}
-    for item in args.env:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            print(f"wasmgroup run: --env expects KEY=VALUE, got {item!r}", file=sys.stderr)
-            return EXIT_USAGE
+    for key, value in args.env:
+        if value is None:
+            value = os.environ.get(key)
+            if value is None:
+                log.warning("--env %s: not set on the host, not passed to the guest", key)
+                continue
         env[key] = value
+    dirs = [*args.dir, *args.mapdir, *args.volume]
+    if args.cwd is None:
+        args.cwd = "/"  # the root, visible or not, as a guest without directories has
+    elif not args.cwd.startswith("/"):
+        parser.error(f"argument --cwd: {args.cwd!r} is not an absolute guest path")
+    else:
+        fs = GuestFilesystem.from_specs(dirs, args.lib_path, args.cwd)
+        visible = fs.is_directory(fs.absolute(args.cwd))
+        fs.close()
+        if not visible:
+            parser.error(f"argument --cwd: {args.cwd!r} is not a directory the guest can see "
+                         "(map one with --dir HOST::GUEST)")
     program_args = args.args[1:] if args.args[:1] == ["--"] else args.args
+    wasmtime_options = dict(args.wasmtime_options)
+    timeout = args.timeout or wasmtime_options.get("timeout")
+    max_memory = args.max_memory or wasmtime_options.get("max-memory-size")
     # Unless given, run_program's own default (DEFAULT_MAX_MODULE_SIZE in cache.py).
     limits = {} if args.max_module_size is None else {"max_module_size": args.max_module_size}
     try:
-        result = run_program(args.program, program_args, env=env, dirs=args.dir,
+        result = run_program(args.program, program_args, env=env, dirs=dirs,
                              lib_paths=args.lib_path, cwd=args.cwd, capture_output=False,
                              verify_groups=args.verify_groups, trace=args.trace,
-                             pool_size=args.pool, **limits)
+                             pool_size=args.pool, timeout=timeout, max_memory=max_memory,
+                             **limits)
     except (OSError, WasmgroupError) as err:
         text = f"{err.filename}: {err.strerror}" if isinstance(err, OSError) else str(err)
         print(f"wasmgroup run: {text}", file=sys.stderr)
@@ -74,76 +252,183 @@ def _run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if result.error:
         print(f"wasmgroup run: {result.error}", file=sys.stderr)
+    elif result.verify_summary and not args.quiet:
+        print(f"wasmgroup run: {result.verify_summary}", file=sys.stderr)
     return result.exit_code
 
 
-def _byte_size(text: str) -> int:
-    """A size in bytes, with an optional K/M/G suffix (powers of 1024)."""
-    scale = 1
-    if text[-1:].upper() in _SCALES:
-        scale, text = _SCALES[text[-1].upper()], text[:-1]
+def _cache(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from wasmgroup.orchestrator.cache import cache_info, clean_cache, default_cache_dir
+    from wasmgroup.shared.errors import WasmgroupError
+
+    directory = default_cache_dir()
+    if args.action == "clean":
+        removed, freed = clean_cache(directory)
+        print(f"removed {removed} entries ({freed / (1 << 20):.1f} MiB) from {directory}")
+        return 0
     try:
-        value = int(text) * scale
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError("the size must be positive")
-    return value
+        info = cache_info(directory)
+    except WasmgroupError as err:
+        print(f"wasmgroup cache: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"directory: {info.directory}\nentries:   {info.entries}\n"
+          f"size:      {info.size / (1 << 20):.1f} MiB\n"
+          f"limit:     {info.limit / (1 << 20):.1f} MiB (WASMGROUP_CACHE_SIZE)")
+    return 0
 
 
-_SCALES = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+def _trace(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from wasmgroup.orchestrator.tracefile import TraceError, read_trace, report
+
+    try:
+        records = read_trace(args.file)
+        report(records, sys.stdout)
+        if args.chrome is not None:
+            from wasmgroup.orchestrator.tracefile import write_chrome
+
+            write_chrome(records, args.chrome)
+        if args.plot is not None:
+            from wasmgroup.orchestrator.tracefile import write_plot
+
+            write_plot(records, args.plot)
+    except (OSError, TraceError) as err:
+        text = f"{err.filename}: {err.strerror}" if isinstance(err, OSError) else str(err)
+        print(f"wasmgroup trace: {text}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
+
+
+def _completion(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from wasmgroup.orchestrator.completion import completion_script
+
+    print(completion_script(build_parser(), args.shell), end="")
+    return 0
+
+
+# ---------------------------------------------------------------------- the parser
+def _verbosity() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="count", default=0,
+                        help="say what wasmgroup decides (-vv: more)")
+    common.add_argument("-q", "--quiet", action="store_true",
+                        help="only errors on stderr (no warnings or summaries)")
+    return common
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wasmgroup",
-        description="Run dynamically linked, multi-threaded WebAssembly programs.")
-    commands = parser.add_subparsers(dest="command", required=True)
+        description="Run dynamically linked, multi-threaded WebAssembly programs. "
+                    "`wasmgroup PROG.wasm ARGS` is short for `wasmgroup run PROG.wasm ARGS`.")
+    parser.add_argument("--version", action="version", version=VERSION_TEXT)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    common = [_verbosity()]
+
+    run = commands.add_parser(
+        "run", parents=common,
+        help="run a program (exit status: the program's; 134 trap; 124 timeout; 125 cannot "
+             "run)",
+        description="Run a WebAssembly program (.wasm or .wat). The guest sees only the "
+                    "directories given with --dir; libraries are looked up inside that view.")
+    run.add_argument("--dir", action="append", default=[], type=parse_dir,
+                     metavar="HOST::GUEST",
+                     help="map host directory HOST at guest path GUEST (plain HOST: same name)")
+    run.add_argument("--mapdir", action="append", default=[], type=parse_mapdir,
+                     metavar="GUEST:HOST", help="wasmer's form of --dir HOST::GUEST")
+    run.add_argument("--volume", action="append", default=[], type=parse_volume,
+                     metavar="HOST:GUEST", help="wasmer's other form of --dir HOST::GUEST")
+    run.add_argument("--env", action="append", default=[], type=parse_env,
+                     metavar="KEY[=VALUE]",
+                     help="set a guest environment variable; KEY alone passes the host's "
+                          "value (LD_LIBRARY_PATH is honoured)")
+    run.add_argument("--lib-path", action="append", default=[], type=parse_lib_path,
+                     metavar="DIR",
+                     help="host directory searched for libraries after the guest's own")
+    run.add_argument("--cwd", metavar="GUEST_DIR",
+                     help="the guest's working directory (default /)")
+    run.add_argument("--timeout", type=parse_duration, metavar="SECONDS",
+                     help="stop every thread after this long (10, 2.5s, 500ms, 1m); status 124")
+    run.add_argument("--max-memory", type=parse_size, metavar="SIZE",
+                     help="the most the linear memory may grow to (bytes, or 64MiB, 1G...): "
+                          "memory.grow fails beyond it")
+    run.add_argument("-W", "-S", dest="wasmtime_options", action="append", default=[],
+                     type=parse_wasmtime_option, metavar="KEY=VALUE",
+                     help="wasmtime's forms: -W timeout=S, -W max-memory-size=SIZE; "
+                          "-W/-S threads (always on)")
+    run.add_argument("--verify-groups", action="store_true",
+                     help="after every link operation, check that all threads' instance groups "
+                          "agree on modules, table slots and GOT values; stop at the first "
+                          "difference; a summary at exit")
+    run.add_argument("--trace", type=parse_trace, metavar="FILE",
+                     help="write one JSON line per link operation and thread start/exit "
+                          "(- for stderr); read it with `wasmgroup trace FILE`")
+    run.add_argument("--pool", type=parse_pool, default=None, metavar="N",
+                     help="idle worker processes kept ready for new threads (default: one more "
+                          f"than the usable CPUs, at most 8; at most {MAX_POOL})")
+    run.add_argument("--max-module-size", type=parse_module_size, default=None,
+                     metavar="SIZE",
+                     help="refuse module files larger than this, unread (bytes, or 512K, 64M, "
+                          "1G...; default 256M)")
+    run.add_argument("program", nargs="?", metavar="PROG.wasm")
+    run.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS",
+                     help="arguments for the program (after an optional --)")
+    run.set_defaults(handler=_run)
 
     inspect = commands.add_parser(
-        "inspect", help="show what modules are and what they need (dylink.0, imports, exports)")
+        "inspect", parents=common,
+        help="show what modules are and what they need (dylink.0, imports, exports)")
     inspect.add_argument("files", nargs="+", metavar="FILE")
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
     inspect.set_defaults(handler=_inspect)
 
-    run = commands.add_parser(
-        "run", help="run a program (exit status: the program's; 134 trap; 125 cannot run)",
-        description="Run a WebAssembly program. The guest sees only the directories given "
-                    "with --dir; libraries are looked up inside that view.")
-    run.add_argument("--dir", action="append", default=[], metavar="HOST::GUEST",
-                     help="map host directory HOST at guest path GUEST (plain HOST: same name)")
-    run.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
-                     help="set a guest environment variable (LD_LIBRARY_PATH is honoured)")
-    run.add_argument("--lib-path", action="append", default=[], metavar="DIR",
-                     help="host directory searched for libraries after the guest's own")
-    run.add_argument("--cwd", default="/", metavar="GUEST_DIR",
-                     help="the guest's working directory (default /)")
-    run.add_argument("--verify-groups", action="store_true",
-                     help="after every link operation, check that all threads' instance groups "
-                          "agree on modules, table slots and GOT values; stop at the first "
-                          "difference")
-    run.add_argument("--trace", type=Path, metavar="FILE",
-                     help="write one JSON line per link operation with per-phase timings")
-    run.add_argument("--pool", type=int, default=None, metavar="N",
-                     help="idle worker processes kept ready for new threads (default: one more "
-                          "than the number of cores, at most 8)")
-    run.add_argument("--max-module-size", type=_byte_size, default=None,
-                     metavar="BYTES",
-                     help="refuse module files larger than this, unread (suffix K, M or G; "
-                          "default 256M)")
-    run.add_argument("program", metavar="PROG.wasm")
-    run.add_argument("args", nargs=argparse.REMAINDER, metavar="-- ARGS",
-                     help="arguments for the program")
-    run.set_defaults(handler=_run)
+    trace = commands.add_parser(
+        "trace", parents=common, help="summarise a --trace file; export it for Perfetto or "
+                                      "as a timeline picture")
+    trace.add_argument("file", type=Path, metavar="FILE")
+    trace.add_argument("--chrome", type=parse_output, metavar="OUT.json",
+                       help="write the Chrome trace-event format (Perfetto, chrome://tracing)")
+    trace.add_argument("--plot", type=parse_output, metavar="OUT.png",
+                       help="draw a timeline (needs matplotlib: pip install wasmgroup[plot])")
+    trace.set_defaults(handler=_trace)
+
+    cache = commands.add_parser(
+        "cache", parents=common, help="the compile cache: where, how big; empty it",
+        description="Compiled modules are cached in $WASMGROUP_CACHE, else "
+                    "$XDG_CACHE_HOME/wasmgroup, else ~/.cache/wasmgroup; the oldest entries "
+                    "are evicted beyond $WASMGROUP_CACHE_SIZE (default 1GiB).")
+    cache.add_argument("action", choices=["info", "clean"])
+    cache.set_defaults(handler=_cache)
+
+    completion = commands.add_parser(
+        "completion", parents=common, help="print a shell completion script",
+        description="bash: eval \"$(wasmgroup completion bash)\"; zsh: the same with zsh "
+                    "in ~/.zshrc.")
+    completion.add_argument("shell", choices=["bash", "zsh"])
+    completion.set_defaults(handler=_completion)
     return parser
+
+
+def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _configure_logging(verbose: int, quiet: bool) -> None:
+    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[
+        min(verbose, 2)]
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("wasmgroup: %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(level)
+    log.propagate = False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     command = "wasmgroup"
     try:
-        args = build_parser().parse_args(argv)
-        command = f"wasmgroup {args.command}"
-        code: int = args.handler(args)
+        code, command = _main(argv)
         sys.stdout.flush()
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # one line, however often it is pressed
@@ -156,6 +441,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
     return code
+
+
+def _main(argv: Sequence[str] | None) -> tuple[int, str]:
+    """The command's exit status, and its name (for a message when interrupted)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    commands = subparsers(parser)
+    if not argv or argv[0] in ("-h", "--help", "--version"):
+        parser.parse_args(argv)  # help or version: prints and exits
+        parser.print_usage(sys.stderr)
+        return EXIT_USAGE, "wasmgroup"
+    # `wasmgroup -v inspect X`: verbosity given before the command belongs to it.
+    lead = 0
+    while lead < len(argv) - 1 and argv[lead] in VERBOSITY_FLAGS:
+        lead += 1
+    if lead and argv[lead] in commands:
+        argv = [argv[lead], *argv[:lead], *argv[lead + 1:]]
+    # As wasmtime: anything that is not a command is a program (or run's options) to run.
+    name = argv[0] if argv[0] in commands else "run"
+    if name == argv[0]:
+        argv = argv[1:]
+    sub = commands[name]
+    args = sub.parse_args(argv)
+    _configure_logging(args.verbose, args.quiet)
+    handler: Callable[[argparse.Namespace, argparse.ArgumentParser], int] = args.handler
+    return handler(args, sub), f"wasmgroup {name}"
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ Exit status: the program's own exit code; 134 when it traps; 125 when wasmgroup 
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import posixpath
 import threading
@@ -53,8 +54,9 @@ from wasmgroup.orchestrator.workers import (
     WorkerProcess,
     WorkerStartError,
 )
+from wasmgroup.shared.cpus import usable_cpus
 from wasmgroup.shared.errors import LinkError, WasmgroupError
-from wasmgroup.shared.memory import MAX_PAGES_32, SharedRegion
+from wasmgroup.shared.memory import MAX_PAGES_32, PAGE, SharedRegion
 from wasmgroup.shared.plan import LoadPlan, ModulePlan, state_from_wire, to_wire
 from wasmgroup.shared.wasm import FuncType, Limits, WasmModule
 from wasmgroup.worker.group import ENGINE_SETTINGS, make_engine_config
@@ -62,6 +64,7 @@ from wasmgroup.worker.group import ENGINE_SETTINGS, make_engine_config
 EXIT_TRAP = 134
 EXIT_RUNTIME_ERROR = 125
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+EXIT_TIMEOUT = 124  # as timeout(1)
 EAGAIN = 6
 ENOTCAPABLE = 76
 
@@ -76,11 +79,12 @@ class RunResult:
     stdout: bytes = b""
     stderr: bytes = b""
     error: str | None = None  # a trap or start-up failure, as one readable message
+    verify_summary: str | None = None  # with verify_groups: what was checked, if all agreed
 
 
 def default_pool_size() -> int:
     """Enough idle workers for the main thread and one thread per core, at most 8."""
-    return max(2, min(8, (os.cpu_count() or 1) + 1))
+    return max(2, min(8, usable_cpus() + 1))
 
 
 @dataclass
@@ -96,7 +100,11 @@ class ProgramOptions:
     trace: Path | None = None  # one JSON line per link operation, with phase timings
     pool_size: int = field(default_factory=default_pool_size)  # idle workers kept ready
     max_module_size: int = DEFAULT_MAX_MODULE_SIZE  # bytes; larger module files are refused
+    timeout: float | None = None  # seconds: then stop every thread, status 124
+    max_memory: int | None = None  # bytes the linear memory may reach (memory.grow fails)
 
+
+log = logging.getLogger("wasmgroup")
 
 MAX_THREAD_ID = (1 << 29) - 1  # wasi-threads: thread ids are in [1, 2^29)
 TLS_ARENA_BYTES = 4096  # a group's TLS arena (asked for when first needed; more on demand)
@@ -154,7 +162,11 @@ class Program:
                                  options.max_module_size)
         self._stdout = PipeCapture() if options.capture_output else None
         self._stderr = PipeCapture() if options.capture_output else None
-        self.tracer = Tracer(options.trace)
+        self.tracer = Tracer(options.trace, path)
+        log.info("pool of %d idle workers", options.pool_size)
+        self._timer: threading.Timer | None = None
+        self.verify_checks = 0  # --verify-groups: checks made, and the groups they covered
+        self._verified_groups: set[int] = set()
         self._topology = threading.Lock()
         self._topology_holder: WorkerProcess | None = None
         self._loading: WorkerProcess | None = None  # the group applying a dlopen's constructors
@@ -193,7 +205,7 @@ class Program:
         return self.cache.load(found.fd, found.host_path, found.guest_path).parsed
 
     def _artefacts(self, modules: Iterable[ModulePlan]) -> dict[str, str]:
-        return {m.host_path: str(self.cache.loaded(m.host_path).artefact) for m in modules}
+        return {m.host_path: self.cache.loaded(m.host_path).shared_path for m in modules}
 
     def _load_op(self, plan: LoadPlan) -> dict[str, Any]:
         return {**to_wire(plan), "artefacts": self._artefacts(plan.modules)}
@@ -205,10 +217,15 @@ class Program:
             if region is None:
                 return -1
             old = region.pages
-            if old + pages > region.max_pages:
+            if old + pages > min(region.max_pages, self._page_limit()):
                 return -1
             region.set_pages(old + pages)
             return old
+
+    def _page_limit(self) -> int:
+        """--max-memory in wasm pages (no limit: the memory's own maximum decides)."""
+        limit = self.options.max_memory
+        return MAX_PAGES_32 if limit is None else limit // PAGE
 
     def tls_arena(self, thread_id: int, minimum: int = TLS_ARENA_BYTES) -> list[int]:
         """Memory from which a group places its own TLS blocks of side modules that other
@@ -247,6 +264,9 @@ class Program:
         if pages > maximum:
             raise LinkError(f"the program needs {pages} pages of memory but its memory import "
                             f"allows at most {maximum}")
+        if pages > self._page_limit():
+            raise ProgramError(f"the program needs {pages * PAGE} bytes of memory at start, "
+                               f"more than --max-memory {self.options.max_memory}")
         self.region = SharedRegion.create(maximum, pages)
         self._shared_memory = limits.shared
         return pages
@@ -274,6 +294,7 @@ class Program:
             "slots": [],
             "entry": None,  # [name, args]: run it as soon as the group exists
             "program_id": os.getpid(),  # the guest's process id, in every thread
+            "max_memory": self.options.max_memory,  # bytes, for a memory the module defines
         }
         return config, fds
 
@@ -293,6 +314,8 @@ class Program:
 
     def start(self) -> None:
         """Link the main module and its NEEDED tree, constructors included."""
+        self._arm_timeout()
+        started = time.perf_counter()
         main, host_path = self.cache.load_file(self.path)
         self._create_memory(main.parsed)
         pending = self.linker.plan_main(main.parsed, self._guest_path_of_main(), host_path)
@@ -310,7 +333,19 @@ class Program:
             with self._groups_lock:
                 self.groups.pop(1, None)
             raise
-        self.tracer.record(op="start", thread=1, groups=1, ok=True, handles=pending.plan.handles)
+        self.tracer.record(op="start", thread=1, groups=1, ok=True, handles=pending.plan.handles,
+                           pid=worker.pid, total_ms=ms(time.perf_counter() - started))
+        log.info("linked %s: modules %s, main thread in worker %d", self.path,
+                 pending.plan.handles, worker.pid)
+
+    def _arm_timeout(self) -> None:
+        seconds = self.options.timeout
+        if seconds is None or self._timer is not None:
+            return
+        self._timer = threading.Timer(seconds, self.finish, args=(
+            EXIT_TIMEOUT, f"timed out after {seconds:g} s (--timeout): every thread stopped"))
+        self._timer.daemon = True
+        self._timer.start()
 
     def _apply_first(self, worker: WorkerProcess, pending: PendingLoad) -> None:
         """The instigating group applies a load with its initialisation; commit or abort."""
@@ -392,6 +427,8 @@ class Program:
             return
         self._closed = True
         self._stop.set()
+        if self._timer is not None:
+            self._timer.cancel()
         self.pool.close(INTERRUPT_GRACE if self._interrupted else SHUTDOWN_GRACE)
         self.cache.close()
         self.fs.close()
@@ -425,6 +462,8 @@ class Program:
         with self._groups_lock:
             self.groups.pop(tid, None)
             others_left = bool(self.groups)
+        self.tracer.record(op="thread_exit", thread=tid, pid=worker.pid, how=how, code=code)
+        log.debug("%s (worker %d) ended: %s %s", name, worker.pid, how, code)
         if how == "trap":
             self.finish(EXIT_TRAP, f"the program trapped in {name}: {text}")
         elif how == "exit":
@@ -463,6 +502,9 @@ class Program:
         if assignment is not None:
             assignment.error = f"its worker process {worker.pid} {reason}"
             assignment.done.set()
+        if hosted:
+            self.tracer.record(op="thread_exit", thread=tid, pid=worker.pid, how="lost",
+                               code=None)
         if hosted and not self._stop.is_set():
             name = "the main thread" if tid == 1 else f"thread {tid}"
             self.finish(EXIT_RUNTIME_ERROR,
@@ -520,20 +562,22 @@ class Program:
 
     # ------------------------------------------------------------------ the barrier
     @contextmanager
-    def _topology_lock(self, requester: WorkerProcess | None) -> Iterator[None]:
+    def _topology_lock(self, requester: WorkerProcess | None) -> Iterator[float]:
         """Held for every change of link topology. The groups waiting for it keep applying
         what the holder broadcasts (their worker services operations while it waits). It is
         held for a group, not a thread: a request the holder's group makes while its own
-        operation runs (dlsym or a lazy stub in a constructor) goes through."""
+        operation runs (dlsym or a lazy stub in a constructor) goes through. Yields the
+        seconds spent waiting for it (--trace's `lock_wait_ms`)."""
         if requester is not None and self._topology_holder is requester:
-            yield
+            yield 0.0
             return
+        started = time.perf_counter()
         while not self._topology.acquire(timeout=WAIT_SLICE):
             if self._stop.is_set():
                 raise CallStopped()
         self._topology_holder = requester
         try:
-            yield
+            yield time.perf_counter() - started
         finally:
             self._topology_holder = None
             self._topology.release()
@@ -573,13 +617,28 @@ class Program:
         if difference is not None:
             self.finish(EXIT_RUNTIME_ERROR, f"--verify-groups: after {after}: {difference}")
             raise CallStopped()
+        self.verify_checks += 1
+        self._verified_groups.update(s.thread_id for s in states)
         return time.perf_counter() - started
+
+    def verify_summary(self) -> str | None:
+        """With --verify-groups, what was checked (for a program that was not stopped)."""
+        if not self.options.verify_groups:
+            return None
+        return (f"verify-groups: {self.verify_checks} checks after link operations, "
+                f"{len(self._verified_groups)} groups, all agreed")
 
     def _trace_op(self, op: str, worker: WorkerProcess, started: float, **fields: object
                   ) -> None:
+        total = ms(time.perf_counter() - started)
         if self.tracer.enabled:
             self.tracer.record(op=op, thread=worker.thread_id, groups=len(self.groups),
-                               total_ms=ms(time.perf_counter() - started), **fields)
+                               total_ms=total, **fields)
+        if log.isEnabledFor(logging.INFO):
+            what = fields.get("name") or fields.get("new_thread", "")
+            outcome = "ok" if fields.get("ok") else f"failed: {fields.get('error')}"
+            log.info("%s %s by thread %d: %s, %.1f ms, %d groups", op, what, worker.thread_id,
+                     outcome, total, len(self.groups))
 
     # ------------------------------------------------------------------ link operations
     def dlopen(self, worker: WorkerProcess, name: str, ld_library_path: list[str] | None
@@ -589,14 +648,16 @@ class Program:
         if self._loading is worker:
             raise LinkError(f"cannot load {name} from a constructor of a library being loaded "
                             "(dlopen inside dlopen)")
-        with self._topology_lock(worker):
+        with self._topology_lock(worker) as waited:
+            locked = time.perf_counter()
             compiled_before = self.cache.compile_seconds
             try:
                 outcome = self.linker.plan_load(name, ld_library_path)
                 if not isinstance(outcome, int):
                     self._artefacts(outcome.plan.modules)  # compiled before anything runs
             except LinkError as err:
-                self._trace_op("dlopen", worker, started, name=name, ok=False, error=str(err))
+                self._trace_op("dlopen", worker, started, name=name, ok=False, error=str(err),
+                               lock_wait_ms=ms(waited))
                 raise
             planned = time.perf_counter()
             if isinstance(outcome, int):
@@ -614,22 +675,24 @@ class Program:
             verify_seconds = self._verify(f"dlopen {name}")
             self._trace_op(
                 "dlopen", worker, started, name=name, ok=True, loaded=True,
-                handles=outcome.plan.handles, plan_ms=ms(planned - started),
+                handles=outcome.plan.handles, lock_wait_ms=ms(waited),
+                plan_ms=ms(planned - locked),
                 compile_ms=ms(self.cache.compile_seconds - compiled_before),
                 apply_ms=ms(applied - planned), broadcast_ms=ms(broadcast - applied),
                 **_apply_times(others), verify_ms=ms(verify_seconds))
             return outcome.names[name]
 
     def dlsym(self, worker: WorkerProcess, handle: int, name: str) -> Any:
-        with self._topology_lock(worker):
-            started = time.perf_counter()
+        started = time.perf_counter()
+        with self._topology_lock(worker) as waited:
             address, assignment = self.linker.dlsym(handle, name)
             if assignment is not None:
                 others = self._broadcast(to_wire(assignment))
                 broadcast = time.perf_counter()
                 verify_seconds = self._verify(f"dlsym {name}")
                 self._trace_op("dlsym", worker, started, name=name, ok=True,
-                               slot=assignment.slot, broadcast_ms=ms(broadcast - started),
+                               slot=assignment.slot, lock_wait_ms=ms(waited),
+                               broadcast_ms=ms(broadcast - started - waited),
                                **_apply_times(others), verify_ms=ms(verify_seconds))
             return address
 
@@ -670,19 +733,19 @@ class Program:
             return -EAGAIN  # threads need a shared memory
         if self.linker.modules[MAIN_HANDLE].module.export_named("wasi_thread_start") is None:
             return -ENOTCAPABLE  # as Wasmer: nothing to start the thread with
-        with self._topology_lock(spawner):
+        started = time.perf_counter()
+        with self._topology_lock(spawner) as waited:
             tid = next(self._thread_ids)
             if tid > MAX_THREAD_ID:
                 return -EAGAIN
-            started = time.perf_counter()
             with self._groups_lock:
                 standby = self._standby.pop(0) if self._standby else None
             if standby is not None and self._standby_is_current(standby):
                 self._start_standby(standby, tid, start_arg)
                 self._trace_op("spawn", spawner, started, ok=True, new_thread=tid,
-                               standby=True)
+                               standby=True, pid=standby.pid, lock_wait_ms=ms(waited))
             else:
-                self._spawn_fresh(spawner, tid, start_arg, started)
+                self._spawn_fresh(spawner, tid, start_arg, started, waited)
         self._replenish_standby_later()
         return tid
 
@@ -706,9 +769,10 @@ class Program:
             self.groups[tid] = child
         self.threads[tid] = child
         child.send("run", entry="wasi_thread_start", args=[tid, start_arg], thread=tid)
+        self.tracer.record(op="thread_start", thread=tid, pid=child.pid, standby=True)
 
     def _spawn_fresh(self, spawner: WorkerProcess, tid: int, start_arg: int,
-                     started: float) -> None:
+                     started: float, waited: float) -> None:
         try:
             child = self.pool.take(cancelled=self._stop.is_set)
         except WorkerStartError as err:
@@ -732,10 +796,12 @@ class Program:
             raise CallStopped() from None
         replayed = time.perf_counter()
         verify_seconds = self._verify(f"spawning thread {tid}")
-        self._trace_op("spawn", spawner, started, ok=True, new_thread=tid,
-                       replay_ms=ms(replayed - started), verify_ms=ms(verify_seconds))
+        self._trace_op("spawn", spawner, started, ok=True, new_thread=tid, pid=child.pid,
+                       lock_wait_ms=ms(waited), replay_ms=ms(replayed - started - waited),
+                       verify_ms=ms(verify_seconds))
         if config["entry"] is None:
             child.send("run", entry="wasi_thread_start", args=[tid, start_arg], thread=tid)
+        self.tracer.record(op="thread_start", thread=tid, pid=child.pid, standby=False)
 
     def _replenish_standby_later(self) -> None:
         """Prepare the next thread's group in the background (threaded programs only; not
@@ -785,7 +851,8 @@ def run_program(path: str, args: Sequence[str] = (), *, env: dict[str, str] | No
                 dirs: Sequence[str] = (), lib_paths: Sequence[str] = (), cwd: str = "/",
                 capture_output: bool = True, cache_dir: Path | None = None,
                 verify_groups: bool = False, trace: Path | None = None,
-                pool_size: int | None = None,
+                pool_size: int | None = None, timeout: float | None = None,
+                max_memory: int | None = None,
                 max_module_size: int = DEFAULT_MAX_MODULE_SIZE) -> RunResult:
     """Run a WebAssembly program to completion and return its exit code and output.
 
@@ -793,7 +860,9 @@ def run_program(path: str, args: Sequence[str] = (), *, env: dict[str, str] | No
     host directories searched for libraries after the guest's own library directories. With
     `capture_output` (the default) the program's stdout and stderr come back in the result.
     Every wasm thread runs in a worker process of its own; `pool_size` idle workers are kept
-    ready for new threads. A module file over `max_module_size` bytes is refused unread.
+    ready for new threads. After `timeout` seconds the program is stopped (status 124);
+    `max_memory` bytes bound the linear memory (memory.grow beyond it fails). A module file
+    over `max_module_size` bytes is refused unread.
 
     Ctrl-C (SIGINT), when called from the main thread, raises no KeyboardInterrupt: at any
     point (start-up included) it stops the program, every worker is reaped, and the result
@@ -802,18 +871,21 @@ def run_program(path: str, args: Sequence[str] = (), *, env: dict[str, str] | No
     """
     options = ProgramOptions(args=args, env=dict(env or {}), dirs=dirs, lib_paths=lib_paths,
                              cwd=cwd, capture_output=capture_output, cache_dir=cache_dir,
-                             verify_groups=verify_groups, trace=trace,
-                             max_module_size=max_module_size)
+                             verify_groups=verify_groups, trace=trace, timeout=timeout,
+                             max_memory=max_memory, max_module_size=max_module_size)
     if pool_size is not None:
         options.pool_size = pool_size
     with watch_interrupts() as watch:
         program = Program(path, options)
         try:
             watch.set_target(program.interrupt)
-            return program.run()
+            result = program.run()
+            if result.error is None:
+                result.verify_summary = program.verify_summary()
+            return result
         finally:
             program.close()
 
 
-__all__ = ["EXIT_INTERRUPTED", "EXIT_RUNTIME_ERROR", "EXIT_TRAP", "Program", "ProgramOptions",
-           "RunResult", "run_program"]
+__all__ = ["EXIT_INTERRUPTED", "EXIT_RUNTIME_ERROR", "EXIT_TIMEOUT", "EXIT_TRAP", "Program",
+           "ProgramOptions", "RunResult", "run_program"]

@@ -1,26 +1,40 @@
 """`--trace FILE`: one JSON line per link operation, with the time spent in each phase.
 
-Fields: `op` (start, dlopen, dlsym, spawn), `thread` (instigator), `groups` (live groups),
-`ok`, and per phase in milliseconds: `plan_ms` (locate, parse, resolve, place; includes
+The first line is a header: `op: "trace"`, `wasmgroup` and `wasmtime` versions, `program`.
+Link operations: `op` (start, dlopen, dlsym, spawn), `thread` (instigator), `groups` (live
+groups), `ok`, and per phase in milliseconds: `lock_wait_ms` (waiting for the topology lock
+behind other link operations), `plan_ms` (locate, parse, resolve, place; includes
 `compile_ms`, compiling modules not yet in the cache), `apply_ms` (the instigating group:
 instantiation, relocations, constructors), `broadcast_ms` (until every other group applied),
-`group_apply_ms` ({thread: ms} spent applying in each other group), `verify_ms`, `total_ms`.
+`group_apply_ms` ({thread: ms} spent applying in each other group), `verify_ms`, `total_ms`
+(from the request to its answer, lock wait included). Threads: `thread_start` and
+`thread_exit` with the worker's `pid` (`how` it ended and `code` on exit). Every line has
+`at_ms`, milliseconds since the program started, taken when the line is written (at the end
+of an operation). `FILE` `-` is stderr.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+from wasmgroup.orchestrator.cache import WASMGROUP_VERSION, WASMTIME_VERSION
 
 
 class Tracer:
-    def __init__(self, path: Path | None) -> None:
-        self._file = open(path, "w", encoding="utf-8") if path else None  # noqa: SIM115
+    def __init__(self, path: Path | None, program: str = "") -> None:
+        self._own_file = path is not None and str(path) != "-"
+        self._file: IO[str] | None = None
+        if path is not None:
+            self._file = open(path, "w", encoding="utf-8") if self._own_file else sys.stderr  # noqa: SIM115
         self._lock = threading.Lock()
         self._origin = time.monotonic()
+        self.record(op="trace", wasmgroup=WASMGROUP_VERSION, wasmtime=WASMTIME_VERSION,
+                    program=program)
 
     @property
     def enabled(self) -> bool:
@@ -36,9 +50,9 @@ class Tracer:
             self._file.flush()
 
     def close(self) -> None:
-        if self._file is not None:
+        if self._file is not None and self._own_file:
             self._file.close()
-            self._file = None
+        self._file = None
 
 
 def ms(seconds: float) -> float:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import os
 import queue
 import signal
@@ -37,6 +38,7 @@ from wasmgroup.shared.errors import WasmgroupError
 # the topology lock) makes them nested in that request, so they must not queue behind it.
 IMMEDIATE_CALLS = frozenset({"grow", "tls_arena", "cwd", "chdir", "is_side_module"})
 READY_TIMEOUT = 60.0  # seconds for a new worker to import wasmtime and create its engine
+log = logging.getLogger("wasmgroup")
 SHUTDOWN_GRACE = 2.0  # seconds a worker gets to leave on its own before it is killed
 READY_SLICE = 0.05  # seconds between checks for a cancelled wait for a worker
 
@@ -279,6 +281,8 @@ class WorkerPool:
 
     def _start_one(self, background: bool = False) -> WorkerProcess:
         worker = WorkerProcess(background=background)
+        log.info("worker %d started (%s)", worker.pid, "idle, in the pool" if background
+                 else "needed now")
         with self._lock:
             closed = self._closed
             if not closed:

@@ -236,6 +236,10 @@ class Worker:
         with self._group_lock:
             self.group = group
         group.program_id = config["program_id"]
+        if region is None and config.get("max_memory") is not None:
+            # A memory of the module's own grows inside wasmtime: bound it there (a shared
+            # region's logical size is bounded by the coordinator).
+            group.store.set_limits(memory_size=config["max_memory"])
         group.attach_memory(region, bool(memory and memory["shared"]))
         group.create_table(config["table_length"], config["stack_pointer"])
         if role == "thread":

@@ -7,12 +7,12 @@ errno. They reach the linker through the group's `LinkService`, and memory throu
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from wasmgroup.shared import hostabi
+from wasmgroup.shared.cpus import usable_cpus
 from wasmgroup.shared.errors import LinkError, UnsupportedCall
 from wasmgroup.shared.futex import futex_wake
 from wasmgroup.worker.memview import GuestFault
@@ -197,7 +197,7 @@ def make_wasix_functions(group: InstanceGroup) -> dict[str, Callable[..., int | 
 
     @_faults_to_errno
     def thread_parallelism(ret: int) -> int:
-        group.memory.write_u32(ret, os.cpu_count() or 1)
+        group.memory.write_u32(ret, usable_cpus())
         return ESUCCESS
 
     @_faults_to_errno
