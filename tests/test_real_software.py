@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from leaks import assert_nothing_left, open_fds
+
 from wasmgroup.orchestrator.program import RunResult, run_program
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,8 +57,9 @@ def fresh(tmp_path: Path, name: str) -> Path:
 def sqlite_both(guests: Path, native: Path, tmp_path: Path, *args: str, **kw: object
                 ) -> tuple[list[str], list[str]]:
     """`sqldrv MODE DIR ARGS...` natively and under wasmgroup (DIR mapped at /data)."""
+    ext = str(native / "sqlite" / "libwgext.so")
     nat = run_native([str(native / "sqlite" / "sqldrv"), args[0], str(fresh(tmp_path, "native")),
-                      *[a.replace("{ext}", str(native / "sqlite" / "libwgext.so")) for a in args[1:]]])
+                      *[a.replace("{ext}", ext) for a in args[1:]]])
     assert nat.returncode == 0, nat.stdout + nat.stderr
     data = fresh(tmp_path, "wasm")
     res = run_wasm(guests / "sqlite" / "sqldrv.wasm",
@@ -109,13 +110,13 @@ def test_sqlite_shared_cache_threads(guests: Path, native: Path, tmp_path: Path)
 
 # ---- Lua -------------------------------------------------------------------------------------
 
-def lua_both(guests: Path, native: Path, tmp_path: Path, script: str, extra: list[str] | None = None,
-             **kw: object) -> tuple[subprocess.CompletedProcess[str], RunResult]:
-    """`lua SCRIPT DIR` natively and under wasmgroup; DIR holds wgmod.so and may be written."""
+def lua_both(guests: Path, native: Path, tmp_path: Path, args: list[str], **kw: object
+             ) -> tuple[subprocess.CompletedProcess[str], RunResult]:
+    """`lua ARGS...` natively and under wasmgroup. {dir} in ARGS: a fresh directory holding
+    wgmod.so (may be written); {src}: tests/programs/lua (the scripts)."""
     ndir, wdir = fresh(tmp_path, "native"), fresh(tmp_path, "wasm")
     shutil.copy(native / "lua" / "wgmod.so", ndir)
     shutil.copy(guests / "lua" / "wgmod.so", wdir)
-    args = extra if extra is not None else [script, "{dir}"]
     nat = run_native([str(native / "lua" / "lua"),
                       *[a.replace("{dir}", str(ndir)).replace("{src}", str(PROGRAMS / "lua"))
                         for a in args]])
@@ -126,7 +127,7 @@ def lua_both(guests: Path, native: Path, tmp_path: Path, script: str, extra: lis
 
 
 def test_lua_plain_script(guests: Path, native: Path, tmp_path: Path) -> None:
-    nat, res = lua_both(guests, native, tmp_path, "", ["{src}/plain.lua", "{dir}"])
+    nat, res = lua_both(guests, native, tmp_path, ["{src}/plain.lua", "{dir}"])
     assert nat.returncode == 0, nat.stderr
     assert res.error is None and res.exit_code == 0, (res.error, res.stderr)
     assert res.stdout.decode().splitlines() == nat.stdout.splitlines()
@@ -135,7 +136,7 @@ def test_lua_plain_script(guests: Path, native: Path, tmp_path: Path) -> None:
 
 
 def test_lua_require_c_module(guests: Path, native: Path, tmp_path: Path) -> None:
-    nat, res = lua_both(guests, native, tmp_path, "", ["{src}/require.lua", "{dir}"],
+    nat, res = lua_both(guests, native, tmp_path, ["{src}/require.lua", "{dir}"],
                         verify_groups=True)
     assert nat.returncode == 0, nat.stderr
     assert res.error is None and res.exit_code == 0, (res.error, res.stderr)
@@ -143,13 +144,14 @@ def test_lua_require_c_module(guests: Path, native: Path, tmp_path: Path) -> Non
     assert res.stdout.decode().splitlines() == lines
     assert "loaded\twgmod 1.0\tloads\t1" in lines and "sum\t15\t0" in lines
     assert "check error\tfalse\twgmod.check: integer expected, got string" in lines
+    assert "parse\t127\tERANGE\tinvalid" in lines  # errno from a side module
     assert "missing\tfalse\ttrue\ttrue" in lines and lines[-1] == "done"
 
 
 def test_lua_uncaught_error_exits_1_like_native(guests: Path, native: Path,
                                                tmp_path: Path) -> None:
     """A script error ends the interpreter with status 1 and Lua's message, through longjmp."""
-    nat, res = lua_both(guests, native, tmp_path, "",
+    nat, res = lua_both(guests, native, tmp_path,
                         ["-e", "package.cpath='{dir}/?.so' local m = require 'wgmod' "
                                "print(m.sum(1, 2)) m.check(1.5)"])
     assert nat.returncode == 1

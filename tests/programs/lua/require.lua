@@ -9,6 +9,9 @@ print("sum", wgmod.sum(1, 2, 3, 4, 5), wgmod.sum())
 print("join", wgmod.join({"a", "b", 3, 4.5}), wgmod.join({}, "-"), wgmod.join({1, 2}, " + "))
 print("fold", wgmod.fold(function(i) return i * i end, 10))
 print("check", wgmod.check(21))
+-- errno set by libc (strtoll) in the calling thread, read by the module.
+print("parse", wgmod.parse("0x7f"), select(2, wgmod.parse("99999999999999999999")),
+      select(2, wgmod.parse("12abc")))
 -- Errors raised in the module (luaL_error, luaL_checkinteger) unwind through it to pcall.
 local ok, err = pcall(wgmod.check, "x")
 print("check error", ok, err)

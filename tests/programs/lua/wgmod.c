@@ -3,10 +3,15 @@
  * `require "wgmod"` finds it through package.cpath ("?.so" patterns), dlopens it and calls
  * luaopen_wgmod through dlsym; every Lua API call it makes is an import resolved against the
  * interpreter's exports. wgmod.check raises a Lua error (a longjmp thrown by the interpreter
- * through this module's frames) when its argument is not an integer.
+ * through this module's frames) when its argument is not an integer. wgmod.parse reads errno
+ * after strtoll, through __errno_location() (see include/side_errno.h).
  */
+#include <stdlib.h>
+#include <string.h>
+
 #include "lauxlib.h"
 #include "lua.h"
+#include "side_errno.h"
 
 static int loads;
 
@@ -56,8 +61,23 @@ static int wg_fold(lua_State *L) {
     return 1;
 }
 
-static const luaL_Reg funcs[] = {
-    {"sum", wg_sum}, {"join", wg_join}, {"check", wg_check}, {"fold", wg_fold}, {NULL, NULL}};
+/* strtoll in base 0: the number, or nil and "ERANGE" / "invalid". */
+static int wg_parse(lua_State *L) {
+    const char *s = luaL_checkstring(L, 1);
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 0);
+    if (errno == ERANGE || end == s || *end) {
+        lua_pushnil(L);
+        lua_pushstring(L, errno == ERANGE ? "ERANGE" : "invalid");
+        return 2;
+    }
+    lua_pushinteger(L, (lua_Integer)v);
+    return 1;
+}
+
+static const luaL_Reg funcs[] = {{"sum", wg_sum},     {"join", wg_join},   {"check", wg_check},
+                                 {"fold", wg_fold},   {"parse", wg_parse}, {NULL, NULL}};
 
 int luaopen_wgmod(lua_State *L) {
     loads++;
