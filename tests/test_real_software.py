@@ -54,16 +54,19 @@ def fresh(tmp_path: Path, name: str) -> Path:
 
 # ---- SQLite ------------------------------------------------------------------------------------
 
-def sqlite_both(guests: Path, native: Path, tmp_path: Path, *args: str, **kw: object
-                ) -> tuple[list[str], list[str]]:
-    """`sqldrv MODE DIR ARGS...` natively and under wasmgroup (DIR mapped at /data)."""
+def sqlite_both(guests: Path, native: Path, tmp_path: Path, *args: str, memory: bool = False,
+                **kw: object) -> tuple[list[str], list[str]]:
+    """`sqldrv MODE DIR ARGS...` natively and under wasmgroup (DIR mapped at /data), or with
+    DIR ":memory:" (an in-memory database) when `memory`."""
     ext = str(native / "sqlite" / "libwgext.so")
-    nat = run_native([str(native / "sqlite" / "sqldrv"), args[0], str(fresh(tmp_path, "native")),
+    ndir = ":memory:" if memory else str(fresh(tmp_path, "native"))
+    nat = run_native([str(native / "sqlite" / "sqldrv"), args[0], ndir,
                       *[a.replace("{ext}", ext) for a in args[1:]]])
     assert nat.returncode == 0, nat.stdout + nat.stderr
     data = fresh(tmp_path, "wasm")
     res = run_wasm(guests / "sqlite" / "sqldrv.wasm",
-                   [args[0], "/data", *[a.replace("{ext}", "/ext/libwgext.so") for a in args[1:]]],
+                   [args[0], ":memory:" if memory else "/data",
+                    *[a.replace("{ext}", "/ext/libwgext.so") for a in args[1:]]],
                    [f"{data}::/data", f"{guests / 'sqlite'}::/ext"], **kw)
     out = res.stdout.decode()
     assert res.error is None and res.exit_code == 0, (res.exit_code, res.error, out)
@@ -94,16 +97,27 @@ def test_sqlite_loadable_extension_is_a_side_module(guests: Path, native: Path,
     assert nat[-1] == "ext: ok"
 
 
+@pytest.mark.parametrize("mode", ["threads", "shared"])
+def test_sqlite_threads_on_an_in_memory_database(guests: Path, native: Path, tmp_path: Path,
+                                                 mode: str) -> None:
+    """SQLite's mutexes across threads (one serialized connection; shared cache: a connection
+    per thread over one in-memory database), no descriptors involved."""
+    nat, wasm = sqlite_both(guests, native, tmp_path, mode, "4", memory=True, verify_groups=True)
+    assert nat[-1] == f"{mode}: ok"
+    assert "total: n=161 threads=5 sum_n=3120" in nat
+    assert wasm == nat
+
+
 @PER_THREAD_FDS
 def test_sqlite_threads_share_one_connection(guests: Path, native: Path, tmp_path: Path) -> None:
-    nat, wasm = sqlite_both(guests, native, tmp_path, "threads", "4")
+    nat, wasm = sqlite_both(guests, native, tmp_path, "threads", "4", verify_groups=True)
     assert nat[-1] == "threads: ok"
     assert wasm == nat
 
 
 @PER_THREAD_FDS
 def test_sqlite_shared_cache_threads(guests: Path, native: Path, tmp_path: Path) -> None:
-    nat, wasm = sqlite_both(guests, native, tmp_path, "shared", "4")
+    nat, wasm = sqlite_both(guests, native, tmp_path, "shared", "4", verify_groups=True)
     assert nat[-1] == "shared: ok"
     assert wasm == nat
 

@@ -9,6 +9,7 @@
  *                             sqlite3_wgext_init), its SQL functions, then a missing extension
  *   sqldrv threads DIR N      one connection (serialized mode) used by N threads at once
  *   sqldrv shared DIR N       shared-cache mode: N threads, a connection each, one pager
+ *   (DIR ":memory:" for threads/shared: an in-memory database instead, no file descriptors)
  *
  * Every line is printed by the main thread, after joins, so the output is deterministic.
  * Exit status 0 when every step did what it should, 1 otherwise (the failing step is printed).
@@ -188,21 +189,22 @@ static int cmd_ext(const char *dir, const char *lib) {
 /* ---- threads / shared -------------------------------------------------------------------- */
 struct job {
     int id;
-    const char *dir;
+    const char *path; /* what the thread opens (shared) */
     sqlite3 *db; /* the shared connection (threads), or NULL: open one (shared) */
     int inserted;
     long long seen;
     char error[256];
 };
 
-static int step_retry(sqlite3 *db, sqlite3_stmt *st) {
-    for (;;) {
+/* Shared cache: a table lock held by another connection of the cache gives SQLITE_LOCKED,
+ * which busy_timeout does not cover: retry, boundedly (a lock never released must not hang). */
+static int step_retry(sqlite3_stmt *st) {
+    for (int tries = 0;; tries++) {
         int rc = sqlite3_step(st);
-        /* Shared cache: a table lock held by another connection of the cache (SQLITE_LOCKED). */
-        if ((rc & 0xff) != SQLITE_LOCKED && rc != SQLITE_BUSY) return rc;
+        if (((rc & 0xff) != SQLITE_LOCKED && rc != SQLITE_BUSY) || tries == 1000000) return rc;
         sqlite3_reset(st);
-        sched_yield();
-        (void)db;
+        if (tries > 100) usleep(100);
+        else sched_yield();
     }
 }
 
@@ -210,9 +212,9 @@ static void *worker(void *arg) {
     struct job *j = arg;
     sqlite3 *db = j->db;
     if (!db) {
-        char path[512];
-        snprintf(path, sizeof path, "%s/shared.db", j->dir);
-        if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_SHAREDCACHE, NULL)) {
+        if (sqlite3_open_v2(j->path, &db,
+                            SQLITE_OPEN_READWRITE | SQLITE_OPEN_SHAREDCACHE | SQLITE_OPEN_URI,
+                            NULL)) {
             snprintf(j->error, sizeof j->error, "open: %s", sqlite3_errmsg(db));
             sqlite3_close(db);
             return NULL;
@@ -232,7 +234,7 @@ static void *worker(void *arg) {
         sqlite3_bind_int(ins, 1, j->id);
         sqlite3_bind_int(ins, 2, n);
         sqlite3_bind_text(ins, 3, payload, -1, SQLITE_TRANSIENT);
-        int rc = step_retry(db, ins);
+        int rc = step_retry(ins);
         sqlite3_reset(ins);
         if (rc != SQLITE_DONE) {
             snprintf(j->error, sizeof j->error, "insert %d: %s", n, sqlite3_errmsg(db));
@@ -240,7 +242,7 @@ static void *worker(void *arg) {
         }
         j->inserted++;
         sqlite3_bind_int(sel, 1, j->id);
-        rc = step_retry(db, sel);
+        rc = step_retry(sel);
         if (rc == SQLITE_ROW) j->seen = sqlite3_column_int64(sel, 0);
         sqlite3_reset(sel);
         if (rc != SQLITE_ROW) {
@@ -261,18 +263,29 @@ static int cmd_threads(const char *dir, int nthreads, int shared) {
         return 1;
     }
     const char *name = shared ? "shared.db" : "threads.db";
-    remove_db(dir, name);
+    int memory = !strcmp(dir, ":memory:");
+    char path[512];
+    if (memory) /* shared: one named in-memory database, seen by every connection of the cache */
+        snprintf(path, sizeof path, "%s", shared ? "file:wgmem?mode=memory&cache=shared" : dir);
+    else
+        snprintf(path, sizeof path, "%s/%s", dir, name), remove_db(dir, name);
     if (shared && sqlite3_enable_shared_cache(1) != SQLITE_OK) fail("enable_shared_cache", NULL);
     printf("threadsafe=%d\n", sqlite3_threadsafe());
     /* Serialized mode: one connection, SQLite's own mutex around every call. */
-    sqlite3 *db = open_db(dir, name, shared ? SQLITE_OPEN_SHAREDCACHE : SQLITE_OPEN_FULLMUTEX);
-    if (!db) return 1;
+    sqlite3 *db = NULL;
+    int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_URI |
+                (shared ? SQLITE_OPEN_SHAREDCACHE : SQLITE_OPEN_FULLMUTEX);
+    if (sqlite3_open_v2(path, &db, flags, NULL) != SQLITE_OK) {
+        fail("open", db);
+        return 1;
+    }
+    sqlite3_busy_timeout(db, 10000);
     exec(db, "CREATE TABLE log(id INTEGER PRIMARY KEY, thread INTEGER, n INTEGER, payload TEXT)");
     exec(db, "INSERT INTO log(thread, n, payload) VALUES (-1, 0, 'opened by main')");
     pthread_t tids[MAX_THREADS];
     struct job jobs[MAX_THREADS];
     for (int i = 0; i < nthreads; i++) {
-        jobs[i] = (struct job){.id = i, .dir = dir, .db = shared ? NULL : db};
+        jobs[i] = (struct job){.id = i, .path = path, .db = shared ? NULL : db};
         if (pthread_create(&tids[i], NULL, worker, &jobs[i])) {
             printf("FAIL pthread_create %d\n", i);
             return 1;
