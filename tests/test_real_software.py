@@ -195,6 +195,35 @@ def test_lua_cli_run_matches_native(guests: Path, native: Path, tmp_path: Path) 
     assert proc.stdout == nat.stdout
 
 
+# ---- a parallel compressor -------------------------------------------------------------------
+
+def pcomp_both(guests: Path, native: Path, tmp_path: Path, io: str) -> tuple[list[str], list[str]]:
+    nat = run_native([str(native / "pcomp" / "pcomp"), str(fresh(tmp_path, "native")), "4", io])
+    assert nat.returncode == 0, nat.stdout + nat.stderr
+    res = run_wasm(guests / "pcomp" / "pcomp.wasm", ["/data", "4", io],
+                   [f"{fresh(tmp_path, 'wasm')}::/data"], verify_groups=True)
+    assert res.error is None, res.error
+    return nat.stdout.splitlines(), res.stdout.decode().splitlines()
+
+
+def test_parallel_compressor_with_io_in_main(guests: Path, native: Path, tmp_path: Path) -> None:
+    """Main reads the input and writes the output; four worker threads compress."""
+    nat, wasm = pcomp_both(guests, native, tmp_path, "main")
+    assert nat[-2:] == ["roundtrip ok", "pcomp: ok"]
+    assert wasm == nat
+    assert (tmp_path / "wasm" / "output.rle").read_bytes() \
+        == (tmp_path / "native" / "output.rle").read_bytes()
+
+
+@PER_THREAD_FDS
+def test_parallel_compressor_reader_and_writer_threads(guests: Path, native: Path,
+                                                       tmp_path: Path) -> None:
+    """A reader and a writer thread use the input and output descriptors main opened."""
+    nat, wasm = pcomp_both(guests, native, tmp_path, "threads")
+    assert nat[-2:] == ["roundtrip ok", "pcomp: ok"]
+    assert wasm == nat
+
+
 # ---- scripts/fetch-sources -------------------------------------------------------------------
 
 def test_fetch_sources_offline_is_one_clear_line(tmp_path: Path) -> None:
