@@ -226,20 +226,27 @@ def test_parallel_compressor_reader_and_writer_threads(guests: Path, native: Pat
 
 # ---- scripts/fetch-sources -------------------------------------------------------------------
 
-def test_fetch_sources_offline_is_one_clear_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name, what", [("sqlite", "better-sqlite3 12.11.1 from npm"),
+                                        ("lua54", "lupa 2.8 from pypi")])
+def test_fetch_sources_offline_is_one_clear_line(tmp_path: Path, name: str, what: str) -> None:
     """No cached archive and no registry: one error line naming the package, nothing left."""
+    nowhere = "http://127.0.0.1:9/"  # nothing listens on the discard port
     env = {**os.environ, "WASMGROUP_SOURCES": str(tmp_path / "src"),
            "WASMGROUP_SOURCES_CACHE": str(tmp_path / "cache"),
-           "npm_config_registry": "http://127.0.0.1:9/", "npm_config_fetch_retries": "0",
-           "npm_config_cache": str(tmp_path / "npm-cache"), "npm_config_offline": "false"}
-    proc = subprocess.run([str(ROOT / "scripts" / "fetch-sources"), "sqlite"], env=env,
+           "npm_config_registry": nowhere, "npm_config_fetch_retries": "0",
+           "npm_config_cache": str(tmp_path / "npm-cache"), "npm_config_offline": "false",
+           "PIP_CONFIG_FILE": os.devnull, "PIP_INDEX_URL": nowhere, "PIP_RETRIES": "0",
+           "PIP_NO_CACHE_DIR": "1"}
+    for key in ("PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS"):
+        env.pop(key, None)
+    proc = subprocess.run([str(ROOT / "scripts" / "fetch-sources"), name], env=env,
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 1
     lines = proc.stderr.splitlines()
     assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("fetch-sources: error: could not fetch better-sqlite3 12.11.1 "
-                               "from npm (offline, or that version is gone)")
-    assert not (tmp_path / "src" / "sqlite").exists()
+    assert lines[0].startswith(f"fetch-sources: error: could not fetch {what} "
+                               "(offline, or that version is gone)")
+    assert not (tmp_path / "src" / name).exists()
     assert os.listdir(tmp_path / "cache") == []
 
 
