@@ -1,0 +1,271 @@
+"""Real third-party C code under wasmgroup, compared line by line with a native build.
+
+SQLite (the amalgamation from the npm package better-sqlite3) and Lua 5.4 (from the PyPI sdist
+of lupa) are fetched by scripts/fetch-sources and built by scripts/build-guests twice: for
+wasix-libc (build/guests/) and with the host's C compiler (build/native/). Each test runs both
+with the same arguments, each in a fresh directory of its own, and wants the same output.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from leaks import assert_nothing_left, open_fds
+
+from wasmgroup.orchestrator.program import RunResult, run_program
+
+ROOT = Path(__file__).resolve().parent.parent
+NATIVE = ROOT / "build" / "native"
+PROGRAMS = ROOT / "tests" / "programs"
+WASMGROUP = [sys.executable, "-m", "wasmgroup.orchestrator.cli"]
+
+PER_THREAD_FDS = pytest.mark.xfail(
+    strict=True, reason="descriptors are per thread until the program-wide descriptor table lands")
+
+
+@pytest.fixture(scope="module")
+def native() -> Path:
+    if not (NATIVE / "sqlite" / "sqldrv").exists() or not (NATIVE / "lua" / "lua").exists():
+        pytest.fail("native builds missing: run scripts/build-guests (scripts/test does)")
+    return NATIVE
+
+
+def run_native(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+
+
+def run_wasm(program: Path, args: list[str], dirs: list[str], **kw: object) -> RunResult:
+    fds = open_fds()
+    result = run_program(str(program), args, dirs=dirs, **kw)  # type: ignore[arg-type]
+    assert_nothing_left(fds)
+    return result
+
+
+def fresh(tmp_path: Path, name: str) -> Path:
+    d = tmp_path / name
+    d.mkdir()
+    return d
+
+
+# ---- SQLite ------------------------------------------------------------------------------------
+
+def sqlite_both(guests: Path, native: Path, tmp_path: Path, *args: str, memory: bool = False,
+                **kw: object) -> tuple[list[str], list[str]]:
+    """`sqldrv MODE DIR ARGS...` natively and under wasmgroup (DIR mapped at /data), or with
+    DIR ":memory:" (an in-memory database) when `memory`."""
+    ext = str(native / "sqlite" / "libwgext.so")
+    ndir = ":memory:" if memory else str(fresh(tmp_path, "native"))
+    nat = run_native([str(native / "sqlite" / "sqldrv"), args[0], ndir,
+                      *[a.replace("{ext}", ext) for a in args[1:]]])
+    assert nat.returncode == 0, nat.stdout + nat.stderr
+    data = fresh(tmp_path, "wasm")
+    res = run_wasm(guests / "sqlite" / "sqldrv.wasm",
+                   [args[0], ":memory:" if memory else "/data",
+                    *[a.replace("{ext}", "/ext/libwgext.so") for a in args[1:]]],
+                   [f"{data}::/data", f"{guests / 'sqlite'}::/ext"], **kw)
+    out = res.stdout.decode()
+    assert res.error is None and res.exit_code == 0, (res.exit_code, res.error, out)
+    return nat.stdout.splitlines(), out.splitlines()
+
+
+def test_sqlite_file_database(guests: Path, native: Path, tmp_path: Path) -> None:
+    nat, wasm = sqlite_both(guests, native, tmp_path, "basic")
+    assert wasm == nat
+    assert nat[-1] == "basic: ok" and "count: n=600 qty=29949 price=1792.50" in nat
+    assert any(line.startswith("duplicate: rc=19 UNIQUE constraint failed") for line in nat)
+    # The database is a real file in the mapped directory, readable by the native build.
+    db = tmp_path / "wasm" / "basic.db"
+    assert db.read_bytes()[:16] == b"SQLite format 3\0"
+    check = run_native([str(native / "sqlite" / "sqldrv"), "basic", str(tmp_path / "wasm")])
+    assert check.returncode == 0
+
+
+def test_sqlite_loadable_extension_is_a_side_module(guests: Path, native: Path,
+                                                    tmp_path: Path) -> None:
+    nat, wasm = sqlite_both(guests, native, tmp_path, "ext", "{ext}", verify_groups=True)
+    assert wasm == nat
+    assert "rot13: r=Uryyb, JroNffrzoyl! rr=abc" in nat
+    assert "fib: f10=55 f40=102334155" in nat
+    assert "fib(-1): rc=1 fib: negative argument" in nat
+    assert "missing library: rc=1 error reported" in nat
+    assert "missing entry point: rc=1 named in the error" in nat
+    assert nat[-1] == "ext: ok"
+
+
+@pytest.mark.parametrize("mode", ["threads", "shared"])
+def test_sqlite_threads_on_an_in_memory_database(guests: Path, native: Path, tmp_path: Path,
+                                                 mode: str) -> None:
+    """SQLite's mutexes across threads (one serialized connection; shared cache: a connection
+    per thread over one in-memory database), no descriptors involved."""
+    nat, wasm = sqlite_both(guests, native, tmp_path, mode, "4", memory=True, verify_groups=True)
+    assert nat[-1] == f"{mode}: ok"
+    assert "total: n=161 threads=5 sum_n=3120" in nat
+    assert wasm == nat
+
+
+@PER_THREAD_FDS
+def test_sqlite_threads_share_one_connection(guests: Path, native: Path, tmp_path: Path) -> None:
+    nat, wasm = sqlite_both(guests, native, tmp_path, "threads", "4", verify_groups=True)
+    assert nat[-1] == "threads: ok"
+    assert wasm == nat
+
+
+@PER_THREAD_FDS
+def test_sqlite_shared_cache_threads(guests: Path, native: Path, tmp_path: Path) -> None:
+    nat, wasm = sqlite_both(guests, native, tmp_path, "shared", "4", verify_groups=True)
+    assert nat[-1] == "shared: ok"
+    assert wasm == nat
+
+
+# ---- Lua -------------------------------------------------------------------------------------
+
+def lua_both(guests: Path, native: Path, tmp_path: Path, args: list[str], **kw: object
+             ) -> tuple[subprocess.CompletedProcess[str], RunResult]:
+    """`lua ARGS...` natively and under wasmgroup. {dir} in ARGS: a fresh directory holding
+    wgmod.so (may be written); {src}: tests/programs/lua (the scripts)."""
+    ndir, wdir = fresh(tmp_path, "native"), fresh(tmp_path, "wasm")
+    shutil.copy(native / "lua" / "wgmod.so", ndir)
+    shutil.copy(guests / "lua" / "wgmod.so", wdir)
+    nat = run_native([str(native / "lua" / "lua"),
+                      *[a.replace("{dir}", str(ndir)).replace("{src}", str(PROGRAMS / "lua"))
+                        for a in args]])
+    res = run_wasm(guests / "lua" / "lua.wasm",
+                   [a.replace("{dir}", "/work").replace("{src}", "/src") for a in args],
+                   [f"{wdir}::/work", f"{guests / 'lua'}::/src"], **kw)
+    return nat, res
+
+
+def test_lua_plain_script(guests: Path, native: Path, tmp_path: Path) -> None:
+    nat, res = lua_both(guests, native, tmp_path, ["{src}/plain.lua", "{dir}"])
+    assert nat.returncode == 0, nat.stderr
+    assert res.error is None and res.exit_code == 0, (res.error, res.stderr)
+    assert res.stdout.decode().splitlines() == nat.stdout.splitlines()
+    assert nat.stdout.splitlines()[-1] == "done" and "counter\t7" in nat.stdout
+    assert not (tmp_path / "wasm" / "plain.txt").exists()  # written, read back and removed
+
+
+def test_lua_require_c_module(guests: Path, native: Path, tmp_path: Path) -> None:
+    nat, res = lua_both(guests, native, tmp_path, ["{src}/require.lua", "{dir}"],
+                        verify_groups=True)
+    assert nat.returncode == 0, nat.stderr
+    assert res.error is None and res.exit_code == 0, (res.error, res.stderr)
+    lines = nat.stdout.splitlines()
+    assert res.stdout.decode().splitlines() == lines
+    assert "loaded\twgmod 1.0\tloads\t1" in lines and "sum\t15\t0" in lines
+    assert "check error\tfalse\twgmod.check: integer expected, got string" in lines
+    assert "parse\t127\tERANGE\tinvalid" in lines  # errno from a side module
+    assert "missing\tfalse\ttrue\ttrue" in lines and lines[-1] == "done"
+
+
+def test_lua_uncaught_error_exits_1_like_native(guests: Path, native: Path,
+                                               tmp_path: Path) -> None:
+    """A script error ends the interpreter with status 1 and Lua's message, through longjmp."""
+    nat, res = lua_both(guests, native, tmp_path,
+                        ["-e", "package.cpath='{dir}/?.so' local m = require 'wgmod' "
+                               "print(m.sum(1, 2)) m.check(1.5)"])
+    assert nat.returncode == 1
+    assert res.error is None and res.exit_code == 1
+    assert res.stdout.decode() == nat.stdout == "3\n"
+    # "PROGNAME: (command line):1: message", then the same traceback; argv[0] differs.
+    nat_err = [line.split(": ", 1)[-1] for line in nat.stderr.splitlines()]
+    wasm_err = [line.split(": ", 1)[-1] for line in res.stderr.decode().splitlines()]
+    assert nat_err[0] == "(command line):1: wgmod.check: integer expected, got number"
+    assert wasm_err == nat_err
+
+
+def test_lua_cli_run_matches_native(guests: Path, native: Path, tmp_path: Path) -> None:
+    """The same Lua program through `wasmgroup run`, with --verify-groups."""
+    wdir = fresh(tmp_path, "wasm")
+    shutil.copy(guests / "lua" / "wgmod.so", wdir)
+    proc = subprocess.run([*WASMGROUP, "run", "--verify-groups", "--dir", f"{wdir}::/work",
+                           "--dir", f"{guests / 'lua'}::/src", str(guests / "lua" / "lua.wasm"),
+                           "--", "/src/require.lua", "/work"],
+                          capture_output=True, text=True, timeout=300, check=False,
+                          env={**os.environ})
+    ndir = fresh(tmp_path, "native")
+    shutil.copy(native / "lua" / "wgmod.so", ndir)
+    nat = run_native([str(native / "lua" / "lua"), str(PROGRAMS / "lua" / "require.lua"),
+                      str(ndir)])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == nat.stdout
+
+
+# ---- a parallel compressor -------------------------------------------------------------------
+
+def pcomp_both(guests: Path, native: Path, tmp_path: Path, io: str) -> tuple[list[str], list[str]]:
+    nat = run_native([str(native / "pcomp" / "pcomp"), str(fresh(tmp_path, "native")), "4", io])
+    assert nat.returncode == 0, nat.stdout + nat.stderr
+    res = run_wasm(guests / "pcomp" / "pcomp.wasm", ["/data", "4", io],
+                   [f"{fresh(tmp_path, 'wasm')}::/data"], verify_groups=True)
+    assert res.error is None, res.error
+    return nat.stdout.splitlines(), res.stdout.decode().splitlines()
+
+
+def test_parallel_compressor_with_io_in_main(guests: Path, native: Path, tmp_path: Path) -> None:
+    """Main reads the input and writes the output; four worker threads compress."""
+    nat, wasm = pcomp_both(guests, native, tmp_path, "main")
+    assert nat[-2:] == ["roundtrip ok", "pcomp: ok"]
+    assert wasm == nat
+    assert (tmp_path / "wasm" / "output.rle").read_bytes() \
+        == (tmp_path / "native" / "output.rle").read_bytes()
+
+
+@PER_THREAD_FDS
+def test_parallel_compressor_reader_and_writer_threads(guests: Path, native: Path,
+                                                       tmp_path: Path) -> None:
+    """A reader and a writer thread use the input and output descriptors main opened."""
+    nat, wasm = pcomp_both(guests, native, tmp_path, "threads")
+    assert nat[-2:] == ["roundtrip ok", "pcomp: ok"]
+    assert wasm == nat
+
+
+# ---- scripts/fetch-sources -------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, what", [("sqlite", "better-sqlite3 12.11.1 from npm"),
+                                        ("lua54", "lupa 2.8 from pypi")])
+def test_fetch_sources_offline_is_one_clear_line(tmp_path: Path, name: str, what: str) -> None:
+    """No cached archive and no registry: one error line naming the package, nothing left."""
+    nowhere = "http://127.0.0.1:9/"  # nothing listens on the discard port
+    env = {**os.environ, "WASMGROUP_SOURCES": str(tmp_path / "src"),
+           "WASMGROUP_SOURCES_CACHE": str(tmp_path / "cache"),
+           "npm_config_registry": nowhere, "npm_config_fetch_retries": "0",
+           "npm_config_cache": str(tmp_path / "npm-cache"), "npm_config_offline": "false",
+           "PIP_CONFIG_FILE": os.devnull, "PIP_INDEX_URL": nowhere, "PIP_RETRIES": "0",
+           "PIP_NO_CACHE_DIR": "1"}
+    for key in ("PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS"):
+        env.pop(key, None)
+    proc = subprocess.run([str(ROOT / "scripts" / "fetch-sources"), name], env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 1
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"fetch-sources: error: could not fetch {what} "
+                               "(offline, or that version is gone)")
+    assert not (tmp_path / "src" / name).exists()
+    assert os.listdir(tmp_path / "cache") == []
+
+
+def test_fetch_sources_refuses_an_archive_with_another_hash(tmp_path: Path) -> None:
+    """The registry client hands over an archive whose sha256 is not the pinned one."""
+    bindir = fresh(tmp_path, "bin")
+    impostor = bindir / "npm"
+    # `npm pack` that writes a different tarball under the expected name.
+    impostor.write_text("#!/bin/sh\necho impostor | gzip > better-sqlite3-12.11.1.tgz\n")
+    impostor.chmod(0o755)
+    cache = fresh(tmp_path, "cache")
+    (cache / "better-sqlite3-12.11.1.tgz").write_bytes(b"tampered")  # refetched, not trusted
+    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}",
+           "WASMGROUP_SOURCES": str(tmp_path / "src"), "WASMGROUP_SOURCES_CACHE": str(cache)}
+    proc = subprocess.run([str(ROOT / "scripts" / "fetch-sources"), "sqlite"], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1
+    assert "better-sqlite3-12.11.1.tgz from npm has sha256 " in proc.stderr
+    assert "refusing it" in proc.stderr
+    assert not (tmp_path / "src" / "sqlite").exists()
+    assert sorted(os.listdir(cache)) == ["better-sqlite3-12.11.1.tgz"]
