@@ -426,13 +426,13 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    command = "wasmgroup"
+    command = ["wasmgroup"]  # the command's name once known, for the message
     try:
-        code, command = _main(argv)
+        code = _main(argv, command)
         sys.stdout.flush()
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # one line, however often it is pressed
-        print(f"{command}: interrupted", file=sys.stderr)
+        print(f"{' '.join(command)}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader left (`| head -1`): the rest is unwanted. Point stdout at /dev/null so
@@ -443,15 +443,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
-def _main(argv: Sequence[str] | None) -> tuple[int, str]:
-    """The command's exit status, and its name (for a message when interrupted)."""
+def _main(argv: Sequence[str] | None, command: list[str]) -> int:
+    """The command's exit status; its name is added to `command` as soon as it is known."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     commands = subparsers(parser)
     if not argv or argv[0] in ("-h", "--help", "--version"):
         parser.parse_args(argv)  # help or version: prints and exits
         parser.print_usage(sys.stderr)
-        return EXIT_USAGE, "wasmgroup"
+        return EXIT_USAGE
     # `wasmgroup -v inspect X`: verbosity given before the command belongs to it.
     lead = 0
     while lead < len(argv) - 1 and argv[lead] in VERBOSITY_FLAGS:
@@ -462,11 +462,12 @@ def _main(argv: Sequence[str] | None) -> tuple[int, str]:
     name = argv[0] if argv[0] in commands else "run"
     if name == argv[0]:
         argv = argv[1:]
+    command.append(name)
     sub = commands[name]
     args = sub.parse_args(argv)
     _configure_logging(args.verbose, args.quiet)
     handler: Callable[[argparse.Namespace, argparse.ArgumentParser], int] = args.handler
-    return handler(args, sub), f"wasmgroup {name}"
+    return handler(args, sub)
 
 
 if __name__ == "__main__":
