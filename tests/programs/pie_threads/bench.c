@@ -1,5 +1,5 @@
 /*
- * pie_threads/bench.c (+ thread_start.s) -> pie_threads/bench.wasm: link-operation and thread
+ * pie_threads/bench.c (+ ../threads/wasi_thread_start.s) -> pie_threads/bench.wasm: link-operation and thread
  * timings taken inside the guest (clock_time_get MONOTONIC), for scripts/bench-peers, which runs
  * the same binary under wasmgroup and under the real Wasmer. Freestanding PIE, raw WASIX imports.
  *
@@ -11,27 +11,14 @@
  * Output lines, one figure each:  spawn K ns=..  open K ns=..  sym K ns=..  symdata K ns=..
  *   reopen K ns=..  pingpong N ns=..  and last "bench: ok" (exit 0) or "bench: FAIL ..." (exit 1).
  */
-#include "../include/wasi_io.h"
+#include "pt.h"
 
-#define WASIX(name) __attribute__((import_module("wasix_32v1"), import_name(#name)))
-WASIX(dlopen) int wasix_dlopen(const char *path, io_u32 path_len, io_u32 flags, char *err,
-                               io_u32 err_len, const char *ld_path, io_u32 ld_path_len,
-                               io_u32 *out_handle);
-WASIX(dlsym) int wasix_dlsym(io_u32 handle, const char *symbol, io_u32 symbol_len, char *err,
-                             io_u32 err_len, io_u32 *out);
-WASIX(futex_wait) int wasix_futex_wait(volatile int *futex, int expected,
-                                       const void *timeout, io_u32 *woken);
-WASIX(futex_wake_all) int wasix_futex_wake_all(volatile int *futex, io_u32 *woken);
-WASIX(thread_spawn_v2) int wasix_thread_spawn_v2(void *start, io_u32 *ret_tid);
 __attribute__((import_module("wasi_snapshot_preview1"), import_name("clock_time_get")))
 int wasi_clock_time_get(io_u32 id, unsigned long long precision, unsigned long long *out);
 
 #define MAX_THREADS 16
 #define STACK_SIZE 32768
 
-struct thread_start {
-    io_u32 stack_upper, tls_base, start_funct, start_args, reserved[10], stack_size, guard_size;
-};
 static char stacks[MAX_THREADS + 1][STACK_SIZE] __attribute__((aligned(16)));
 static struct thread_start starts[MAX_THREADS + 1];
 static unsigned long long entered_ns[MAX_THREADS + 1];
@@ -71,7 +58,7 @@ static void partner(void) {
     }
 }
 
-void pt_thread_entry(int tid, struct thread_start *start) {
+void thread_entry(int tid, struct thread_start *start) {
     (void)tid;
     int k = (int)start->start_args;
     entered_ns[k] = now_ns();

@@ -1,5 +1,5 @@
 /*
- * pie_threads/main.c (+ thread_start.s) -> pie_threads/main_v2.wasm (threads from
+ * pie_threads/main.c (+ ../threads/wasi_thread_start.s) -> pie_threads/main_v2.wasm (threads from
  * wasix_32v1.thread_spawn_v2), main_wasi.wasm (wasi.thread-spawn) and main_nostart.wasm (no
  * wasi_thread_start export): the program shape Wasmer runs — a freestanding PIE main (dylink.0,
  * imported shared memory, table and __stack_pointer), no libc, raw WASIX imports, static thread
@@ -23,34 +23,11 @@
  *   pie_threads: done
  * Exit code 0; 1 after "FAIL ..." lines.
  */
-#include "../include/wasi_io.h"
-
-#define WASIX(name) __attribute__((import_module("wasix_32v1"), import_name(#name)))
-
-WASIX(dlopen) int wasix_dlopen(const char *path, io_u32 path_len, io_u32 flags, char *err,
-                               io_u32 err_len, const char *ld_path, io_u32 ld_path_len,
-                               io_u32 *out_handle);
-WASIX(dlsym) int wasix_dlsym(io_u32 handle, const char *symbol, io_u32 symbol_len, char *err,
-                             io_u32 err_len, io_u32 *out);
-WASIX(futex_wait) int wasix_futex_wait(volatile int *futex, int expected,
-                                       const void *timeout, io_u32 *woken);
-WASIX(futex_wake_all) int wasix_futex_wake_all(volatile int *futex, io_u32 *woken);
-WASIX(thread_sleep) int wasix_thread_sleep(unsigned long long duration_ns);
-#ifdef USE_WASI_THREAD_SPAWN
-__attribute__((import_module("wasi"), import_name("thread-spawn")))
-int wasi_thread_spawn(void *start_arg);
-#else
-WASIX(thread_spawn_v2) int wasix_thread_spawn_v2(void *start, io_u32 *ret_tid);
-#endif
+#include "pt.h"
 
 #define MAX_THREADS 8
 #define STACK_SIZE 65536
 #define RTLD_NOW 2
-
-/* WASIX ThreadStart (wasm32): stack_upper must stay first (thread_start.s reads it). */
-struct thread_start {
-    io_u32 stack_upper, tls_base, start_funct, start_args, reserved[10], stack_size, guard_size;
-};
 
 static char stacks[MAX_THREADS][STACK_SIZE] __attribute__((aligned(16)));
 static struct thread_start starts[MAX_THREADS];
@@ -126,7 +103,7 @@ static void wait_while(volatile int *addr, int value, int kind) {
     }
 }
 
-void pt_thread_entry(int tid, struct thread_start *start) {
+void thread_entry(int tid, struct thread_start *start) {
     (void)tid;
     int k = (int)start->start_args;
     wait_while(&phase, 0, W_FUTEX);
