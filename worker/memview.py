@@ -69,5 +69,19 @@ class GuestMemory:
             out += b
         return out.decode("utf-8", errors="replace")
 
+    def buffers(self, iovs: int, count: int) -> list[memoryview]:
+        """The guest buffers an iovec array names (pointer u32, length u32 each), as writable
+        views of the memory itself: readv/writev move data with no copy."""
+        if count < 0 or count > 1024:  # IOV_MAX
+            raise GuestFault(f"{count} iovecs")
+        fields = struct.unpack(f"<{2 * count}I", self.read(iovs, 8 * count))
+        views = []
+        for i in range(0, 2 * count, 2):
+            addr, size = fields[i], fields[i + 1]
+            if size:
+                views.append(memoryview((ctypes.c_char * size).from_address(
+                    self._check(addr, size))).cast("B"))
+        return views
+
     def fill(self, addr: int, size: int, byte: int = 0) -> None:
         ctypes.memset(self._check(addr, size), byte, size)
