@@ -234,7 +234,7 @@ class InstanceGroup:
         else:
             memory = wasmtime.Memory(self.store, mem_type)
         self.memory_object = memory
-        self._memory = GuestMemory(memory, self.store)
+        self._memory = GuestMemory(memory, self.store, fixed=True)
         base, length = self._memory.extent()
         region.map_over(base, length)
 

@@ -17,17 +17,27 @@ class GuestFault(Exception):
 
 class GuestMemory:
     def __init__(self, memory: wasmtime.Memory | wasmtime.SharedMemory,
-                 store: wasmtime.Store) -> None:
+                 store: wasmtime.Store, fixed: bool = False) -> None:
         self._memory = memory
         self._store = store
+        # A `fixed` memory never moves nor grows (wasmgroup creates the program's memory at
+        # its maximum size): asking wasmtime for its extent on every access would cost more
+        # than most host calls.
+        self._fixed_extent = fixed
+        self._fixed: tuple[int, int] | None = None
 
     def _base_and_len(self) -> tuple[int, int]:
+        if self._fixed is not None:
+            return self._fixed
         m = self._memory
         if isinstance(m, wasmtime.SharedMemory):
             ptr, length = m.data_ptr(), m.data_len()
         else:
             ptr, length = m.data_ptr(self._store), m.data_len(self._store)
-        return ctypes.addressof(ptr.contents), length
+        extent = ctypes.addressof(ptr.contents), length
+        if self._fixed_extent:
+            self._fixed = extent
+        return extent
 
     def _check(self, addr: int, size: int) -> int:
         base, length = self._base_and_len()
