@@ -68,7 +68,10 @@ class DescriptorTable:
                     fd = os.dup(host_fd)
                     self._entries[number] = Entry(fd, _filetype(fd))
             for offset, mapping in enumerate(fs.mappings):
-                fd = fs.open(mapping.guest, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    fd = fs.open(mapping.guest, os.O_RDONLY | os.O_DIRECTORY)
+                except PermissionError:  # a directory one may enter but not list
+                    fd = fs.open(mapping.guest, os.O_PATH | os.O_DIRECTORY)
                 self._entries[3 + offset] = Entry(fd, wasi.FT_DIRECTORY,
                                                   guest_path=mapping.guest,
                                                   preopen=mapping.guest)

@@ -147,6 +147,13 @@ def test_a_thread_blocked_on_a_pipe_takes_part_in_a_dlopen(guests: Path, tmp_pat
     assert_nothing_left(before)
 
 
+def test_a_thread_blocked_writing_a_full_pipe_takes_part_in_a_dlopen(guests: Path,
+                                                                     tmp_path: Path) -> None:
+    lines = _fdshare(guests, _with_plugin(guests, tmp_path), "pipewrite")
+    assert lines[0] == "dlopened: 42"
+    assert sorted(lines[1:]) == ["reader got 100000 bytes", "writer wrote 100000 bytes"]
+
+
 def test_a_thread_blocked_reading_stdin_takes_part_in_a_dlopen(guests: Path,
                                                                tmp_path: Path) -> None:
     """stdin is read by the guest only: what arrives after the dlopen all reaches it."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import select
 import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -106,7 +107,11 @@ def make_wasi_functions(group: InstanceGroup) -> dict[str, Callable[..., int | N
     def fd_write(fd: int, iovs: int, count: int, ret: int) -> int:
         entry = fds.get(fd)
         buffers = memory().buffers(iovs, count)
-        memory().write_u32(ret, os.writev(entry.os_fd, buffers) if buffers else 0)
+        if entry.filetype in _NEVER_BLOCK or not buffers:
+            written = os.writev(entry.os_fd, buffers) if buffers else 0
+        else:
+            written = _write_taking_part(group, entry.os_fd, buffers)
+        memory().write_u32(ret, written)
         return wasi.ESUCCESS
 
     @errnos
@@ -370,6 +375,23 @@ def make_wasi_functions(group: InstanceGroup) -> dict[str, Callable[..., int | N
         path_filestat_get, path_filestat_set_times, path_create_directory,
         path_remove_directory, path_unlink_file, path_readlink, path_symlink, path_rename,
         path_link, proc_exit, random_get, sched_yield)}
+
+
+def _write_taking_part(group: InstanceGroup, fd: int, buffers: list[memoryview]) -> int:
+    """A blocking write to a pipe, terminal or socket, in pieces that fit once it polls
+    writable (PIPE_BUF), so that a thread whose reader is slow (or is the thread running a
+    dlopen) takes part in link operations between pieces instead of blocking in the kernel."""
+    data = memoryview(b"".join(buffers)) if len(buffers) > 1 else buffers[0]
+    written = 0
+    while written < len(data):
+        wait_for(group, fd, write=True)
+        try:
+            written += os.write(fd, data[written:written + select.PIPE_BUF])
+        except BlockingIOError:
+            if not written:
+                raise
+            break  # a non-blocking descriptor that filled up: a short write
+    return written
 
 
 def _directory_entries(fd: int) -> list[tuple[str, int, int]]:

@@ -6,6 +6,7 @@
  *   append    two threads writing lines to one descriptor (shared offset) and one O_APPEND
  *   pipe      a thread blocked reading a pipe while main dlopens, then gets every byte
  *   poll      a thread blocked in poll() on a pipe while main dlopens
+ *   pipewrite a thread blocked writing a full pipe while main dlopens, then reads it all
  *   stdin     a thread blocked reading stdin while main dlopens (the test writes after
  *             "dlopened" appears)
  *   fs        directories and names: mkdir, readdir, rename, symlink, readlink, unlink, stat
@@ -166,6 +167,30 @@ static void *poll_pipe(void *arg) {
     return read_pipe(arg);
 }
 
+static void *fill_pipe(void *arg) {
+    (void)arg;
+    static char block[100000];
+    memset(block, 'z', sizeof block);
+    ssize_t n = write(pipe_fds[1], block, sizeof block); /* blocks: no one reads yet */
+    close(pipe_fds[1]);
+    printf("writer wrote %zd bytes\n", n);
+    return NULL;
+}
+
+static int writer_blocked_while_dlopen(void) {
+    if (pipe(pipe_fds)) { printf("pipe: %s\n", strerror(errno)); return 1; }
+    pthread_t t;
+    pthread_create(&t, NULL, fill_pipe, NULL);
+    usleep(300 * 1000); /* the writer is blocked on the full pipe by now */
+    void *h = dlopen("libfdplug.so", RTLD_NOW);
+    int (*value)(void) = h ? (int (*)(void))dlsym(h, "fdplug_value") : NULL;
+    printf("dlopened: %d\n", value ? value() : -1);
+    fflush(stdout);
+    read_pipe(&pipe_fds[0]);
+    pthread_join(t, NULL);
+    return 0;
+}
+
 static int blocked_while_dlopen(void *(*body)(void *), int from_stdin) {
     static int read_fd;
     if (from_stdin) {
@@ -228,6 +253,7 @@ int main(int argc, char **argv) {
     if (!strcmp(what, "pipe")) return blocked_while_dlopen(read_pipe, 0);
     if (!strcmp(what, "poll")) return blocked_while_dlopen(poll_pipe, 0);
     if (!strcmp(what, "stdin")) return blocked_while_dlopen(read_pipe, 1);
+    if (!strcmp(what, "pipewrite")) return writer_blocked_while_dlopen();
     if (!strcmp(what, "fs")) return fs();
     fprintf(stderr, "fdshare: unknown scenario %s\n", what);
     return 2;
