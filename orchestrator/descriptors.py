@@ -29,12 +29,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from wasmgroup.orchestrator.locate import GuestFilesystem
+from wasmgroup.orchestrator.locate import PATH_MAX, GuestFilesystem
 from wasmgroup.shared import wasi
 from wasmgroup.shared.fdtable import MAX_DESCRIPTORS, GenerationPage
 from wasmgroup.shared.wasi import WasiError
-
-PATH_MAX = 4096
 
 
 @dataclass
@@ -380,11 +378,6 @@ class DescriptorTable:
             finally:
                 os.close(parent)
         return [wasi.ESUCCESS]
-
-    def chdir(self, path: str) -> str | None:
-        """The new working directory (absolute guest path), or None if it is none."""
-        target = self.fs.absolute(path)
-        return target if self.fs.is_directory(target) else None
 
 
 PATH_CALLS: dict[str, Callable[..., list[Any]]] = {

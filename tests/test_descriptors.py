@@ -188,6 +188,7 @@ def _errnos_module(body: str) -> bytes:
           (memory (export "memory") 1)
           (data (i32.const 100) "a\\00b")
           (data (i32.const 200) "../../etc/passwd")
+          (data (i32.const 300) "caf\\e9")
           (func (export "_start") (call $exit {body})))""")
 
 
@@ -208,6 +209,9 @@ def _errnos_module(body: str) -> bytes:
      " (i64.const 2) (i64.const 0) (i32.const 0) (i32.const 8))", wasi.ENOTCAPABLE),
     ("(call $open (i32.const 1) (i32.const 1) (i32.const 200) (i32.const 1) (i32.const 0)"
      " (i64.const 2) (i64.const 0) (i32.const 0) (i32.const 8))", wasi.ENOTDIR),
+    # a path that is not UTF-8 (Latin-1 "café")
+    ("(call $open (i32.const 3) (i32.const 1) (i32.const 300) (i32.const 4) (i32.const 1)"
+     " (i64.const 2) (i64.const 0) (i32.const 0) (i32.const 8))", wasi.EILSEQ),
 ])
 def test_bad_descriptor_calls_return_errnos(tmp_path: Path, body: str, errno: int) -> None:
     (tmp_path / "root").mkdir()

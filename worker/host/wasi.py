@@ -276,7 +276,10 @@ def make_wasi_functions(group: InstanceGroup) -> dict[str, Callable[..., int | N
 
     # ------------------------------------------------------------------ paths
     def path(ptr: int, length: int) -> str:
-        return memory().read(ptr, length).decode("utf-8", "surrogateescape")
+        try:
+            return memory().read(ptr, length).decode()
+        except UnicodeDecodeError:
+            raise WasiError(wasi.EILSEQ) from None  # as Wasmer: WASI paths are UTF-8
 
     @errnos
     def path_open(dirfd: int, lookup: int, path_ptr: int, path_len: int, oflags: int,
