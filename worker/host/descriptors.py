@@ -37,6 +37,9 @@ class DescriptorCache:
         self._page = page
         self.request = request
         self._cache: dict[int, Cached] = {}
+        # OS descriptors a blocking wait is on: a purge at a safe point inside that wait must
+        # not close them under it (their number could be reused at once in this process).
+        self.pinned: set[int] = set()
 
     def get(self, fd: int) -> Cached:
         """The entry at guest descriptor `fd`; raises WasiError (EBADF when there is none)."""
@@ -75,7 +78,7 @@ class DescriptorCache:
         """Close every cached descriptor whose entry changed (a pipe's end the guest closed
         must not stay open here, or its reader would never see end-of-file)."""
         for fd, cached in list(self._cache.items()):
-            if self._page.get(fd) != cached.generation:
+            if self._page.get(fd) != cached.generation and cached.os_fd not in self.pinned:
                 self.forget(fd)
 
     def close(self) -> None:

@@ -67,6 +67,15 @@ def _wait(group: InstanceGroup, watched: dict[int, int], deadline_ns: int | None
         poller.register(fd, events)
     wake = wake_fd()
     poller.register(wake, select.POLLIN)
+    group.descriptors.pinned = set(watched)
+    try:
+        return _wait_loop(group, poller, wake, bool(watched), deadline_ns)
+    finally:
+        group.descriptors.pinned = set()
+
+
+def _wait_loop(group: InstanceGroup, poller: select.poll, wake: int, watching: bool,
+               deadline_ns: int | None) -> dict[int, int]:
     while True:
         with contextlib.suppress(BlockingIOError):
             os.eventfd_read(wake)
@@ -76,7 +85,7 @@ def _wait(group: InstanceGroup, watched: dict[int, int], deadline_ns: int | None
         slice_ms = WAIT_SLICE_MS
         if deadline_ns is not None:
             left = deadline_ns - time.monotonic_ns()
-            if left <= 0 and not watched:
+            if left <= 0 and not watching:
                 return {}
             slice_ms = max(0, min(slice_ms, -(-left // 1_000_000)))
         ready = {fd: ev for fd, ev in poller.poll(slice_ms) if fd != wake}
