@@ -64,7 +64,7 @@ class DescriptorTable:
             for number, host_fd in enumerate(stdio):
                 if host_fd is not None:
                     fd = os.dup(host_fd)
-                    self._entries[number] = Entry(fd, _filetype(fd))
+                    self._entries[number] = Entry(fd, _filetype(fd), wasi.rights_of(fd))
             for offset, mapping in enumerate(fs.mappings):
                 try:
                     fd = fs.open(mapping.guest, os.O_RDONLY | os.O_DIRECTORY)
@@ -252,7 +252,7 @@ class DescriptorTable:
             fcntl.fcntl(fd, fcntl.F_SETFL, (fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
                         | (host_flags & os.O_NONBLOCK))
             filetype = _filetype(fd)
-            entry = Entry(fd, filetype, rights_base, rights_inheriting,
+            entry = Entry(fd, filetype, wasi.rights_of(fd, rights_base), rights_inheriting,
                           guest if filetype == wasi.FT_DIRECTORY else None)
             with self._lock:
                 return [wasi.ESUCCESS, self._insert(entry)]

@@ -79,6 +79,13 @@ WHENCE = {0: os.SEEK_SET, 1: os.SEEK_CUR, 2: os.SEEK_END}
 # fd_fdstat_set_rights may only take some away. Rights bits that matter to a descriptor:
 RIGHTS_ALL = (1 << 64) - 1
 RIGHT_FD_READ, RIGHT_FD_WRITE = 1 << 1, 1 << 6
+RIGHT_FD_SEEK, RIGHT_FD_TELL = 1 << 2, 1 << 5
+
+
+def rights_of(fd: int, rights: int = RIGHTS_ALL) -> int:
+    """`rights` as a descriptor can have them: a terminal cannot seek, which is how wasi-libc's
+    isatty() tells it apart from other character devices."""
+    return rights & ~(RIGHT_FD_SEEK | RIGHT_FD_TELL) if os.isatty(fd) else rights
 
 
 def fdflags_from_host(flags: int) -> int:

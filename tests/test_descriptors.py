@@ -7,7 +7,9 @@ takes part in a dlopen; every failure is a WASI errno, and nothing is left behin
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pty
 import random
 import shutil
 import subprocess
@@ -171,6 +173,27 @@ def test_a_thread_blocked_reading_stdin_takes_part_in_a_dlopen(guests: Path,
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_terminal_is_a_terminal_and_dev_null_is_not(guests: Path, tmp_path: Path) -> None:
+    """stdout on a pseudo-terminal, stdin /dev/null (a character device too), stderr a pipe."""
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.run([*WASMGROUP, "run", str(guests / "fdtable" / "fdshare.wasm"),
+                               "--", "isatty"], stdin=subprocess.DEVNULL, stdout=follower,
+                              stderr=subprocess.PIPE, timeout=120)
+        os.close(follower)
+        follower = -1
+        output = b""
+        with contextlib.suppress(OSError):  # EIO once the terminal is drained and closed
+            while chunk := os.read(leader, 4096):
+                output += chunk
+    finally:
+        os.close(leader)
+        if follower >= 0:
+            os.close(follower)
+    assert proc.returncode == 0, proc.stderr
+    assert output.replace(b"\r\n", b"\n") == b"isatty: 0 1 0\n"
 
 
 def _errnos_module(body: str) -> bytes:

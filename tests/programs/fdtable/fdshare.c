@@ -9,6 +9,7 @@
  *   pipewrite a thread blocked writing a full pipe while main dlopens, then reads it all
  *   stdin     a thread blocked reading stdin while main dlopens (the test writes after
  *             "dlopened" appears)
+ *   isatty    which of stdin, stdout, stderr is a terminal
  *   fs        directories and names: mkdir, readdir, rename, symlink, readlink, unlink, stat
  */
 #include <dirent.h>
@@ -254,6 +255,10 @@ int main(int argc, char **argv) {
     if (!strcmp(what, "poll")) return blocked_while_dlopen(poll_pipe, 0);
     if (!strcmp(what, "stdin")) return blocked_while_dlopen(read_pipe, 1);
     if (!strcmp(what, "pipewrite")) return writer_blocked_while_dlopen();
+    if (!strcmp(what, "isatty")) {
+        printf("isatty: %d %d %d\n", isatty(0), isatty(1), isatty(2));
+        return 0;
+    }
     if (!strcmp(what, "fs")) return fs();
     fprintf(stderr, "fdshare: unknown scenario %s\n", what);
     return 2;
