@@ -106,6 +106,13 @@ def test_dup2_over_a_descriptor_is_seen_by_every_thread(guests: Path, tmp_path: 
         "a: one", "b: two", "three"]
 
 
+@pytest.mark.parametrize("verify", [False, True])
+def test_numbers_reused_across_threads_never_reach_the_wrong_file(guests: Path, tmp_path: Path,
+                                                                  verify: bool) -> None:
+    assert _fdshare(guests, tmp_path, "churn", verify_groups=verify) == [
+        f"churn-{i}: 150 lines, 0 foreign" for i in range(4)]
+
+
 def test_threads_share_offsets_and_append_mode(guests: Path, tmp_path: Path) -> None:
     assert _fdshare(guests, tmp_path, "append") == [
         "/shared-offset.txt: 6900 bytes", "/appended.txt: 6900 bytes"]  # 300 * (11 + 12)
@@ -204,6 +211,10 @@ def _errnos_module(body: str) -> bytes:
           (import "wasi_snapshot_preview1" "fd_write"
             (func $write (param i32 i32 i32 i32) (result i32)))
           (import "wasi_snapshot_preview1" "fd_close" (func $close (param i32) (result i32)))
+          (import "wasi_snapshot_preview1" "fd_seek"
+            (func $seek (param i32 i64 i32 i32) (result i32)))
+          (import "wasi_snapshot_preview1" "fd_pread"
+            (func $pread (param i32 i32 i32 i64 i32) (result i32)))
           (import "wasi_snapshot_preview1" "fd_renumber"
             (func $renumber (param i32 i32) (result i32)))
           (import "wasi_snapshot_preview1" "path_open"
@@ -224,6 +235,12 @@ def _errnos_module(body: str) -> bytes:
     ("(call $write (i32.const 1) (i32.const 65530) (i32.const 2) (i32.const 0))", wasi.EFAULT),
     ("(i32.store (i32.const 0) (i32.const 65000)) (i32.store (i32.const 4) (i32.const 9999))"
      " (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8))", wasi.EFAULT),
+    # a seek with no such whence, before the start; a read at a negative offset
+    ("(call $seek (i32.const 1) (i64.const 0) (i32.const 9) (i32.const 8))", wasi.EINVAL),
+    ("(call $seek (i32.const 3) (i64.const 0) (i32.const 0) (i32.const 8))", wasi.EISDIR),
+    ("(i32.store (i32.const 0) (i32.const 64)) (i32.store (i32.const 4) (i32.const 4))"
+     " (call $pread (i32.const 3) (i32.const 0) (i32.const 1) (i64.const -5) (i32.const 8))",
+     wasi.EINVAL),
     # a NUL byte in a path, a path leading out of its directory's mapping (/data), a
     # "directory" that is stdout
     ("(call $open (i32.const 3) (i32.const 1) (i32.const 100) (i32.const 3) (i32.const 0)"

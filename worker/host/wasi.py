@@ -45,6 +45,8 @@ def errnos(fn: Callable[..., int | None]) -> Callable[..., int | None]:
             return wasi.EFAULT
         except OSError as err:
             return wasi.errno_of(err)
+        except (OverflowError, ValueError):  # a value the host call cannot take
+            return wasi.EINVAL
     wrapper.__name__ = fn.__name__
     return wrapper
 

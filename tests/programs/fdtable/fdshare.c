@@ -9,6 +9,8 @@
  *   pipewrite a thread blocked writing a full pipe while main dlopens, then reads it all
  *   stdin     a thread blocked reading stdin while main dlopens (the test writes after
  *             "dlopened" appears)
+ *   churn     threads opening, writing and closing at once: numbers freed by one thread
+ *             and taken by another never carry a write to the wrong file
  *   isatty    which of stdin, stdout, stderr is a terminal
  *   fs        directories and names: mkdir, readdir, rename, symlink, readlink, unlink, stat
  */
@@ -192,6 +194,40 @@ static int writer_blocked_while_dlopen(void) {
     return 0;
 }
 
+#define CHURN_THREADS 4
+#define CHURN_ROUNDS 150
+static void *churn(void *arg) {
+    long me = (long)arg;
+    char path[32], line[8];
+    snprintf(path, sizeof path, "/churn-%ld", me);
+    snprintf(line, sizeof line, "%ld\n", me);
+    for (int i = 0; i < CHURN_ROUNDS; i++) {
+        /* every thread reuses the same few numbers, freed and taken by the others */
+        int fd = open(path, O_WRONLY | O_CREAT | O_APPEND, 0644);
+        if (fd < 0 || write(fd, line, strlen(line)) != (ssize_t)strlen(line) || close(fd))
+            printf("thread %ld round %d: %s\n", me, i, strerror(errno));
+    }
+    return NULL;
+}
+
+static int churn_numbers(void) {
+    pthread_t t[CHURN_THREADS];
+    for (long i = 0; i < CHURN_THREADS; i++) pthread_create(&t[i], NULL, churn, (void *)i);
+    for (int i = 0; i < CHURN_THREADS; i++) pthread_join(t[i], NULL);
+    for (int i = 0; i < CHURN_THREADS; i++) {
+        char path[32], expected = (char)('0' + i);
+        snprintf(path, sizeof path, "/churn-%d", i);
+        const char *text = slurp(path);
+        size_t lines = 0, foreign = 0;
+        for (const char *c = text; *c; c++) {
+            if (*c == '\n') lines++;
+            else if (*c != expected) foreign++;
+        }
+        printf("churn-%d: %zu lines, %zu foreign\n", i, lines, foreign);
+    }
+    return 0;
+}
+
 static int blocked_while_dlopen(void *(*body)(void *), int from_stdin) {
     static int read_fd;
     if (from_stdin) {
@@ -255,6 +291,7 @@ int main(int argc, char **argv) {
     if (!strcmp(what, "poll")) return blocked_while_dlopen(poll_pipe, 0);
     if (!strcmp(what, "stdin")) return blocked_while_dlopen(read_pipe, 1);
     if (!strcmp(what, "pipewrite")) return writer_blocked_while_dlopen();
+    if (!strcmp(what, "churn")) return churn_numbers();
     if (!strcmp(what, "isatty")) {
         printf("isatty: %d %d %d\n", isatty(0), isatty(1), isatty(2));
         return 0;
