@@ -1,8 +1,8 @@
-"""Collecting a program's stdout/stderr when every thread has its own WASI context.
+"""Collecting a program's stdout/stderr (`run_program(capture_output=True)`).
 
-Each instance group opens the capture target itself, so a regular file would be truncated
-and overwritten by each thread; a pipe is shared safely (writes append). A reader thread
-drains it so writers never block, and `collect()` returns everything written.
+The pipe's write end is descriptor 1 (or 2) of the program's descriptor table, shared by every
+thread's worker. A reader thread drains it so writers never block, and `collect()` returns
+everything written.
 """
 
 from __future__ import annotations
@@ -26,11 +26,6 @@ class PipeCapture:
     def write_fd(self) -> int:
         """The pipe's write end, for worker processes (they receive it over their socket)."""
         return self._write_fd
-
-    @property
-    def path(self) -> str:
-        """A path that opens this pipe's write end (what WASI's stdout_file wants)."""
-        return f"/proc/self/fd/{self._write_fd}"
 
     def _drain(self) -> None:
         while True:

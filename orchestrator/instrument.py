@@ -1,9 +1,10 @@
 """Load-time rewrites of module binaries, applied once before compiling.
 
-`export_imported_memory`: wasmtime's WASI functions find memory through the *calling*
+`export_imported_memory`: wasmtime's own WASI functions found memory through the *calling*
 instance's `memory` export, but dynamically linked modules import their memory and do not
 export it. The rewrite adds a `memory` export of memory 0 (appended to the export section, or
-as a new one), so WASI calls from any module work. Nothing else changes: no index moves.
+as a new one). wasmgroup's WASI (worker/host/wasi.py) no longer needs it; it stays because
+modules compiled with it are cached under this rewrite version. No index moves.
 
 `REWRITE_VERSION` is part of the compile-cache key: bump it when a rewrite changes.
 """

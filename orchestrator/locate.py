@@ -55,8 +55,9 @@ _libc.syscall.restype = ctypes.c_long
 use_openat2 = True
 
 
-def _openat2(dir_fd: int, path: str, flags: int) -> int:
-    how = _OpenHow(flags, 0, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)
+def _openat2(dir_fd: int, path: str, flags: int, mode: int = 0) -> int:
+    how = _OpenHow(flags, mode if flags & os.O_CREAT else 0,
+                   RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)
     fd = _libc.syscall(ctypes.c_long(SYS_OPENAT2), ctypes.c_int(dir_fd),
                        ctypes.c_char_p(os.fsencode(path)), ctypes.byref(how),
                        ctypes.c_size_t(ctypes.sizeof(how)))
@@ -66,10 +67,10 @@ def _openat2(dir_fd: int, path: str, flags: int) -> int:
     return int(fd)
 
 
-def open_beneath(root_fd: int, root_host: str, rel: str, flags: int) -> int:
+def open_beneath(root_fd: int, root_host: str, rel: str, flags: int, mode: int = 0o666) -> int:
     """Open `rel` (relative, no `..` needed) beneath the directory `root_fd` (whose host path
     is `root_host`); never resolves to anything outside it. Raises OSError (EXDEV for an
-    escape, EINVAL for a NUL byte)."""
+    escape, EINVAL for a NUL byte). `mode` is for a file O_CREAT makes (umask applies)."""
     global use_openat2
     if "\0" in rel:
         raise OSError(errno.EINVAL, "a path cannot contain a NUL byte")
@@ -79,7 +80,7 @@ def open_beneath(root_fd: int, root_host: str, rel: str, flags: int) -> int:
     if use_openat2:
         for _ in range(OPENAT2_RETRIES):
             try:
-                return _openat2(root_fd, rel, flags)
+                return _openat2(root_fd, rel, flags, mode)
             except OSError as err:
                 if err.errno in (errno.ENOSYS, errno.EPERM, errno.E2BIG):
                     use_openat2 = False  # not this kernel's, or filtered: walk from now on
@@ -88,10 +89,10 @@ def open_beneath(root_fd: int, root_host: str, rel: str, flags: int) -> int:
                     break  # an absolute symlink, maybe into the mapping: the walk decides
                 if err.errno != errno.EAGAIN:
                     raise
-    return _walk_beneath(root_fd, root_host, rel, flags)
+    return _walk_beneath(root_fd, root_host, rel, flags, mode)
 
 
-def _walk_beneath(root_fd: int, root_host: str, rel: str, flags: int) -> int:
+def _walk_beneath(root_fd: int, root_host: str, rel: str, flags: int, mode: int) -> int:
     """`open_beneath` without openat2: one component at a time, each opened relative to the
     last with O_NOFOLLOW, symlinks read and resolved here (an absolute target counts only when
     it names a place under `root_host`), `..` never above the root."""
@@ -111,7 +112,7 @@ def _walk_beneath(root_fd: int, root_host: str, rel: str, flags: int) -> int:
                 os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
             target = None
             try:
-                fd = os.open(part, want, dir_fd=dirs[-1])
+                fd = os.open(part, want, mode, dir_fd=dirs[-1])
             except OSError as err:
                 if err.errno not in (errno.ELOOP, errno.ENOTDIR):
                     raise
@@ -234,7 +235,7 @@ class GuestFilesystem:
         # POSIX keeps a leading "//"; in the guest namespace it is just "/".
         return "/" + path.lstrip("/")
 
-    def _mapping_of(self, guest_path: str) -> Mapping | None:
+    def mapping_of(self, guest_path: str) -> Mapping | None:
         """The mapping that shows `guest_path` (the longest guest prefix wins)."""
         best: Mapping | None = None
         for m in self.mappings:
@@ -242,22 +243,39 @@ class GuestFilesystem:
                 best = m
         return best
 
-    def _open_in(self, host_dir: str, rel: str, flags: int) -> int:
+    def _open_in(self, host_dir: str, rel: str, flags: int, mode: int = 0o666) -> int:
         with self._lock:
             if host_dir not in self._fds:
                 raise OSError(errno.EBADF, "the guest filesystem is closed")
-            return open_beneath(self._fds[host_dir], host_dir, rel, flags)
+            return open_beneath(self._fds[host_dir], host_dir, rel, flags, mode)
 
-    def open(self, guest_path: str, flags: int = os.O_RDONLY) -> int:
+    def open(self, guest_path: str, flags: int = os.O_RDONLY, mode: int = 0o666) -> int:
         """Open a guest path (made absolute against the cwd) in one step beneath its mapped
         directory. The caller owns the descriptor. Raises OSError: ENOENT when no mapping
         shows the path, EXDEV when it leads out of its mapping."""
         path = self.absolute(guest_path)
-        mapping = self._mapping_of(path)
+        mapping = self.mapping_of(path)
         if mapping is None:
             raise OSError(errno.ENOENT, "no mapped directory shows this path")
         rel = posixpath.relpath(path, mapping.guest)
-        return self._open_in(mapping.host, rel, flags)
+        return self._open_in(mapping.host, rel, flags, mode)
+
+    def is_mapping_point(self, guest_path: str) -> bool:
+        """Whether the path is a mapped directory or a directory above one (a place only
+        the mappings make: it cannot be created, removed or renamed)."""
+        path = self.absolute(guest_path)
+        return any(_inside(m.guest, path) for m in self.mappings)
+
+    def open_parent(self, guest_path: str) -> tuple[int, str]:
+        """The directory holding a guest path's last component, opened (O_PATH) beneath its
+        mapping, and that component: for calls that act on a name itself (unlink, rename,
+        mkdir, readlink, a symlink not followed). The caller owns the descriptor. EBUSY for a
+        mapping point."""
+        path = self.absolute(guest_path)
+        if self.is_mapping_point(path):
+            raise OSError(errno.EBUSY, "a mapped directory")
+        parent, name = posixpath.split(path)
+        return self.open(parent, os.O_PATH | os.O_DIRECTORY), name
 
     def stat(self, guest_path: str) -> os.stat_result:
         """`stat` of a guest path, symlinks followed as `open` follows them."""

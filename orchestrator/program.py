@@ -38,8 +38,10 @@ from typing import Any
 
 import wasmtime
 
+from wasmgroup.orchestrator import descriptors
 from wasmgroup.orchestrator.cache import DEFAULT_MAX_MODULE_SIZE, ModuleCache
 from wasmgroup.orchestrator.capture import PipeCapture
+from wasmgroup.orchestrator.descriptors import DescriptorTable
 from wasmgroup.orchestrator.interrupt import watch_interrupts
 from wasmgroup.orchestrator.linker import MAIN_HANDLE, LinkerState, PendingLoad
 from wasmgroup.orchestrator.locate import GuestFilesystem, Located
@@ -50,6 +52,7 @@ from wasmgroup.orchestrator.workers import (
     CallFailed,
     CallStopped,
     OperationFuture,
+    WithDescriptor,
     WorkerPool,
     WorkerProcess,
     WorkerStartError,
@@ -121,6 +124,7 @@ REQUEST_ARGS: dict[str, tuple[type | str, ...]] = {
     "dlopen": (str, "strs?"), "dlsym": (int, str), "is_side_module": (int,),
     "resolve_stub": (int, str, "strs", "strs"), "spawn": (int,), "grow": (int,),
     "tls_arena": (int,), "cwd": (), "chdir": (str,),
+    **descriptors.REQUESTS,
 }
 
 
@@ -162,6 +166,13 @@ class Program:
                                  options.max_module_size)
         self._stdout = PipeCapture() if options.capture_output else None
         self._stderr = PipeCapture() if options.capture_output else None
+        # One descriptor table for every thread: stdio, the --dir mappings from 3, and all
+        # the program opens.
+        self.descriptors = DescriptorTable(
+            self.fs, [_valid_fd(0),
+                      self._stdout.write_fd if self._stdout else _valid_fd(1),
+                      self._stderr.write_fd if self._stderr else _valid_fd(2)],
+            on_close=self._purge_descriptors)
         self.tracer = Tracer(options.trace, path)
         log.info("pool of %d idle workers", options.pool_size)
         self._timer: threading.Timer | None = None
@@ -272,20 +283,17 @@ class Program:
         return pages
 
     def _base_config(self) -> tuple[dict[str, Any], list[int]]:
-        """What every group's worker gets: WASI arguments, environment, directories, output,
-        the memory (the fds travel beside the frame)."""
+        """What every group's worker gets: WASI arguments and environment, the memory and
+        the descriptor table's generation page (the fds travel beside the frame)."""
         fds: list[int] = []
         memory = None
         if self.region is not None:
             memory = {"max_pages": self.region.max_pages, "shared": self._shared_memory}
             fds.append(self.region.fd)
-        if self._stdout is not None and self._stderr is not None:
-            fds += [self._stdout.write_fd, self._stderr.write_fd]
+        fds.append(self.descriptors.generations.fd)
         config = {
             "argv": [self._guest_path_of_main(), *self.options.args],
             "env": [[k, v] for k, v in self.options.env.items()],
-            "preopens": [[m.host, m.guest] for m in self.fs.mappings],
-            "capture": self._stdout is not None,
             "memory": memory,
             "table_length": self.linker.table_length,
             "stack_pointer": None,  # the group's own __stack_pointer start value, if any
@@ -431,6 +439,7 @@ class Program:
             self._timer.cancel()
         self.pool.close(INTERRUPT_GRACE if self._interrupted else SHUTDOWN_GRACE)
         self.cache.close()
+        self.descriptors.close()
         self.fs.close()
         self.tracer.close()
         if self.region is not None:
@@ -555,6 +564,9 @@ class Program:
             return self.grow_memory(args[0])
         if name == "tls_arena":
             return self.tls_arena(worker.thread_id, args[0])
+        if name in descriptors.REQUESTS:
+            answer, fd = descriptors.serve(self.descriptors, name, args)
+            return answer if fd is None else WithDescriptor(answer, fd)
         if name == "cwd":
             return self.fs.cwd
         assert name == "chdir"
@@ -704,6 +716,13 @@ class Program:
         self.fs.cwd = target
         return True
 
+    def _purge_descriptors(self) -> None:
+        """Entries of the descriptor table were closed: every group drops its copies."""
+        with self._groups_lock:
+            live = list(self.groups.values())
+        for worker in live:
+            worker.send("purge")
+
     def is_side_module(self, handle: int) -> bool:
         return handle != MAIN_HANDLE and handle in self.linker.modules
 
@@ -840,6 +859,15 @@ class Program:
                     self.pool.give_back(child)
         except CallStopped:
             pass
+
+
+def _valid_fd(fd: int) -> int | None:
+    """`fd` if this process has it open (a closed stdio stream stays closed in the guest)."""
+    try:
+        os.fstat(fd)
+    except OSError:
+        return None
+    return fd
 
 
 def _apply_times(applied: dict[int, OperationFuture]) -> dict[str, Any]:

@@ -30,13 +30,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from wasmgroup.orchestrator.descriptors import REQUESTS as DESCRIPTOR_REQUESTS
 from wasmgroup.shared import protocol
 from wasmgroup.shared.errors import WasmgroupError
 
 # Requests answered at once on the reader thread: they never wait on another group, and a
 # group applying a broadcast operation inside a long request (its dlopen or spawn waiting on
 # the topology lock) makes them nested in that request, so they must not queue behind it.
-IMMEDIATE_CALLS = frozenset({"grow", "tls_arena", "cwd", "chdir", "is_side_module"})
+IMMEDIATE_CALLS = frozenset({"grow", "tls_arena", "cwd", "chdir", "is_side_module",
+                             *DESCRIPTOR_REQUESTS})
 READY_TIMEOUT = 60.0  # seconds for a new worker to import wasmtime and create its engine
 log = logging.getLogger("wasmgroup")
 SHUTDOWN_GRACE = 2.0  # seconds a worker gets to leave on its own before it is killed
@@ -59,6 +61,15 @@ class CallFailed(Exception):
 
 class CallStopped(Exception):
     """The program is ending: the requesting guest thread must stop."""
+
+
+@dataclass
+class WithDescriptor:
+    """A request's answer with an OS descriptor that travels beside it (SCM_RIGHTS); the
+    descriptor is the answer's to close once sent."""
+
+    value: Any
+    fd: int
 
 
 @dataclass
@@ -233,20 +244,27 @@ class WorkerProcess:
         """Serve one request and always reply (the listener turns every failure into
         CallFailed or CallStopped); a lost connection is the reader's to notice."""
         listener = self.listener
+        fds: list[int] = []
         try:
             if listener is None:
                 raise CallFailed("this worker hosts no thread")
             value = listener.worker_call(self, message["name"], message["args"])
+            if isinstance(value, WithDescriptor):
+                value, fds = value.value, [value.fd]
             reply: dict[str, Any] = {"ok": True, "value": value, "error": None}
         except CallFailed as err:
             reply = {"ok": False, "value": None, "error": str(err)}
         except CallStopped:
             reply = {"ok": False, "value": None, "error": None}
         try:
-            self.send("reply", **reply)
+            self.send("reply", fds=fds, **reply)
         except (protocol.ProtocolError, OverflowError, TypeError, ValueError) as err:
             # A value the wire cannot carry: the guest gets a failure, not silence.
             self.send("reply", ok=False, value=None, error=f"cannot reply: {err}")
+        finally:
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
     # ------------------------------------------------------------------ ending
     def kill(self) -> None:
@@ -358,5 +376,13 @@ class WorkerPool:
             worker.kill()
 
 
-__all__ = ["CallFailed", "CallStopped", "OperationFuture", "WorkerPool", "WorkerProcess",
-           "WorkerStartError", "describe_exit"]
+__all__ = [
+    "CallFailed",
+    "CallStopped",
+    "OperationFuture",
+    "WithDescriptor",
+    "WorkerPool",
+    "WorkerProcess",
+    "WorkerStartError",
+    "describe_exit",
+]

@@ -20,7 +20,8 @@ def _f(params: int, results: int = 1) -> FuncType:
     return FuncType((I32,) * params, (I32,) * results)
 
 
-# wasix_32v1 calls wasmgroup implements: dl*, futexes, threads, exit, signals, cwd, fd flags.
+# wasix_32v1 calls wasmgroup implements: dl*, futexes, threads, exit, signals, cwd, fd flags,
+# dup, pipe, path_open2.
 WASIX_32V1: dict[str, FuncType] = {
     "dlopen": _f(8),
     "dlsym": _f(6),
@@ -98,7 +99,7 @@ def status(module: str, name: str, func_type: FuncType | None) -> str:
     if expected is None or expected != func_type:
         return UNKNOWN
     if module in ("wasi_snapshot_preview1", "wasi_unstable", "wasi") or name in WASIX_32V1:
-        return IMPLEMENTED  # wasmtime implements all of preview1
+        return IMPLEMENTED  # worker/host/wasi.py (sockets: ENOSYS when called)
     if name in STOP_REASONS or not expected.results:
         return STOPS
     return ENOSYS

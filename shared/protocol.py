@@ -9,7 +9,8 @@ Messages, by direction (W = worker, C = coordinator):
   W→C ready(pid)                          a started worker, engine created
   C→W assign(thread, role, ...)           host a group: "main" (create memory and table) or
                                           "thread" (attach, replay `plans`/`slots`); fds
-                                          travel alongside (memfd, stdout, stderr)
+                                          travel alongside (the memory's memfd if shared,
+                                          the descriptor table's generation memfd)
   W→C assigned(error)                     the group exists (replayed), or why not
   C→W run(entry, args, thread)            call the group's entry point, as wasm thread `thread`
   W→C exited(how, code, message)          the entry point ended: returned / exit /
@@ -19,6 +20,9 @@ Messages, by direction (W = worker, C = coordinator):
   C→W reply(ok, value, error)             its answer; `stopped` when the program is ending
   C→W op(id, op, initialise)              apply a link operation (or describe) at a safe point
   W→C ack(id, error, seconds, state, gone)
+  C→W purge()                             descriptor table entries changed: close cached
+                                          copies of them (replies to descriptor requests
+                                          carry an OS descriptor alongside)
   C→W stop()                              the program is ending: leave guest code
   C→W shutdown()                          leave the process
 """
@@ -51,6 +55,7 @@ MESSAGES: dict[str, dict[str, tuple[type, ...]]] = {
     "op": {"id": (int,), "op": (dict,), "initialise": (bool,)},
     "ack": {"id": (int,), "error": (str, _NONE), "seconds": (float,), "state": (list, _NONE),
             "gone": (bool,)},
+    "purge": {},
     "stop": {},
     "shutdown": {},
 }

@@ -306,10 +306,15 @@ def test_memory_grow_and_size_with_own_or_imported_memory(tmp_path: Path, memory
     assert run_program(str(prog)).exit_code == 33  # size 3 pages, grow(0) returns 3
 
 
-@pytest.mark.parametrize(("call", "errno"), [("(call $pipe (i32.const 0) (i32.const 4))", 58),
-                                             ("(call $dup (i32.const 1) (i32.const 0))", 58)])
-def test_descriptor_calls_the_runtime_cannot_do_report_enotsup(tmp_path: Path, call: str,
-                                                               errno: int) -> None:
+@pytest.mark.parametrize(("call", "errno"), [
+    ("(call $pipe (i32.const 0) (i32.const 4))", 0),
+    ("(call $dup (i32.const 1) (i32.const 0))", 0),
+    ("(call $dup (i32.const 77) (i32.const 0))", 8),  # EBADF: no such descriptor
+    ("(call $dup (i32.const -1) (i32.const 0))", 8),
+    ("(call $pipe (i32.const 65535) (i32.const 4))", 21),  # EFAULT: outside memory
+])
+def test_descriptor_calls_of_a_freestanding_main(tmp_path: Path, call: str,
+                                                 errno: int) -> None:
     prog = tmp_path / "fds.wasm"
     prog.write_bytes(wasmtime.wat2wasm(f"""
         (module

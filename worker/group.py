@@ -47,11 +47,13 @@ from wasmgroup.shared.plan import (
 )
 from wasmgroup.shared.wasm import FuncType
 from wasmgroup.worker import epoch, wasmtime_compat
+from wasmgroup.worker.host import poll
 from wasmgroup.worker.host.clocks import CLOCK_FUNCTIONS, make_clock_functions
+from wasmgroup.worker.host.descriptors import DescriptorCache
 from wasmgroup.worker.host.memory import make_memory_functions
 from wasmgroup.worker.host.poll import make_poll_oneoff
-from wasmgroup.worker.host.shim import PATH_FUNCTIONS, instantiate_shim
 from wasmgroup.worker.host.signals import SignalState
+from wasmgroup.worker.host.wasi import WASIX_DESCRIPTOR_CALLS, make_wasi_functions
 from wasmgroup.worker.host.wasix import (
     GuestExit,
     ProgramStopping,
@@ -92,11 +94,16 @@ class DescribeRequest:
     """Asks a group for its `GroupState` (for `--verify-groups`), at its own safe point."""
 
 
+class PurgeDescriptors:
+    """Entries of the descriptor table changed: close the cached copies of those entries
+    (fire and forget: no one waits for it)."""
+
+
 @dataclass
 class PendingOperation:
     """A link operation another group instigated, to apply at this group's next safe point."""
 
-    op: LoadPlan | SlotAssignment | DescribeRequest
+    op: LoadPlan | SlotAssignment | DescribeRequest | PurgeDescriptors
     initialise: bool = False  # run data relocations and constructors (the instigator only)
     on_done: Callable[[PendingOperation], None] | None = None
     error: str | None = None
@@ -143,16 +150,17 @@ def _our_functype(t: wasmtime.FuncType) -> FuncType:
 
 class InstanceGroup:
     def __init__(self, engine: wasmtime.Engine, load_module: Callable[[str], wasmtime.Module],
-                 service: LinkService, wasi: wasmtime.WasiConfig, thread_id: int = 1) -> None:
+                 service: LinkService, descriptors: DescriptorCache,
+                 args: list[str], env: list[tuple[str, str]], thread_id: int = 1) -> None:
         self.engine = engine
         self.store = wasmtime.Store(engine)
-        self.store.set_wasi(wasi)
         self._load_module = load_module
         self.service = service
         self.thread_id = thread_id
-        self._wasi_linker = wasmtime.Linker(engine)
-        self._wasi_linker.define_wasi()
-        self._shim: wasmtime.Instance | None = None
+        self.descriptors = descriptors  # the program's descriptor table, as cached here
+        self.args = args
+        self.env = env
+        self._wasi = make_wasi_functions(self)
         self._wasix = make_wasix_functions(self)
         self._wasi_threads = make_wasi_threads_functions(self)
         self._memory_helpers = make_memory_functions(self)
@@ -237,7 +245,7 @@ class InstanceGroup:
         else:
             memory = wasmtime.Memory(self.store, mem_type)
         self.memory_object = memory
-        self._memory = GuestMemory(memory, self.store)
+        self._memory = GuestMemory(memory, self.store, fixed=True)
         base, length = self._memory.extent()
         region.map_over(base, length)
 
@@ -452,6 +460,12 @@ class InstanceGroup:
             self.instances[plan.handle] = wasmtime.Instance(self.store, module, imports)
         except WASM_ERRORS as err:
             raise LinkError(f"{plan.name}: cannot instantiate: {_trap_text(err)}") from None
+        if plan.handle == MAIN_HANDLE and self._memory is None:
+            # A main that defines its own memory (one group only): host calls use that.
+            own = self.instances[plan.handle].exports(self.store).get("memory")
+            if isinstance(own, (wasmtime.Memory, wasmtime.SharedMemory)):
+                self.memory_object = own
+                self._memory = GuestMemory(own, self.store)
         if plan.handle == MAIN_HANDLE and self.stack_pointer is None:
             sp = self.instances[plan.handle].exports(self.store).get("__stack_pointer")
             if isinstance(sp, wasmtime.Global):
@@ -522,28 +536,17 @@ class InstanceGroup:
 
         return wasmtime.Func(self.store, ty, call)
 
-    def _shim_export(self, name: str) -> Any:
-        if self._shim is None:
-            assert self.memory_object is not None
-            self._shim = instantiate_shim(self.store, self.engine, self.memory_object,
-                                          self._wasi_linker)
-        return self._shim.exports(self.store)[name]
-
     def _host_function(self, module: str, name: str, ty: wasmtime.FuncType) -> Any:
-        adapted = (module in WASI_MODULES and name in PATH_FUNCTIONS) or (
-            module == "wasix_32v1" and name == "path_open2")
-        if adapted and self.memory_object is not None:
-            return self._shim_export(name)
-        if module in WASI_MODULES and name in CLOCK_FUNCTIONS and self._memory is not None:
-            return host_func(self.store, ty, self._clocks[name])
-        if module in WASI_MODULES and name == "poll_oneoff" and self.memory_object is not None:
-            original = self._shim_export("poll_oneoff")
-            return host_func(self.store, ty, make_poll_oneoff(
-                self, lambda *args: int(original(self.store, *args))))
+        function: Callable[..., Any] | None
         if module in WASI_MODULES:
-            return self._wasi_linker.get(self.store, "wasi_snapshot_preview1", name)
-        table = {"wasix_32v1": self._wasix, "wasi": self._wasi_threads}[module]
-        return host_func(self.store, ty, table.get(name) or make_unimplemented(module, name))
+            function = (self._clocks.get(name) if name in CLOCK_FUNCTIONS
+                        else make_poll_oneoff(self) if name == "poll_oneoff"
+                        else self._wasi.get(name))
+        elif module == "wasix_32v1" and name in WASIX_DESCRIPTOR_CALLS:
+            function = self._wasi[name]
+        else:
+            function = {"wasix_32v1": self._wasix, "wasi": self._wasi_threads}[module].get(name)
+        return host_func(self.store, ty, function or make_unimplemented(module, name))
 
     # ------------------------------------------------------------------ blocking and threads
     def post(self, pending: PendingOperation) -> None:
@@ -555,6 +558,7 @@ class InstanceGroup:
         """Parked in futex_wait: wake it now (a spurious wake-up, which futex users
         tolerate) rather than at the end of its wait slice; asleep: wake it too."""
         self._wakeup.set()
+        poll.nudge()  # a blocking read or poll
         waiting_on = self._waiting_on
         if waiting_on is not None:
             futex_wake(waiting_on, 0x7FFFFFFF)
@@ -584,6 +588,8 @@ class InstanceGroup:
                     self.apply_slot(pending.op)
                 elif isinstance(pending.op, DescribeRequest):
                     pending.state = self.describe_state()
+                elif isinstance(pending.op, PurgeDescriptors):
+                    self.descriptors.purge()
                 else:
                     self.apply_load(pending.op, initialise=pending.initialise)
             except LinkError as err:
@@ -681,10 +687,10 @@ class InstanceGroup:
 
     # ------------------------------------------------------------------ running
     def close(self) -> None:
-        """Release the Store (and with it this group's WASI descriptors). Only once its
-        thread has left wasm; the group is unusable afterwards."""
+        """Release the Store and this group's cached descriptors. Only once its thread has
+        left wasm; the group is unusable afterwards."""
         self.instances.clear()
-        self._shim = None
+        self.descriptors.close()
         self.store.close()
 
     def call_entry(self, name: str, *args: int) -> None:

@@ -33,6 +33,7 @@ import wasmtime
 
 from wasmgroup.shared import protocol
 from wasmgroup.shared.errors import LinkError, UnsupportedCall
+from wasmgroup.shared.fdtable import GenerationPage
 from wasmgroup.shared.memory import SharedRegion
 from wasmgroup.shared.plan import (
     LoadPlan,
@@ -48,8 +49,10 @@ from wasmgroup.worker.group import (
     DescribeRequest,
     InstanceGroup,
     PendingOperation,
+    PurgeDescriptors,
     make_engine_config,
 )
+from wasmgroup.worker.host.descriptors import DescriptorCache
 from wasmgroup.worker.host.signals import GuestSignal
 from wasmgroup.worker.host.wasix import GuestExit, ProgramStopping, ThreadExit
 
@@ -99,6 +102,8 @@ class Worker:
                 kind = message["t"]
                 if kind == "op":
                     self._post(message)
+                elif kind == "purge":
+                    self._purge()
                 elif kind == "stop":
                     self._stop.set()
                     self._wake()
@@ -125,6 +130,13 @@ class Worker:
         if group is None:
             self.conn.send("ack", id=pending_id, error=None, seconds=0.0, state=None, gone=True)
             return
+        self._wake()
+
+    def _purge(self) -> None:
+        with self._group_lock:
+            group = self.group
+            if group is not None:
+                group.post(PendingOperation(PurgeDescriptors()))
         self._wake()
 
     def _ack(self, pending: PendingOperation, gone: bool = False) -> None:
@@ -214,24 +226,18 @@ class Worker:
     def _build_group(self, thread: int, role: str, config: dict[str, Any], fds: list[int]
                      ) -> None:
         self._artefacts.update(config["artefacts"])
-        wasi = wasmtime.WasiConfig()
-        wasi.argv = config["argv"]
-        wasi.env = [tuple(pair) for pair in config["env"]]
-        for host, guest in config["preopens"]:
-            wasi.preopen_dir(host, guest)
-        fd_iter = iter(fds)
+        if len(fds) != (2 if config["memory"] is not None else 1):
+            raise ValueError(f"an assignment came with {len(fds)} descriptors")
+        # The last descriptor is the table's generation page: the cache owns it.
+        generations = GenerationPage(self._fds.pop(), owner=False)
         region = None
         memory = config["memory"]
         if memory is not None:
-            region = SharedRegion(next(fd_iter), memory["max_pages"], owner=False)
-        if config["capture"]:
-            wasi.stdout_file = f"/proc/self/fd/{next(fd_iter)}"
-            wasi.stderr_file = f"/proc/self/fd/{next(fd_iter)}"
-        else:
-            wasi.inherit_stdout()
-            wasi.inherit_stderr()
-        wasi.inherit_stdin()
-        group = InstanceGroup(self.engine, self._module, WorkerService(self), wasi,
+            region = SharedRegion(fds[0], memory["max_pages"], owner=False)
+        service = WorkerService(self)
+        group = InstanceGroup(self.engine, self._module, service,
+                              DescriptorCache(generations, service.descriptor_request),
+                              list(config["argv"]), [(k, v) for k, v in config["env"]],
                               thread_id=thread)
         with self._group_lock:
             self.group = group
@@ -278,7 +284,8 @@ class Worker:
             group, self.group = self.group, None
         if group is not None:
             for pending in group.drain_pending():
-                self._ack(pending, gone=True)
+                if pending.on_done is not None:  # a purge has no one to answer
+                    self._ack(pending, gone=True)
             group.close()
         for fd in self._fds:
             with contextlib.suppress(OSError):
@@ -318,19 +325,42 @@ class WorkerService:
         guest is not at a `safe_point` (memory.grow runs inside malloc, holding its lock:
         a side module's TLS set-up would need that lock) and the answer never waits on
         another group."""
+        value, fds = self._call_with_fds(name, *args, safe_point=safe_point)
+        for fd in fds:
+            os.close(fd)
+        return value
+
+    def _call_with_fds(self, name: str, *args: Any, safe_point: bool = True
+                       ) -> tuple[Any, list[int]]:
         self.worker.conn.send("call", name=name, args=list(args))
         while True:
-            message, _fds = self.worker.next_message(stop_aware=True, safe_point=safe_point)
+            message, fds = self.worker.next_message(stop_aware=True, safe_point=safe_point)
             if message["t"] == "shutdown":
                 os._exit(0)  # the coordinator is closing down while this group was building
             if message["t"] != "reply":
+                for fd in fds:
+                    os.close(fd)
                 raise protocol.ProtocolError(f"expected a reply to {name!r}, got "
                                              f"{message['t']!r}")
             if message["ok"]:
-                return message["value"]
+                return message["value"], fds
+            for fd in fds:
+                os.close(fd)
             if message["error"] is None:
                 raise ProgramStopping()
             raise LinkError(message["error"])
+
+    def descriptor_request(self, name: str, *args: Any) -> tuple[list[Any], int | None]:
+        """A request to the program's descriptor table: its answer ([errno, values...]) and
+        the OS descriptor that came with it, if one did. Answered at once by the coordinator
+        (never waiting on another group), so not a safe point: it may come from anywhere."""
+        value, fds = self._call_with_fds(name, *args, safe_point=False)
+        if len(fds) > 1 or not isinstance(value, list) or not value \
+                or not isinstance(value[0], int):
+            for fd in fds:
+                os.close(fd)
+            raise protocol.ProtocolError(f"a malformed answer to {name!r}")
+        return value, fds[0] if fds else None
 
     def dlopen(self, group: InstanceGroup, name: str, ld_library_path: list[str] | None
                ) -> int:

@@ -17,17 +17,27 @@ class GuestFault(Exception):
 
 class GuestMemory:
     def __init__(self, memory: wasmtime.Memory | wasmtime.SharedMemory,
-                 store: wasmtime.Store) -> None:
+                 store: wasmtime.Store, fixed: bool = False) -> None:
         self._memory = memory
         self._store = store
+        # A `fixed` memory never moves nor grows (wasmgroup creates the program's memory at
+        # its maximum size): asking wasmtime for its extent on every access would cost more
+        # than most host calls.
+        self._fixed_extent = fixed
+        self._fixed: tuple[int, int] | None = None
 
     def _base_and_len(self) -> tuple[int, int]:
+        if self._fixed is not None:
+            return self._fixed
         m = self._memory
         if isinstance(m, wasmtime.SharedMemory):
             ptr, length = m.data_ptr(), m.data_len()
         else:
             ptr, length = m.data_ptr(self._store), m.data_len(self._store)
-        return ctypes.addressof(ptr.contents), length
+        extent = ctypes.addressof(ptr.contents), length
+        if self._fixed_extent:
+            self._fixed = extent
+        return extent
 
     def _check(self, addr: int, size: int) -> int:
         base, length = self._base_and_len()
@@ -68,6 +78,20 @@ class GuestMemory:
                 break
             out += b
         return out.decode("utf-8", errors="replace")
+
+    def buffers(self, iovs: int, count: int) -> list[memoryview]:
+        """The guest buffers an iovec array names (pointer u32, length u32 each), as writable
+        views of the memory itself: readv/writev move data with no copy."""
+        if count < 0 or count > 1024:  # IOV_MAX
+            raise GuestFault(f"{count} iovecs")
+        fields = struct.unpack(f"<{2 * count}I", self.read(iovs, 8 * count))
+        views = []
+        for i in range(0, 2 * count, 2):
+            addr, size = fields[i], fields[i + 1]
+            if size:
+                views.append(memoryview((ctypes.c_char * size).from_address(
+                    self._check(addr, size))).cast("B"))
+        return views
 
     def fill(self, addr: int, size: int, byte: int = 0) -> None:
         ctypes.memset(self._check(addr, size), byte, size)

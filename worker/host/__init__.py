@@ -1,1 +1,1 @@
-"""Host functions the runtime gives guests (WASIX, wasi-threads, WASI shims)."""
+"""Host functions the runtime gives guests (WASI preview1, WASIX, wasi-threads)."""

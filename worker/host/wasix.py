@@ -15,6 +15,7 @@ from wasmgroup.shared import hostabi
 from wasmgroup.shared.cpus import usable_cpus
 from wasmgroup.shared.errors import LinkError, UnsupportedCall
 from wasmgroup.shared.futex import futex_wake
+from wasmgroup.shared.wasi import WasiError
 from wasmgroup.worker.memview import GuestFault
 
 if TYPE_CHECKING:
@@ -207,25 +208,23 @@ def make_wasix_functions(group: InstanceGroup) -> dict[str, Callable[..., int | 
 
     @_faults_to_errno
     def fd_fdflags_get(fd: int, ret: int) -> int:
+        try:
+            group.descriptors.get(fd)
+        except WasiError as err:
+            return err.code
         group.memory.write(ret, b"\0\0")  # no close-on-exec: there is no exec
         return ESUCCESS
 
     def fd_fdflags_set(fd: int, flags: int) -> int:
+        try:
+            group.descriptors.get(fd)
+        except WasiError as err:
+            return err.code
         return ESUCCESS
-
-    def fd_dup2(fd: int, min_fd: int, cloexec: int, ret: int) -> int:
-        return ENOTSUP  # wasmtime's WASI descriptors cannot be duplicated
-
-    def fd_dup(fd: int, ret: int) -> int:
-        return ENOTSUP
-
-    def fd_pipe(ret_read: int, ret_write: int) -> int:
-        return ENOTSUP  # nor can new descriptors be added to its table
 
     return {
         "chdir": chdir, "thread_parallelism": thread_parallelism, "proc_id": proc_id,
-        "fd_fdflags_get": fd_fdflags_get, "fd_fdflags_set": fd_fdflags_set, "fd_dup2": fd_dup2,
-        "fd_dup": fd_dup, "fd_pipe": fd_pipe,
+        "fd_fdflags_get": fd_fdflags_get, "fd_fdflags_set": fd_fdflags_set,
         "dlopen": dlopen, "dlsym": dlsym, "dl_invalid_handle": dl_invalid_handle,
         "futex_wait": futex_wait_, "futex_wake": futex_wake_, "futex_wake_all": futex_wake_all,
         "thread_exit": thread_exit, "proc_exit2": proc_exit2, "thread_signal": thread_signal,
