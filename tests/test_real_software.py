@@ -24,10 +24,6 @@ NATIVE = ROOT / "build" / "native"
 PROGRAMS = ROOT / "tests" / "programs"
 WASMGROUP = [sys.executable, "-m", "wasmgroup.orchestrator.cli"]
 
-PER_THREAD_FDS = pytest.mark.xfail(
-    strict=True, reason="descriptors are per thread until the program-wide descriptor table lands")
-
-
 @pytest.fixture(scope="module")
 def native() -> Path:
     if not (NATIVE / "sqlite" / "sqldrv").exists() or not (NATIVE / "lua" / "lua").exists():
@@ -108,14 +104,12 @@ def test_sqlite_threads_on_an_in_memory_database(guests: Path, native: Path, tmp
     assert wasm == nat
 
 
-@PER_THREAD_FDS
 def test_sqlite_threads_share_one_connection(guests: Path, native: Path, tmp_path: Path) -> None:
     nat, wasm = sqlite_both(guests, native, tmp_path, "threads", "4", verify_groups=True)
     assert nat[-1] == "threads: ok"
     assert wasm == nat
 
 
-@PER_THREAD_FDS
 def test_sqlite_shared_cache_threads(guests: Path, native: Path, tmp_path: Path) -> None:
     nat, wasm = sqlite_both(guests, native, tmp_path, "shared", "4", verify_groups=True)
     assert nat[-1] == "shared: ok"
@@ -215,7 +209,6 @@ def test_parallel_compressor_with_io_in_main(guests: Path, native: Path, tmp_pat
         == (tmp_path / "native" / "output.rle").read_bytes()
 
 
-@PER_THREAD_FDS
 def test_parallel_compressor_reader_and_writer_threads(guests: Path, native: Path,
                                                        tmp_path: Path) -> None:
     """A reader and a writer thread use the input and output descriptors main opened."""
