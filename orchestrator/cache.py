@@ -77,6 +77,17 @@ class ModuleCache:
         self._by_path[host_path] = self._by_key[key]
         return self._by_key[key]
 
+    def generated(self, data: bytes, parsed: WasmModule) -> tuple[str, CachedModule]:
+        """A module wasmgroup generated (a closure trampoline), compiled once and cached like
+        a file; returns the name plans use for it (in place of a host path) and the entry."""
+        key = hashlib.sha256(self._salt.encode() + b"\0" + data).hexdigest()
+        name = f"<generated {key[:16]}>"
+        if key not in self._by_key:
+            module, artefact = self._compiled(key, data, name)
+            self._by_key[key] = CachedModule(key, parsed, module, artefact)
+        self._by_path[name] = self._by_key[key]
+        return name, self._by_key[key]
+
     def loaded(self, host_path: str) -> CachedModule:
         """A module `load` already read (the plans name modules by their host path)."""
         return self._by_path[host_path]
