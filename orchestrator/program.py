@@ -665,7 +665,12 @@ class Program:
             raise LinkError(f"closure signature {signature} is not supported")
         with self._topology_lock(worker):
             started = time.perf_counter()
-            self.linker.check_closure_slot(slot)
+            try:
+                self.linker.check_closure_slot(slot)
+            except LinkError as err:
+                self._trace_op("closure_prepare", worker, started, ok=False, slot=slot,
+                               error=str(err))
+                raise
             data = trampoline_module(signature, self.region.max_pages, self._shared_memory)
             name, cached = self.cache.generated(data, parse_module(data, source="closure"))
             plan = ClosurePlan(slot, name, signature.params, signature.results,

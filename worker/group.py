@@ -141,7 +141,8 @@ def _wasmtime_functype(t: FuncType) -> wasmtime.FuncType:
 
 
 def _our_functype(t: wasmtime.FuncType) -> FuncType:
-    return FuncType(tuple(str(p) for p in t.params), tuple(str(r) for r in t.results))
+    return FuncType(tuple(wasmtime_compat.value_type_name(p) for p in t.params),
+                    tuple(wasmtime_compat.value_type_name(r) for r in t.results))
 
 
 class InstanceGroup:

@@ -7,6 +7,9 @@
   module-global slot, so two threads whose host functions raise at once can swap (or lose)
   each other's exceptions. The slot is made per thread: the same trampoline, storing into a
   thread-local (host functions always run on the thread that called into wasm).
+- Asking a `ValType` of kind v128 for its kind (`str`, `==`) aborts the whole process (a Rust
+  panic in the C API): `value_type_name` tells the kinds apart by comparing with
+  `wasmtime_wasm_valtype_equal`, which never asks.
 """
 
 from __future__ import annotations
@@ -65,6 +68,22 @@ def _maybe_raise_last_exn() -> None:
     if exception is not None:
         _LOCAL.exception = None
         raise exception
+
+
+_KNOWN: list[tuple[str, Any]] = []  # (name, owned wasm_valtype_t pointer), made once
+
+
+def value_type_name(value_type: wasmtime.ValType) -> str:
+    """"i32", "i64", "f32", "f64", "v128", or "ref" (anything else); never aborts."""
+    if not _KNOWN:
+        _KNOWN.extend((name, getattr(wasmtime.ValType, name)())
+                      for name in ("i32", "i64", "f32", "f64"))
+        _KNOWN.append(("v128", ffi.wasmtime_wasm_valtype_v128()))
+    for name, known in _KNOWN:
+        pointer = known if name == "v128" else known.ptr()
+        if ffi.wasmtime_wasm_valtype_equal(value_type.ptr(), pointer):
+            return name
+    return "ref"
 
 
 def apply() -> None:

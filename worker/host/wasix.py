@@ -20,6 +20,7 @@ from wasmgroup.shared.errors import LinkError, UnsupportedCall
 from wasmgroup.shared.futex import futex_wake
 from wasmgroup.shared.wasm import FuncType
 from wasmgroup.worker.memview import GuestFault
+from wasmgroup.worker.wasmtime_compat import value_type_name
 
 if TYPE_CHECKING:
     from wasmgroup.worker.group import InstanceGroup
@@ -240,7 +241,8 @@ def _table_func(group: InstanceGroup, slot: int) -> wasmtime.Func | None:
 def _signature(group: InstanceGroup, func: wasmtime.Func) -> tuple[tuple[str, ...],
                                                                     tuple[str, ...]]:
     ty = func.type(group.store)
-    return tuple(str(p) for p in ty.params), tuple(str(r) for r in ty.results)
+    return (tuple(value_type_name(p) for p in ty.params),
+            tuple(value_type_name(r) for r in ty.results))
 
 
 def _unpack(kind: str, raw: bytes) -> int | float:

@@ -273,6 +273,14 @@ int main(int argc, char **argv) {
     reflect("null", 0, 8);
     reflect("beyond", 1u << 30, 8);
 
+    /* v128: a closure of it can be made and reflected; call_dynamic cannot pass it. */
+    static const uint8_t V128_I32[] = {__WASI_WASM_VALUE_TYPE_V128, I32};
+    static const uint8_t V128_ONLY[] = {__WASI_WASM_VALUE_TYPE_V128};
+    uint32_t vec = make(half_backing, V128_I32, 2, V128_ONLY, 1, NULL);
+    reflect("v128 closure", vec, 8);
+    err = __wasi_call_dynamic(vec, values, 20, results, 16, 1);
+    printf("call_dynamic v128: err=%d\n", err);
+
     /* Errors of closure_prepare and free. */
     static const uint8_t BAD[] = {I32, 9};
     __wasi_function_pointer_t s2 = 0;
