@@ -313,7 +313,7 @@ def test_static_main_with_needed_must_import_its_table(tmp_path: Path) -> None:
 def test_static_main_with_needed_runs_its_library_in_every_thread(guests: Path) -> None:
     fds = open_fds()
     for verify in (False, True):
-        result = run_program(str(guests / "static_needed" / "main.wasm"),
+        result = run_program(str(guests / "static_needed" / "static_main.wasm"),
                              dirs=[f"{guests / 'static_needed'}::/lib"], verify_groups=verify)
         assert result.exit_code == 0, result.error
         assert result.stdout.decode().splitlines() == [
@@ -322,8 +322,8 @@ def test_static_main_with_needed_runs_its_library_in_every_thread(guests: Path) 
 
 
 @pytest.mark.parametrize("variant, message", [
-    ("main_ownmemory", "a main module with dylink.0 must import its memory as env.memory"),
-    ("main_owntable", "a static main module with NEEDED libraries must import its table"),
+    ("static_main_ownmemory", "a main module with dylink.0 must import its memory as env.memory"),
+    ("static_main_owntable", "a static main module with NEEDED libraries must import its table"),
 ])
 def test_static_main_with_needed_defining_memory_or_table_is_refused(
         guests: Path, variant: str, message: str) -> None:
@@ -337,7 +337,7 @@ def test_static_main_with_needed_defining_memory_or_table_is_refused(
 
 
 def test_inspect_names_a_static_main_with_needed(guests: Path) -> None:
-    path = guests / "static_needed" / "main.wasm"
+    path = guests / "static_needed" / "static_main.wasm"
     summary = describe(parse_module(path.read_bytes()), str(path))
     assert summary["kind"] == "static main (NEEDED libsn.so)"
     assert summary["dylink"]["needed"] == ["libsn.so"]

@@ -1,5 +1,5 @@
 /*
- * static_needed/main.c -> static_needed/main.wasm: a static (non-PIC) wasix-libc main linked
+ * static_needed/static_main.c -> static_needed/static_main.wasm: a static (non-PIC) wasix-libc main linked
  * against libsn.so, so wasm-ld gives it a dylink.0 section (NEEDED libsn.so, no data or table
  * of its own to place) while its data, stack and table layout stay its own. It uses its own
  * function pointers (its table elements start at slot 1), calls the library from main and
