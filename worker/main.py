@@ -360,7 +360,9 @@ class WorkerService:
                    list(signature.results))
 
     def closure_free(self, group: InstanceGroup, slot: int) -> None:
-        self._call("closure_free", slot, safe_point=False)
+        # At a safe point: the coordinator takes the topology lock, whose holder may be
+        # waiting for this group to apply its operation.
+        self._call("closure_free", slot)
 
     def stopping(self) -> bool:
         return self.worker._stop.is_set()

@@ -330,13 +330,15 @@ def make_closure_functions(group: InstanceGroup) -> dict[str, Callable[..., int 
             size = closure.VALUE_SIZES[kind]
             args.append(_unpack(kind, raw[offset:offset + size]))
             offset += size
-        if results_len:
-            group.memory.read(results, min(results_len, need_out))  # fault before the call
+        fits = min(results_len, need_out)  # what does not fit is dropped (not strict)
+        if fits:
+            group.memory.read(results, fits)  # a bad buffer faults before the call
         outcome = func(group.store, *args)
         values_out = [] if outcome is None else (
             list(outcome) if isinstance(outcome, (list, tuple)) else [outcome])
         packed = b"".join(_pack(k, v) for k, v in zip(result_types, values_out, strict=True))
-        group.memory.write(results, packed[:results_len])  # what does not fit is dropped
+        if fits:
+            group.memory.write(results, packed[:fits])
         return ESUCCESS
 
     @_faults_to_errno

@@ -7,7 +7,8 @@
  *   broadcast path) and by a thread started later (the replay path); a closure prepared by
  *   a thread, called by main after the join;
  * - 300 allocate/prepare/call/free cycles (one slot, reused), then 150 closures held at once
- *   (a second block of slots, grown while a thread spins calling a closure);
+ *   (a second block of slots, grown while a thread spins calling a closure), then two threads
+ *   cycling at once;
  * - call_dynamic (strict and not) and reflect_signature on i32/i64/f32/f64 signatures, on a
  *   plain function and on closures; the errors of every call.
  * Every line is printed by the main thread, so the output is deterministic; exit code 0.
@@ -134,6 +135,20 @@ static void *late_thread(void *arg) {
     return NULL;
 }
 
+/* Two threads allocating, preparing and freeing at once: each one's requests wait on the
+ * other's link operations, which it must keep applying meanwhile. */
+static long racing_total[2];
+static void *racing_thread(void *arg) {
+    intptr_t me = (intptr_t)arg;
+    for (int i = 0; i < 60; i++) {
+        uint32_t s = make(add_backing, I32_ONLY, 1, I32_ONLY, 1, (void *)(intptr_t)(i + me));
+        if (!s) return NULL;
+        racing_total[me] += ((add_fn)(uintptr_t)s)(1);
+        if (__wasi_closure_free(s)) return NULL;
+    }
+    return NULL;
+}
+
 static void pack(uint8_t *buf, int32_t a, int64_t b, float c, double d) {
     memcpy(buf, &a, 4);
     memcpy(buf + 4, &b, 8);
@@ -225,6 +240,11 @@ int main(int argc, char **argv) {
            (long long)((neg_fn)(uintptr_t)thread_slot)(5), spins > 0, mix_env.calls > 2);
     for (int i = 0; i < 150; i++)
         if (__wasi_closure_free(held[i])) return 1;
+
+    pthread_t racers[2];
+    for (intptr_t i = 0; i < 2; i++) pthread_create(&racers[i], NULL, racing_thread, (void *)i);
+    for (int i = 0; i < 2; i++) pthread_join(racers[i], NULL);
+    printf("racing threads: %ld %ld\n", racing_total[0], racing_total[1]);
 
     /* f32 in and out. */
     uint32_t half = make(half_backing, F32_ONLY, 1, F32_ONLY, 1, NULL);
