@@ -204,6 +204,12 @@ call_dynamic v128: err=28
 prepare, bad type: err=28
 prepare, freed slot: err=28
 prepare, not a closure slot: err=28
+prepare, types beyond memory: err=78
+prepare, 100000 arguments: err=28
+allocate, result beyond memory: err=78
+call_dynamic, values beyond memory: err=78
+call_dynamic, results beyond memory: err=78
+reflect, result beyond memory: err=78
 free, unknown slot: err=0
 free, twice: err=0
 reflect plain_mix after: err=0 cacheable=1 args=4 results=1 types=0123/1

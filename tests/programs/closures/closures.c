@@ -303,6 +303,7 @@ int main(int argc, char **argv) {
 
     /* Errors of closure_prepare and free. */
     static const uint8_t BAD[] = {I32, 9};
+    static uint8_t args_buf[8];
     __wasi_function_pointer_t s2 = 0;
     if (__wasi_closure_allocate(&s2)) return 1;
     err = __wasi_closure_prepare(slot_of(add_backing), s2, BAD, 2, I32_ONLY, 1, NULL);
@@ -312,6 +313,20 @@ int main(int argc, char **argv) {
     printf("prepare, freed slot: err=%d\n", err);
     err = __wasi_closure_prepare(slot_of(add_backing), plain, I32_ONLY, 1, I32_ONLY, 1, NULL);
     printf("prepare, not a closure slot: err=%d\n", err);
+    uint8_t *wild = (uint8_t *)(uintptr_t)0xFFFFFFF0u;
+    err = __wasi_closure_prepare(slot_of(add_backing), s2, wild, 64, I32_ONLY, 1, NULL);
+    printf("prepare, types beyond memory: err=%d\n", err);
+    err = __wasi_closure_prepare(slot_of(add_backing), s2, I32_ONLY, 100000, I32_ONLY, 1, NULL);
+    printf("prepare, 100000 arguments: err=%d\n", err);
+    err = __wasi_closure_allocate((__wasi_function_pointer_t *)wild);
+    printf("allocate, result beyond memory: err=%d\n", err);
+    err = __wasi_call_dynamic(plain, wild, 24, results, 8, 1);
+    printf("call_dynamic, values beyond memory: err=%d\n", err);
+    err = __wasi_call_dynamic(plain, values, 24, wild, 8, 1);
+    printf("call_dynamic, results beyond memory: err=%d\n", err);
+    err = __wasi_reflect_signature(plain, args_buf, 8, args_buf, 8,
+                                   (__wasi_reflection_result_t *)wild);
+    printf("reflect, result beyond memory: err=%d\n", err);
     err = __wasi_closure_free(123456);
     printf("free, unknown slot: err=%d\n", err);
     err = __wasi_closure_free(s2);
