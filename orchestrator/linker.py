@@ -60,6 +60,7 @@ STACK_SIZE = 8 * 1024 * 1024  # what WASIX gives the main thread
 STACK_ALIGN = 1024
 PAGE = 65536
 CLOSURE_BLOCK = 100  # closure slots added to the table at a time (as the seed)
+MAX_CLOSURE_TABLE = 1 << 20  # no closure block takes the table past this many slots
 
 # `env` imports with a fixed meaning; everything else in `env` must be a function.
 SPECIAL_ENV = {"memory": B_MEMORY, "__indirect_function_table": B_TABLE,
@@ -566,6 +567,9 @@ class LinkerState:
         end of the table: the `TableGrowth` every group must apply before the slot is used."""
         growth = None
         if not self.free_closures:
+            if self.table_length + CLOSURE_BLOCK > MAX_CLOSURE_TABLE:
+                raise LinkError(f"no free closure slot, and the table cannot grow past "
+                                f"{MAX_CLOSURE_TABLE} slots")
             growth = TableGrowth(self.table_length, CLOSURE_BLOCK)
             self.table_length += CLOSURE_BLOCK
             block = range(growth.index, growth.index + growth.size)

@@ -25,6 +25,7 @@ from wasmgroup.orchestrator.linker import (
     MAIN_PIE,
     MAIN_STATIC,
     MAIN_STATIC_NEEDED,
+    MAX_CLOSURE_TABLE,
     main_shape,
 )
 from wasmgroup.orchestrator.program import EXIT_RUNTIME_ERROR, EXIT_TRAP, run_program
@@ -58,6 +59,19 @@ def test_first_closure_grows_a_block_every_group_must_apply(world: World) -> Non
     slot, growth = world.linker.allocate_closure()
     assert growth == TableGrowth(before + CLOSURE_BLOCK, CLOSURE_BLOCK)
     assert slot == before + CLOSURE_BLOCK
+
+
+def test_closure_blocks_stop_at_the_table_limit(world: World) -> None:
+    world.linker.table_length = MAX_CLOSURE_TABLE - CLOSURE_BLOCK
+    slot, growth = world.linker.allocate_closure()
+    assert growth is not None and world.linker.table_length == MAX_CLOSURE_TABLE
+    for _ in range(CLOSURE_BLOCK - 1):
+        world.linker.allocate_closure()
+    with pytest.raises(LinkError, match="no free closure slot"):
+        world.linker.allocate_closure()
+    assert world.linker.table_length == MAX_CLOSURE_TABLE  # unchanged by the refusal
+    world.linker.free_closure(slot)
+    assert world.linker.allocate_closure() == (slot, None)
 
 
 def test_freed_slot_is_reused_and_freeing_twice_changes_nothing(world: World) -> None:

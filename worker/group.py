@@ -378,7 +378,10 @@ class InstanceGroup:
         if current != growth.index:
             raise LinkError(f"closure slots at {growth.index}, but this group's table has "
                             f"{current} slots")
-        table.grow(self.store, growth.size, None)
+        try:
+            table.grow(self.store, growth.size, None)
+        except wasmtime.WasmtimeError as err:
+            raise LinkError(f"cannot add {growth.size} closure slots: {err}") from None
 
     def apply_closure(self, plan: ClosurePlan) -> None:
         """Instantiate the closure's trampoline over this group's memory, table and stack
