@@ -271,6 +271,21 @@ def test_a_trap_inside_a_closure_ends_the_program_naming_the_thread(guests: Path
     assert_nothing_left(fds)
 
 
+@pytest.mark.parametrize("verify", [False, True])
+def test_closure_slots_after_a_failed_dlopen_agree_in_every_thread(guests: Path,
+                                                                   verify: bool) -> None:
+    """The failed load grew the table (and filled its slots) in the instigator only: the
+    slots are nulled again, and the next block of closure slots lines up in every group."""
+    fds = open_fds()
+    result = run_program(str(guests / "closures" / "closures.wasm"),
+                         ["afterfail", "/lib/libctortrap.so"], verify_groups=verify,
+                         dirs=[f"{guests / 'plugins' / 'faulty'}::/lib"])
+    assert result.exit_code == 0, result.error
+    assert result.stdout.decode().splitlines() == [
+        "dlopen failed: yes", "closure after a failed dlopen: 21 (in another thread: 21)"]
+    assert_nothing_left(fds)
+
+
 def test_closures_need_the_shared_table_dynamic_calls_take_an_exported_one(
         guests: Path) -> None:
     fds = open_fds()

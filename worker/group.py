@@ -333,6 +333,7 @@ class InstanceGroup:
         table = self.table
         assert table is not None
         new: list[int] = []
+        length_before = table.size(self.store)
         try:
             for module_plan in plan.modules:
                 self._plans[module_plan.handle] = module_plan
@@ -359,6 +360,10 @@ class InstanceGroup:
             for module_plan in plan.modules:
                 if module_plan.handle != MAIN_HANDLE and module_plan.memory_size:
                     self.memory.fill(module_plan.memory_base, module_plan.memory_size)
+            # The grown slots stay (tables cannot shrink) but hold nothing, as in every other
+            # group, which never saw this load.
+            for slot in range(length_before, table.size(self.store)):
+                table.set(self.store, slot, None)
             if isinstance(err, LinkError):
                 raise
             raise LinkError(_trap_text(err)) from None
@@ -371,15 +376,17 @@ class InstanceGroup:
         table.set(self.store, slot.slot, func)
 
     def apply_growth(self, growth: TableGrowth) -> None:
-        """A block of closure slots: every group's table must be exactly as long before."""
+        """A block of null closure slots at `growth.index`. A table shorter than that (slots a
+        failed dlopen grew in its instigator only) is padded with nulls; a longer one would
+        mean the block overlaps slots in use here."""
         table = self.table
         assert table is not None
         current = table.size(self.store)
-        if current != growth.index:
+        if current > growth.index:
             raise LinkError(f"closure slots at {growth.index}, but this group's table has "
                             f"{current} slots")
         try:
-            table.grow(self.store, growth.size, None)
+            self._grow_table_to(growth.index + growth.size)
         except wasmtime.WasmtimeError as err:
             raise LinkError(f"cannot add {growth.size} closure slots: {err}") from None
 

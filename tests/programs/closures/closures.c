@@ -14,7 +14,13 @@
  * Every line is printed by the main thread, so the output is deterministic; exit code 0.
  * With argument "trap": a thread calls (through call_dynamic) a closure whose backing function
  * traps; the program ends with status 134.
+ * With arguments "afterfail LIB": a dlopen of LIB fails after growing the table in this thread's
+ * group only (a library whose constructor traps); closure slots added afterwards must still
+ * be the same in every thread. Expected stdout:
+ *   dlopen failed: yes
+ *   closure after a failed dlopen: 21 (in another thread: 21)
  */
+#include <dlfcn.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -182,7 +188,30 @@ static void *trap_thread(void *arg) {
     return NULL;
 }
 
+static volatile uint32_t waited_slot;
+static int waited_result;
+static void *waiting_thread(void *arg) {
+    (void)arg;
+    while (!__atomic_load_n(&waited_slot, __ATOMIC_ACQUIRE)) {
+    }
+    waited_result = ((add_fn)(uintptr_t)waited_slot)(1);
+    return NULL;
+}
+
 int main(int argc, char **argv) {
+    if (argc > 2 && strcmp(argv[1], "afterfail") == 0) {
+        pthread_t t;
+        pthread_create(&t, NULL, waiting_thread, NULL);
+        printf("dlopen failed: %s\n", dlopen(argv[2], RTLD_NOW) ? "no" : "yes");
+        uint32_t s = make(add_backing, I32_ONLY, 1, I32_ONLY, 1, (void *)(intptr_t)20);
+        if (!s) return 1;
+        int here = ((add_fn)(uintptr_t)s)(1);
+        __atomic_store_n(&waited_slot, s, __ATOMIC_RELEASE);
+        pthread_join(t, NULL);
+        printf("closure after a failed dlopen: %d (in another thread: %d)\n", here,
+               waited_result);
+        return 0;
+    }
     if (argc > 1 && strcmp(argv[1], "trap") == 0) {
         uint32_t s = make(trap_backing, I32_ONLY, 1, I32_ONLY, 1, NULL);
         pthread_t t;
