@@ -362,8 +362,8 @@ class InstanceGroup:
                     self.memory.fill(module_plan.memory_base, module_plan.memory_size)
             # The grown slots stay (tables cannot shrink) but hold nothing, as in every other
             # group, which never saw this load.
-            for slot in range(length_before, table.size(self.store)):
-                table.set(self.store, slot, None)
+            for index in range(length_before, table.size(self.store)):
+                table.set(self.store, index, None)
             if isinstance(err, LinkError):
                 raise
             raise LinkError(_trap_text(err)) from None
