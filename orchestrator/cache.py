@@ -177,6 +177,20 @@ class ModuleCache:
         finally:
             os.close(fd)
 
+    def generated(self, data: bytes, parsed: WasmModule) -> tuple[str, CachedModule]:
+        """A module wasmgroup generated (a closure trampoline), compiled once and cached like
+        a file; returns the name plans use for it (in place of a host path) and the entry."""
+        key = hashlib.sha256(self._salt.encode() + b"\0" + data).hexdigest()
+        name = f"<generated {key[:16]}>"
+        if key not in self._by_key:
+            module, artefact = self._compiled(key, lambda: data, name)
+            held = os.open(artefact, os.O_RDONLY | os.O_CLOEXEC)
+            self._held.append(held)
+            self._by_key[key] = CachedModule(key, parsed, module, artefact,
+                                             f"/proc/{os.getpid()}/fd/{held}")
+        self._by_path[name] = self._by_key[key]
+        return name, self._by_key[key]
+
     def loaded(self, host_path: str) -> CachedModule:
         """A module `load` already read (the plans name modules by their host path)."""
         return self._by_path[host_path]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from wasmgroup.orchestrator.linker import MAIN_STATIC_NEEDED, main_shape
 from wasmgroup.shared import hostabi
 from wasmgroup.shared.dylink import flag_names
 from wasmgroup.shared.wasm import (
@@ -26,6 +27,7 @@ IMPORT_GROUPS = ("env", "GOT.mem", "GOT.func", "WASI", "WASIX", "other")
 
 KIND_PIE_MAIN = "main (PIE)"
 KIND_STATIC_MAIN = "static main"
+KIND_STATIC_MAIN_NEEDED = "static main (NEEDED {})"  # with the libraries' names
 KIND_SIDE = "side module"
 
 ENTRY_POINTS = ("_start", "_initialize")
@@ -42,12 +44,16 @@ def module_kind(module: WasmModule) -> str:
     A module with `dylink.0` and an entry point (`_start`/`_initialize`) is a PIE main; with
     `dylink.0` and no entry point, a side module; without `dylink.0`, a static main (which a
     dynamic program uses when its libc is not PIC: it imports memory and table and exports its
-    symbols).
+    symbols). A static main linked against a `.so` has a `dylink.0` that only lists what it
+    NEEDs: "static main (NEEDED libx.so)" (`linker.main_shape` says how it is told apart).
     """
     if module.dylink is None:
         return KIND_STATIC_MAIN
-    has_entry = any(module.export_named(name) for name in ENTRY_POINTS)
-    return KIND_PIE_MAIN if has_entry else KIND_SIDE
+    if not any(module.export_named(name) for name in ENTRY_POINTS):
+        return KIND_SIDE
+    if main_shape(module) == MAIN_STATIC_NEEDED:
+        return KIND_STATIC_MAIN_NEEDED.format(", ".join(module.dylink.needed) or "nothing")
+    return KIND_PIE_MAIN
 
 
 def import_group(module_name: str) -> str:
@@ -142,9 +148,12 @@ def format_text(summary: dict[str, Any]) -> str:
              + (f", entry {summary['entry']}" if summary["entry"] else "")]
     dylink = summary["dylink"]
     if dylink is not None:
-        lines.append(f"  needs: {dylink['memory_size']} bytes of data "
-                     f"(align {dylink['memory_alignment']}), {dylink['table_size']} table slots "
-                     f"(align {dylink['table_alignment']})")
+        if summary["kind"] in (KIND_PIE_MAIN, KIND_SIDE):
+            lines.append(f"  needs: {dylink['memory_size']} bytes of data "
+                         f"(align {dylink['memory_alignment']}), {dylink['table_size']} table "
+                         f"slots (align {dylink['table_alignment']})")
+        else:  # a static main: its dylink.0 only names its libraries
+            lines.append("  layout: its own (data, stack and table are not placed)")
         lines.append(f"  needed: {', '.join(dylink['needed']) or '-'}")
         lines.append(f"  runtime path: {', '.join(dylink['runtime_path']) or '-'}")
     for label in ("memory", "table"):

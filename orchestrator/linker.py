@@ -14,6 +14,11 @@ group can apply. The rules follow the seed (reference/wasix-linker-behaviour.md 
   `GOT.mem`/`GOT.func` are searched in main, then side modules in handle order; a missing weak
   GOT symbol is 0, a missing strong one fails the load; dlsym cannot see hidden exports.
 
+Closures (§4): `allocate_closure` hands out a free closure slot, growing the table by a block
+of `CLOSURE_BLOCK` null slots (a `TableGrowth` every group applies) when none is free;
+`prepare_closure` records the closure now in a slot, so that groups created later replay it;
+`free_closure` returns the slot to the pool (its function stays until prepared again).
+
 Planning is transactional, unlike the seed: `plan_load` decides everything before anything is
 instantiated and changes no state; `commit` records it after the instigating group applied it
 (constructors included); `abort` puts the memory allocator back.
@@ -46,10 +51,12 @@ from wasmgroup.shared.plan import (
     X_OTHER,
     X_TLS,
     Binding,
+    ClosurePlan,
     LoadPlan,
     ModulePlan,
     SlotAssignment,
     SymbolAddress,
+    TableGrowth,
 )
 from wasmgroup.shared.wasm import Export, FuncType, GlobalType, Import, TagType, WasmModule
 
@@ -59,6 +66,8 @@ STACK_SIZE = 8 * 1024 * 1024  # what WASIX gives the main thread
 STACK_ALIGN = 1024
 PAGE = 65536
 MAX_NEEDED_DEPTH = 128  # libraries each needing the next; real programs need a handful
+CLOSURE_BLOCK = 100  # closure slots added to the table at a time (as the seed)
+MAX_CLOSURE_TABLE = 1 << 20  # no closure block takes the table past this many slots
 
 # `env` imports with a fixed meaning; everything else in `env` must be a function.
 SPECIAL_ENV = {"memory": B_MEMORY, "__indirect_function_table": B_TABLE,
@@ -165,6 +174,25 @@ def _check_table_length(length: int, by: str) -> None:
                         f"{MAX_TABLE_SLOTS} a program may have")
 
 
+MAIN_PIE = "pie"
+MAIN_STATIC = "static"
+MAIN_STATIC_NEEDED = "static-needed"
+
+
+def main_shape(main: WasmModule) -> str:
+    """How a main module is laid out: MAIN_PIE (position-independent: it imports
+    `env.__memory_base`, `__table_base` or `__stack_pointer` and is placed by the linker),
+    MAIN_STATIC (no `dylink.0`), or MAIN_STATIC_NEEDED: the `dylink.0` that wasm-ld writes
+    into a static (non-PIC) main linked against a `.so` (its NEEDED libraries; no data or
+    table of its own to place), with absolute data, its own stack and the table it imports."""
+    if main.dylink is None:
+        return MAIN_STATIC
+    if any(i.module == "env" and i.name in ("__memory_base", "__table_base", "__stack_pointer")
+           for i in main.imports_of("global")):
+        return MAIN_PIE
+    return MAIN_STATIC_NEEDED
+
+
 def _is_data_global(t: object) -> bool:
     return isinstance(t, GlobalType) and t.value in ("i32", "i64")
 
@@ -191,6 +219,10 @@ class LinkerState:
         self.dlsym_cache: dict[tuple[int, str], SymbolAddress] = {}
         # Lazy stubs resolved so far: (importing handle, name) -> (exporting handle, name).
         self.stub_bindings: dict[tuple[int, str], tuple[int, str]] = {}
+        # Closure slots (the seed's allocated/available_closure_functions): slot -> in use.
+        self.closure_slots: dict[int, bool] = {}
+        self.free_closures: list[int] = []  # popped from the end: lowest slot first
+        self.closures: dict[int, ClosurePlan] = {}  # what each prepared slot holds now
 
     @property
     def main_imports_stack_pointer(self) -> bool:
@@ -205,9 +237,10 @@ class LinkerState:
     def layout_main(self, main: WasmModule, memory_pages: int) -> int:
         """Lay out the main module; returns the memory size (pages) it needs at start.
 
-        A PIE main (with `dylink.0`) gets `__memory_base = 2^align`, the table from slot 1, and
-        an 8 MiB stack right after its data (`__heap_base = __stack_high`); a static main
-        brings its own layout (base 0, its table as imported).
+        A PIE main gets `__memory_base = 2^align`, the table from slot 1, and an 8 MiB stack
+        right after its data (`__heap_base = __stack_high`). A static main brings its own
+        layout (data at 0, its own stack, the table as it imports it); so does a static main
+        with NEEDED libraries (`main_shape`), of which only the libraries are loaded.
         """
         dylink = main.dylink
         if dylink is not None and not any(i.module == "env" and i.name == "memory"
@@ -215,7 +248,9 @@ class LinkerState:
             # The seed's rule (MissingMainModuleImport): one memory, given to every module.
             raise LinkError("a main module with dylink.0 must import its memory as env.memory "
                             "(link it with --import-memory)")
-        if dylink is not None:
+        shape = main_shape(main)
+        if shape == MAIN_PIE:
+            assert dylink is not None
             self._main_memory_base = 1 << dylink.mem_info.memory_alignment
             self.stack_low = _align_up(self._main_memory_base + dylink.mem_info.memory_size,
                                        STACK_ALIGN)
@@ -226,6 +261,12 @@ class LinkerState:
             return max(memory_pages, -(-self.stack_high // PAGE))
         self._main_memory_base = 0
         table_imports = main.imports_of("table")
+        if shape == MAIN_STATIC_NEEDED and dylink is not None and dylink.needed \
+                and not any(i.module == "env" and i.name == "__indirect_function_table"
+                            for i in table_imports):
+            # Its libraries' function pointers are slots of the table every module imports.
+            raise LinkError("a static main module with NEEDED libraries must import its table "
+                            "as env.__indirect_function_table (link it with --import-table)")
         limits = getattr(table_imports[0].type, "limits", None) if table_imports else None
         self.table_length = limits.minimum if limits else 0
         _check_table_length(self.table_length, "the main module's table import")
@@ -237,7 +278,7 @@ class LinkerState:
         NEEDED entries of main use main's RUNPATH; main's `$ORIGIN` is its guest directory.
         """
         dylink = main.dylink
-        table_base = MAIN_TABLE_BASE if dylink is not None else 0
+        table_base = MAIN_TABLE_BASE if main_shape(main) == MAIN_PIE else 0
         self.modules[MAIN_HANDLE] = LoadedModule(MAIN_HANDLE, guest_path, guest_path,
                                                  host_path, main, self._main_memory_base,
                                                  table_base)
@@ -433,7 +474,7 @@ class LinkerState:
         if loaded.handle == MAIN_HANDLE and imp.module == "GOT.mem":
             layout = {"__stack_high": self.stack_high, "__stack_low": self.stack_low,
                       "__heap_base": self.heap_base}
-            if imp.name in layout and loaded.module.dylink is not None:
+            if imp.name in layout and main_shape(loaded.module) == MAIN_PIE:
                 return _Resolved(Binding(imp.module, imp.name, B_CONST, value=layout[imp.name]))
         found = self._find_export(everything, imp.name, exclude=None)
         weak = loaded.module.dylink is not None and loaded.module.dylink.is_weak_import(
@@ -566,3 +607,45 @@ class LinkerState:
                             f"but {source.name} exports it as {actual}")
         self.stub_bindings[key] = (source.handle, name)
         return source.handle, name
+
+    # ------------------------------------------------------------------ closures
+    def allocate_closure(self) -> tuple[int, TableGrowth | None]:
+        """A free closure slot, now in use. When none is free, a new block of slots at the
+        end of the table: the `TableGrowth` every group must apply before the slot is used."""
+        growth = None
+        if not self.free_closures:
+            if self.table_length + CLOSURE_BLOCK > MAX_CLOSURE_TABLE:
+                raise LinkError(f"no free closure slot, and the table cannot grow past "
+                                f"{MAX_CLOSURE_TABLE} slots")
+            growth = TableGrowth(self.table_length, CLOSURE_BLOCK)
+            self.table_length += CLOSURE_BLOCK
+            block = range(growth.index, growth.index + growth.size)
+            self.closure_slots.update((slot, False) for slot in block)
+            self.free_closures.extend(reversed(block))
+        slot = self.free_closures.pop()
+        self.closure_slots[slot] = True
+        return slot, growth
+
+    def check_closure_slot(self, slot: int) -> None:
+        """LinkError unless `slot` is a closure slot handed out and not freed since: a guest
+        cannot overwrite a module's or a dlsym'd function this way."""
+        if not self.closure_slots.get(slot, False):
+            raise LinkError(f"table slot {slot} is not an allocated closure")
+
+    def prepare_closure(self, plan: ClosurePlan) -> None:
+        """Record the closure the groups are about to put in `plan.slot`."""
+        self.check_closure_slot(plan.slot)
+        self.closures[plan.slot] = plan
+
+    def free_closure(self, slot: int) -> bool:
+        """Give a closure slot back; False (and nothing changes) when it is not in use. Its
+        function stays in the table (calling it is undefined, as in the seed)."""
+        if not self.closure_slots.get(slot, False):
+            return False
+        self.closure_slots[slot] = False
+        self.free_closures.append(slot)
+        return True
+
+    def replay_closures(self) -> list[ClosurePlan]:
+        """What a group created now puts in closure slots (after `replay_log`)."""
+        return [self.closures[slot] for slot in sorted(self.closures)]

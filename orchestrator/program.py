@@ -57,11 +57,12 @@ from wasmgroup.orchestrator.workers import (
     WorkerProcess,
     WorkerStartError,
 )
+from wasmgroup.shared.closure import MAX_VALUES, VALUE_SIZES, trampoline_module
 from wasmgroup.shared.cpus import usable_cpus
 from wasmgroup.shared.errors import LinkError, WasmgroupError
 from wasmgroup.shared.memory import MAX_PAGES_32, PAGE, SharedRegion
-from wasmgroup.shared.plan import LoadPlan, ModulePlan, state_from_wire, to_wire
-from wasmgroup.shared.wasm import FuncType, Limits, WasmModule
+from wasmgroup.shared.plan import ClosurePlan, LoadPlan, ModulePlan, state_from_wire, to_wire
+from wasmgroup.shared.wasm import FuncType, Limits, WasmModule, parse_module
 from wasmgroup.worker.group import ENGINE_SETTINGS, make_engine_config
 
 EXIT_TRAP = 134
@@ -125,6 +126,8 @@ REQUEST_ARGS: dict[str, tuple[type | str, ...]] = {
     "resolve_stub": (int, str, "strs", "strs"), "spawn": (int,), "grow": (int,),
     "tls_arena": (int,), "cwd": (), "chdir": (str,),
     **descriptors.REQUESTS,
+    "closure_allocate": (), "closure_prepare": (int, int, int, "strs", "strs"),
+    "closure_free": (int,),
 }
 
 
@@ -300,6 +303,7 @@ class Program:
             "artefacts": {},
             "plans": [],
             "slots": [],
+            "closures": [],
             "entry": None,  # [name, args]: run it as soon as the group exists
             "program_id": os.getpid(),  # the guest's process id, in every thread
             "max_memory": self.options.max_memory,  # bytes, for a memory the module defines
@@ -569,6 +573,14 @@ class Program:
             return answer if fd is None else WithDescriptor(answer, fd)
         if name == "cwd":
             return self.fs.cwd
+        if name == "closure_allocate":
+            return self.closure_allocate(worker)
+        if name == "closure_prepare":
+            signature = FuncType(tuple(args[3]), tuple(args[4]))
+            return self.closure_prepare(worker, args[0], args[1], args[2], signature)
+        if name == "closure_free":
+            with self._topology_lock(worker):
+                return self.linker.free_closure(args[0])
         assert name == "chdir"
         return self.change_directory(args[0])
 
@@ -708,6 +720,53 @@ class Program:
                                **_apply_times(others), verify_ms=ms(verify_seconds))
             return address
 
+    def closure_allocate(self, worker: WorkerProcess) -> int:
+        """A closure slot; a new block of them, in every group, when none is free."""
+        with self._topology_lock(worker):
+            started = time.perf_counter()
+            slot, growth = self.linker.allocate_closure()
+            if growth is not None:
+                others = self._broadcast(to_wire(growth))
+                broadcast = time.perf_counter()
+                verify_seconds = self._verify(f"closure_allocate (slots {growth.index}.."
+                                              f"{growth.index + growth.size - 1})")
+                self._trace_op("closure_allocate", worker, started, ok=True,
+                               slots=[growth.index, growth.size],
+                               broadcast_ms=ms(broadcast - started), **_apply_times(others),
+                               verify_ms=ms(verify_seconds))
+            return slot
+
+    def closure_prepare(self, worker: WorkerProcess, slot: int, backing: int, env: int,
+                        signature: FuncType) -> None:
+        """Put a closure of `signature` calling `backing` with `env` in `slot`, in every
+        group. Its trampoline is compiled once per signature (shared/closure.py)."""
+        if self.region is None:
+            raise LinkError("closures need a program that imports its memory")
+        if not all(t in VALUE_SIZES for t in (*signature.params, *signature.results)) \
+                or max(len(signature.params), len(signature.results)) > MAX_VALUES:
+            raise LinkError(f"closure signature {signature} is not supported")
+        with self._topology_lock(worker):
+            started = time.perf_counter()
+            try:
+                self.linker.check_closure_slot(slot)
+            except LinkError as err:
+                self._trace_op("closure_prepare", worker, started, ok=False, slot=slot,
+                               error=str(err))
+                raise
+            data = trampoline_module(signature, self.region.max_pages, self._shared_memory)
+            name, cached = self.cache.generated(data, parse_module(data, source="closure"))
+            plan = ClosurePlan(slot, name, signature.params, signature.results,
+                               backing & 0xFFFFFFFF, env & 0xFFFFFFFF)
+            compiled = time.perf_counter()
+            others = self._broadcast({**to_wire(plan),
+                                      "artefacts": {name: str(cached.artefact)}})
+            self.linker.prepare_closure(plan)
+            broadcast = time.perf_counter()
+            verify_seconds = self._verify(f"closure_prepare (slot {slot})")
+            self._trace_op("closure_prepare", worker, started, ok=True, slot=slot,
+                           plan_ms=ms(compiled - started), broadcast_ms=ms(broadcast - compiled),
+                           **_apply_times(others), verify_ms=ms(verify_seconds))
+
     def change_directory(self, path: str) -> bool:
         """chdir: the new guest directory must be visible (one cwd for the whole program)."""
         target = self.fs.absolute(path)
@@ -734,12 +793,16 @@ class Program:
     def _thread_config(self) -> tuple[dict[str, Any], list[int]]:
         """A new thread's group: the log to replay (modules in handle order, then slots)."""
         plans, slots = self.linker.replay_log()
+        closures = self.linker.replay_closures()
         config, fds = self._base_config()
         config.update(
-            artefacts=self._artefacts(plans),
+            artefacts={**self._artefacts(plans),
+                       **{c.module: str(self.cache.loaded(c.module).artefact)
+                          for c in closures}},
             plans=[to_wire(LoadPlan(modules=plans, table_length=self.linker.table_length,
                                     slots=[]))],
             slots=[to_wire(s) for s in slots],
+            closures=[to_wire(c) for c in closures],
             # A new thread of a main importing its stack pointer gets its own, set by
             # wasi_thread_start from the start argument before any C code runs.
             stack_pointer=0 if self.linker.main_imports_stack_pointer else None)

@@ -21,7 +21,7 @@ def _f(params: int, results: int = 1) -> FuncType:
 
 
 # wasix_32v1 calls wasmgroup implements: dl*, futexes, threads, exit, signals, cwd, fd flags,
-# dup, pipe, path_open2.
+# dup, pipe, path_open2, closures and dynamic calls.
 WASIX_32V1: dict[str, FuncType] = {
     "dlopen": _f(8),
     "dlsym": _f(6),
@@ -48,6 +48,11 @@ WASIX_32V1: dict[str, FuncType] = {
     "fd_dup2": _f(4),
     "fd_dup": _f(2),
     "fd_pipe": _f(2),
+    "closure_allocate": _f(1),
+    "closure_prepare": _f(7),
+    "closure_free": _f(1),
+    "call_dynamic": _f(6),
+    "reflect_signature": _f(6),
     "path_open2": FuncType((I32, I32, I32, I32, I32, "i64", "i64", I32, I32, I32), (I32,)),
 }
 

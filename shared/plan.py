@@ -12,6 +12,10 @@ Plans also carry what a group needs to answer read-only link queries itself, wit
 to the coordinator (the seed's groups read the shared linker state): each module's exports as
 dlsym sees them (`ModulePlan.exports`), and for a dlsym'd function, the handle dlsym was asked
 for (`SlotAssignment.dlsym_handle`), so that the same dlsym later finds its slot.
+- `TableGrowth`: grow the table by `size` null slots, which must start at `index` (a block of
+  closure slots: the seed's `AllocateFunctionTable`).
+- `ClosurePlan`: instantiate the closure module `module` (a generated trampoline, keyed like
+  a host path) with its backing slot and env pointer, and put its function at `slot`.
 """
 
 from __future__ import annotations
@@ -56,6 +60,28 @@ class SlotAssignment:
     handle: int
     export: str
     dlsym_handle: int = -1  # for a dlsym'd function: the handle it was asked of (0: global)
+
+
+@dataclass(frozen=True)
+class TableGrowth:
+    index: int
+    size: int
+
+
+@dataclass(frozen=True)
+class ClosurePlan:
+    slot: int
+    module: str  # the generated module's key (plans name modules by host path)
+    params: tuple[str, ...]
+    results: tuple[str, ...]
+    backing: int  # table slot of `void backing(values, results, env)`
+    env: int
+
+    @property
+    def label(self) -> str:
+        """How --verify-groups names the function in the slot."""
+        return (f"closure({', '.join(self.params)}) -> ({', '.join(self.results)})"
+                f" backing {self.backing} env {self.env:#x}")
 
 
 @dataclass(frozen=True)
@@ -105,8 +131,17 @@ class LoadPlan:
         return [m.handle for m in self.modules]
 
 
-def to_wire(obj: LoadPlan | SlotAssignment) -> dict[str, Any]:
+Operation = LoadPlan | SlotAssignment | TableGrowth | ClosurePlan
+
+
+def to_wire(obj: Operation) -> dict[str, Any]:
     """A msgpack-ready dict of a plan (tuples become lists)."""
+    if isinstance(obj, TableGrowth):
+        return {"op": "allocate_function_table", "index": obj.index, "size": obj.size}
+    if isinstance(obj, ClosurePlan):
+        return {"op": "prepare_closure", "slot": obj.slot, "module": obj.module,
+                "params": list(obj.params), "results": list(obj.results),
+                "backing": obj.backing, "env": obj.env}
     if isinstance(obj, SlotAssignment):
         return {"op": "resolve_function", "slot": obj.slot, "handle": obj.handle,
                 "export": obj.export, "dlsym_handle": obj.dlsym_handle}
@@ -123,7 +158,12 @@ def to_wire(obj: LoadPlan | SlotAssignment) -> dict[str, Any]:
     }
 
 
-def from_wire(data: dict[str, Any]) -> LoadPlan | SlotAssignment:
+def from_wire(data: dict[str, Any]) -> Operation:
+    if data["op"] == "allocate_function_table":
+        return TableGrowth(data["index"], data["size"])
+    if data["op"] == "prepare_closure":
+        return ClosurePlan(data["slot"], data["module"], tuple(data["params"]),
+                           tuple(data["results"]), data["backing"], data["env"])
     if data["op"] == "resolve_function":
         return SlotAssignment(data["slot"], data["handle"], data["export"],
                               data.get("dlsym_handle", -1))

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import wasmtime
 
+from wasmgroup.shared.closure import CLOSURE_EXPORT
 from wasmgroup.shared.errors import LinkError
 from wasmgroup.shared.futex import futex_wait, futex_wake
 from wasmgroup.shared.hostabi import HELPER_MODULE
@@ -39,11 +40,13 @@ from wasmgroup.shared.plan import (
     B_TLS,
     X_DATA,
     X_TLS,
+    ClosurePlan,
     GroupState,
     LoadPlan,
     ModulePlan,
     SlotAssignment,
     SymbolAddress,
+    TableGrowth,
 )
 from wasmgroup.shared.wasm import FuncType
 from wasmgroup.worker import epoch, wasmtime_compat
@@ -85,6 +88,10 @@ class LinkService(Protocol):
     def spawn_thread(self, group: InstanceGroup, start_arg: int) -> int: ...
     def grow_memory(self, group: InstanceGroup, pages: int) -> int: ...
     def tls_arena(self, group: InstanceGroup, minimum: int) -> tuple[int, int]: ...
+    def closure_allocate(self, group: InstanceGroup) -> int: ...
+    def closure_prepare(self, group: InstanceGroup, slot: int, backing: int, env: int,
+                        signature: FuncType) -> None: ...
+    def closure_free(self, group: InstanceGroup, slot: int) -> None: ...
     def stopping(self) -> bool: ...
     def cwd(self) -> str: ...
     def change_directory(self, path: str) -> bool: ...
@@ -103,7 +110,8 @@ class PurgeDescriptors:
 class PendingOperation:
     """A link operation another group instigated, to apply at this group's next safe point."""
 
-    op: LoadPlan | SlotAssignment | DescribeRequest | PurgeDescriptors
+    op: (LoadPlan | SlotAssignment | TableGrowth | ClosurePlan | DescribeRequest
+         | PurgeDescriptors)
     initialise: bool = False  # run data relocations and constructors (the instigator only)
     on_done: Callable[[PendingOperation], None] | None = None
     error: str | None = None
@@ -145,7 +153,8 @@ def _wasmtime_functype(t: FuncType) -> wasmtime.FuncType:
 
 
 def _our_functype(t: wasmtime.FuncType) -> FuncType:
-    return FuncType(tuple(str(p) for p in t.params), tuple(str(r) for r in t.results))
+    return FuncType(tuple(wasmtime_compat.value_type_name(p) for p in t.params),
+                    tuple(wasmtime_compat.value_type_name(r) for r in t.results))
 
 
 class InstanceGroup:
@@ -185,6 +194,8 @@ class InstanceGroup:
         self._tls_bases: dict[int, int] = {}
         self._pending: queue.SimpleQueue[PendingOperation] = queue.SimpleQueue()
         self._got: dict[str, wasmtime.Global] = {}  # non-TLS GOT globals, for verification
+        self.closures: dict[int, ClosurePlan] = {}  # closure slot -> what was prepared there
+        self._closure_labels: dict[int, str] = {}  # function identity -> label (describe)
         self._waiting_on: int | None = None  # host address this group's futex_wait sleeps on
         self._wakeup = threading.Event()  # set by nudge(): a sleeping thread has work to do
         self._epoch_hooks = epoch.install(self.store, self._on_tick)
@@ -205,6 +216,20 @@ class InstanceGroup:
             plan = self._plans.get(handle)
             raise LinkError(f"{plan.name if plan else handle} does not export {name}")
         return value
+
+    def program_table(self, shared_only: bool = False) -> wasmtime.Table | None:
+        """The table the program's function pointers index: this group's (kept identical in
+        every group) when the main module imports it; else, unless `shared_only`, the one
+        the main module defines and exports; else None."""
+        main = self._plans.get(MAIN_HANDLE)
+        if main is None:
+            return None
+        if any(b.how == B_TABLE for b in main.bindings):
+            return self.table
+        if shared_only or MAIN_HANDLE not in self.instances:
+            return None
+        own = self.instances[MAIN_HANDLE].exports(self.store).get("__indirect_function_table")
+        return own if isinstance(own, wasmtime.Table) else None
 
     def tls_base(self, handle: int) -> int:
         if handle not in self._tls_bases:
@@ -262,10 +287,12 @@ class InstanceGroup:
                 self.store, wasmtime.GlobalType(wasmtime.ValType.i32(), True),
                 wasmtime.Val.i32(stack_pointer))
 
-    def replay(self, plans: list[ModulePlan], slots: list[SlotAssignment]) -> None:
+    def replay(self, plans: list[ModulePlan], slots: list[SlotAssignment],
+               closures: list[ClosurePlan]) -> None:
         """Instantiate every loaded module in handle order, initialise each side module's TLS
-        for this thread, then fill every GOT.func and dlsym slot: no data relocations and no
-        constructors (they ran once, in the group that loaded each module)."""
+        for this thread, then fill every GOT.func and dlsym slot and every prepared closure:
+        no data relocations and no constructors (they ran once, in the group that loaded each
+        module)."""
         for module_plan in plans:
             self._plans[module_plan.handle] = module_plan
             self._grow_table_to(module_plan.table_base + module_plan.table_size)
@@ -274,6 +301,8 @@ class InstanceGroup:
                 self._init_thread_tls(module_plan)
         for slot in slots:
             self.apply_slot(slot)
+        for closure in closures:
+            self.apply_closure(closure)
         self._now_linked(plans)
 
     def _now_linked(self, plans: list[ModulePlan]) -> None:
@@ -369,6 +398,7 @@ class InstanceGroup:
         table = self.table
         assert table is not None
         new: list[int] = []
+        length_before = table.size(self.store)
         try:
             for module_plan in plan.modules:
                 self._plans[module_plan.handle] = module_plan
@@ -396,6 +426,10 @@ class InstanceGroup:
             for module_plan in plan.modules:
                 if module_plan.handle != MAIN_HANDLE and module_plan.memory_size:
                     self.memory.fill(module_plan.memory_base, module_plan.memory_size)
+            # The grown slots stay (tables cannot shrink) but hold nothing, as in every other
+            # group, which never saw this load.
+            for index in range(length_before, table.size(self.store)):
+                table.set(self.store, index, None)
             if isinstance(err, LinkError):
                 raise
             raise LinkError(_trap_text(err)) from None
@@ -409,6 +443,43 @@ class InstanceGroup:
         if slot.dlsym_handle >= 0:
             self._dlsym_known[(slot.dlsym_handle, slot.export)] = SymbolAddress(
                 "function", slot.slot, slot.handle)
+
+    def apply_growth(self, growth: TableGrowth) -> None:
+        """A block of null closure slots at `growth.index`. A table shorter than that (slots a
+        failed dlopen grew in its instigator only) is padded with nulls; a longer one would
+        mean the block overlaps slots in use here."""
+        table = self.table
+        assert table is not None
+        current = table.size(self.store)
+        if current > growth.index:
+            raise LinkError(f"closure slots at {growth.index}, but this group's table has "
+                            f"{current} slots")
+        try:
+            self._grow_table_to(growth.index + growth.size)
+        except wasmtime.WasmtimeError as err:
+            raise LinkError(f"cannot add {growth.size} closure slots: {err}") from None
+
+    def apply_closure(self, plan: ClosurePlan) -> None:
+        """Instantiate the closure's trampoline over this group's memory, table and stack
+        pointer, and put it in its slot."""
+        table = self.table
+        assert table is not None
+        if self.memory_object is None or self.stack_pointer is None:
+            raise LinkError("closures need an imported memory and a __stack_pointer")
+        const = wasmtime.GlobalType(wasmtime.ValType.i32(), False)
+        imports = [self.memory_object, table, self.stack_pointer,
+                   wasmtime.Global(self.store, const, wasmtime.Val.i32(_signed32(plan.backing))),
+                   wasmtime.Global(self.store, const, wasmtime.Val.i32(_signed32(plan.env)))]
+        try:
+            instance = wasmtime.Instance(self.store, self._load_module(plan.module), imports)
+        except WASM_ERRORS as err:
+            raise LinkError(f"{plan.label}: cannot instantiate: {_trap_text(err)}") from None
+        func = instance.exports(self.store)[CLOSURE_EXPORT]
+        assert isinstance(func, wasmtime.Func)
+        self._grow_table_to(plan.slot + 1)
+        table.set(self.store, plan.slot, func)
+        self.closures[plan.slot] = plan
+        self._closure_labels[_func_identity(func)] = plan.label
 
     def _grow_table_to(self, length: int) -> None:
         table = self.table
@@ -586,6 +657,10 @@ class InstanceGroup:
             try:
                 if isinstance(pending.op, SlotAssignment):
                     self.apply_slot(pending.op)
+                elif isinstance(pending.op, TableGrowth):
+                    self.apply_growth(pending.op)
+                elif isinstance(pending.op, ClosurePlan):
+                    self.apply_closure(pending.op)
                 elif isinstance(pending.op, DescribeRequest):
                     pending.state = self.describe_state()
                 elif isinstance(pending.op, PurgeDescriptors):
@@ -663,7 +738,7 @@ class InstanceGroup:
     def describe_state(self) -> GroupState:
         """Handles, what sits in each table slot, and non-TLS GOT values, as plain data.
         Only on this group's own thread (or while it runs no wasm)."""
-        labels: dict[int, str] = {}
+        labels: dict[int, str] = dict(self._closure_labels)
         for handle, instance in self.instances.items():
             name = self._plans[handle].name if handle in self._plans else str(handle)
             for export, value in instance.exports(self.store).items():
@@ -696,6 +771,11 @@ class InstanceGroup:
     def call_entry(self, name: str, *args: int) -> None:
         func = self.export(MAIN_HANDLE, name)
         func(self.store, *args)
+
+
+def _signed32(value: int) -> int:
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value >= 1 << 31 else value
 
 
 def _func_identity(func: wasmtime.Func) -> int:

@@ -36,6 +36,7 @@ from wasmgroup.shared.errors import LinkError, UnsupportedCall
 from wasmgroup.shared.fdtable import GenerationPage
 from wasmgroup.shared.memory import SharedRegion
 from wasmgroup.shared.plan import (
+    ClosurePlan,
     LoadPlan,
     SlotAssignment,
     SymbolAddress,
@@ -118,7 +119,7 @@ class Worker:
     def _post(self, message: dict[str, Any]) -> None:
         wire = message["op"]
         op = DescribeRequest() if wire.get("op") == "describe" else from_wire(wire)
-        if isinstance(op, LoadPlan):
+        if isinstance(op, (LoadPlan, ClosurePlan)):
             self._artefacts.update(wire.get("artefacts", {}))
         pending = PendingOperation(op, message["initialise"], self._ack)
         pending_id = message["id"]
@@ -253,7 +254,9 @@ class Worker:
             slots = [from_wire(s) for s in config["slots"]]
             group.replay([p for plan in plans if isinstance(plan, LoadPlan)
                           for p in plan.modules],
-                         [s for s in slots if isinstance(s, SlotAssignment)])
+                         [s for s in slots if isinstance(s, SlotAssignment)],
+                         [c for c in map(from_wire, config["closures"])
+                          if isinstance(c, ClosurePlan)])
 
     def _module(self, host_path: str) -> wasmtime.Module:
         module = self._modules.get(host_path)
@@ -388,6 +391,19 @@ class WorkerService:
     def tls_arena(self, group: InstanceGroup, minimum: int) -> tuple[int, int]:
         base, size = self._call("tls_arena", minimum, safe_point=False)
         return int(base), int(size)
+
+    def closure_allocate(self, group: InstanceGroup) -> int:
+        return int(self._call("closure_allocate"))
+
+    def closure_prepare(self, group: InstanceGroup, slot: int, backing: int, env: int,
+                        signature: FuncType) -> None:
+        self._call("closure_prepare", slot, backing, env, list(signature.params),
+                   list(signature.results))
+
+    def closure_free(self, group: InstanceGroup, slot: int) -> None:
+        # At a safe point: the coordinator takes the topology lock, whose holder may be
+        # waiting for this group to apply its operation.
+        self._call("closure_free", slot)
 
     def stopping(self) -> bool:
         return self.worker._stop.is_set()

@@ -14,6 +14,9 @@ bindings build for every argument of every call (measured: ~0.8 µs a call inste
 for an (i32) -> i32 function).
 - Not a bug, a cost: the bindings' trampoline wraps every argument in a `Val` and a `Caller`,
   several times the cost of the call; integer-only host functions skip that here.
+- Asking a `ValType` of kind v128 for its kind (`str`, `==`) aborts the whole process (a Rust
+  panic in the C API): `value_type_name` tells the kinds apart by comparing with
+  `wasmtime_wasm_valtype_equal`, which never asks.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ def _result_kinds(idx: int, result_tys: Any) -> tuple[int, ...] | None:
     cached = _RESULT_KINDS.get(idx)
     if cached is not None and cached[0] is result_tys:
         return cached[1]
-    names = [str(t) for t in result_tys]
+    names = [value_type_name(t) for t in result_tys]
     kinds = tuple(_I32 if n == "i32" else _I64 for n in names) \
         if all(n in ("i32", "i64") for n in names) else None
     _RESULT_KINDS[idx] = (result_tys, kinds)
@@ -170,7 +173,7 @@ def host_func(store: wasmtime.Store, ty: wasmtime.FuncType, func: Callable[..., 
     """A host function `func(*args)` of type `ty` (numbers only), as `wasmtime.Func` would
     make it, but called without building `Val`s. Falls back to `wasmtime.Func` for types with
     reference values."""
-    names = [str(t) for t in ty.params], [str(t) for t in ty.results]
+    names = [value_type_name(t) for t in ty.params], [value_type_name(t) for t in ty.results]
     if not all(n in _RAW_FIELDS for n in names[0] + names[1]):
         return wasmtime.Func(store, ty, func)
     index = _RAW_FUNCTIONS.allocate((func, [_RAW_FIELDS[n] for n in names[0]],
@@ -179,6 +182,22 @@ def host_func(store: wasmtime.Store, ty: wasmtime.FuncType, func: Callable[..., 
     ffi.wasmtime_func_new_unchecked(store._context(), ty.ptr(), _raw_trampoline, index,
                                     _raw_finalize, ctypes.byref(raw))
     return wasmtime.Func._from_raw(raw)
+
+
+_KNOWN: list[tuple[str, Any]] = []  # (name, owned wasm_valtype_t pointer), made once
+
+
+def value_type_name(value_type: wasmtime.ValType) -> str:
+    """"i32", "i64", "f32", "f64", "v128", or "ref" (anything else); never aborts."""
+    if not _KNOWN:
+        _KNOWN.extend((name, getattr(wasmtime.ValType, name)())
+                      for name in ("i32", "i64", "f32", "f64"))
+        _KNOWN.append(("v128", ffi.wasmtime_wasm_valtype_v128()))
+    for name, known in _KNOWN:
+        pointer = known if name == "v128" else known.ptr()
+        if ffi.wasmtime_wasm_valtype_equal(value_type.ptr(), pointer):
+            return name
+    return "ref"
 
 
 def apply() -> None:

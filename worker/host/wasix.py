@@ -7,16 +7,21 @@ errno. They reach the linker through the group's `LinkService`, and memory throu
 
 from __future__ import annotations
 
+import struct
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from wasmgroup.shared import hostabi
+import wasmtime
+
+from wasmgroup.shared import closure, hostabi
 from wasmgroup.shared.cpus import usable_cpus
 from wasmgroup.shared.errors import LinkError, UnsupportedCall
 from wasmgroup.shared.futex import futex_wake
 from wasmgroup.shared.wasi import WasiError
+from wasmgroup.shared.wasm import FuncType
 from wasmgroup.worker.memview import GuestFault
+from wasmgroup.worker.wasmtime_compat import value_type_name
 
 if TYPE_CHECKING:
     from wasmgroup.worker.group import InstanceGroup
@@ -222,7 +227,9 @@ def make_wasix_functions(group: InstanceGroup) -> dict[str, Callable[..., int | 
             return err.code
         return ESUCCESS
 
+    closures = make_closure_functions(group)
     return {
+        **closures,
         "chdir": chdir, "thread_parallelism": thread_parallelism, "proc_id": proc_id,
         "fd_fdflags_get": fd_fdflags_get, "fd_fdflags_set": fd_fdflags_set,
         "dlopen": dlopen, "dlsym": dlsym, "dl_invalid_handle": dl_invalid_handle,
@@ -234,6 +241,151 @@ def make_wasix_functions(group: InstanceGroup) -> dict[str, Callable[..., int | 
         "thread_sleep": thread_sleep,
         "thread_id": thread_id, "getcwd": getcwd,
     }
+
+
+_PACK = {"i32": "<I", "i64": "<Q", "f32": "<f", "f64": "<d"}
+
+
+def _table_func(group: InstanceGroup, slot: int) -> wasmtime.Func | None:
+    """The function in the program's table slot `slot`, or None (null or out of range)."""
+    table = group.program_table()
+    if table is None or not 0 <= slot < table.size(group.store):
+        return None
+    entry = table.get(group.store, slot)
+    return entry if isinstance(entry, wasmtime.Func) else None
+
+
+def _signature(group: InstanceGroup, func: wasmtime.Func) -> tuple[tuple[str, ...],
+                                                                    tuple[str, ...]]:
+    ty = func.type(group.store)
+    return (tuple(value_type_name(p) for p in ty.params),
+            tuple(value_type_name(r) for r in ty.results))
+
+
+def _unpack(kind: str, raw: bytes) -> int | float:
+    value = struct.unpack(_PACK[kind], raw)[0]
+    if kind == "i32" and value >= 1 << 31:
+        return int(value) - (1 << 32)
+    if kind == "i64" and value >= 1 << 63:
+        return int(value) - (1 << 64)
+    return value  # type: ignore[no-any-return]
+
+
+def _pack(kind: str, value: int | float) -> bytes:
+    if kind in ("i32", "i64"):
+        return struct.pack(_PACK[kind], int(value) & (0xFFFFFFFF if kind == "i32"
+                                                      else 0xFFFFFFFFFFFFFFFF))
+    return struct.pack(_PACK[kind], value)
+
+
+def make_closure_functions(group: InstanceGroup) -> dict[str, Callable[..., int | None]]:
+    """`closure_allocate/prepare/free`, `call_dynamic` and `reflect_signature` (shared/closure.py
+    has the value layout). Slots are the group's table; closure slots are handed out and
+    filled by the coordinator in every group at once."""
+
+    # Closures live in the table every group keeps identical: a main that defines its own
+    # table (or memory) is not dynamically linked, and gets ENOTSUP (as the seed's Notsup).
+    @_faults_to_errno
+    def closure_allocate(ret: int) -> int:
+        group.service_pending()
+        if group.region is None or group.program_table(shared_only=True) is None:
+            return ENOTSUP
+        group.memory.read(ret, 4)  # bounds check before a slot is taken for nothing
+        try:
+            slot = group.service.closure_allocate(group)
+        except LinkError:
+            return EFAULT
+        group.memory.write_u32(ret, slot)
+        return ESUCCESS
+
+    @_faults_to_errno
+    def closure_prepare(backing: int, slot: int, arg_types: int, n_args: int,
+                        result_types: int, n_results: int, env: int) -> int:
+        group.service_pending()
+        if group.region is None:
+            return ENOTSUP
+        if max(n_args, n_results) > closure.MAX_VALUES:
+            return EINVAL
+        try:
+            params = closure.decode_types(group.memory.read(arg_types, n_args))
+            results = closure.decode_types(group.memory.read(result_types, n_results))
+        except ValueError:
+            return EINVAL
+        if group.region is None or group.stack_pointer is None \
+                or group.program_table(shared_only=True) is None:
+            return ENOTSUP  # closures need a dynamically linked program (as in the seed)
+        try:
+            group.service.closure_prepare(group, slot, backing, env, FuncType(params, results))
+        except LinkError:
+            return EINVAL
+        return ESUCCESS
+
+    def closure_free(slot: int) -> int:
+        group.service.closure_free(group, slot)
+        return ESUCCESS  # an unknown or free slot is no error (as in the seed)
+
+    @_faults_to_errno
+    def call_dynamic(slot: int, values: int, values_len: int, results: int, results_len: int,
+                     strict: int) -> int:
+        group.service_pending()
+        if group.region is None:
+            return ENOTSUP  # the main module's own memory is not reachable from the host
+        func = _table_func(group, slot)
+        if func is None:
+            return EINVAL
+        params, result_types = _signature(group, func)
+        if any(t not in _PACK for t in (*params, *result_types)):
+            return EINVAL  # v128 and references cannot cross the host here
+        need_in = closure.packed_size(params)
+        need_out = closure.packed_size(result_types)
+        if strict & 0xFF and (values_len != need_in or results_len < need_out):
+            return EINVAL
+        # Not strict: missing argument bytes are zeros, extra ones ignored.
+        raw = group.memory.read(values, min(values_len, need_in)).ljust(need_in, b"\0")
+        args, offset = [], 0
+        for kind in params:
+            size = closure.VALUE_SIZES[kind]
+            args.append(_unpack(kind, raw[offset:offset + size]))
+            offset += size
+        fits = min(results_len, need_out)  # what does not fit is dropped (not strict)
+        if fits:
+            group.memory.read(results, fits)  # a bad buffer faults before the call
+        outcome = func(group.store, *args)
+        values_out = [] if outcome is None else (
+            list(outcome) if isinstance(outcome, (list, tuple)) else [outcome])
+        packed = b"".join(_pack(k, v) for k, v in zip(result_types, values_out, strict=True))
+        if fits:
+            group.memory.write(results, packed[:fits])
+        return ESUCCESS
+
+    @_faults_to_errno
+    def reflect_signature(slot: int, arg_types: int, arg_cap: int, result_types: int,
+                          result_cap: int, ret: int) -> int:
+        group.service_pending()
+        if group.region is None:
+            return ENOTSUP
+        func = _table_func(group, slot)
+        if func is None:
+            group.memory.write(ret, bytes(6))
+            return EINVAL
+        params, results = _signature(group, func)
+        if any(t not in closure.VALUE_SIZES for t in (*params, *results)):
+            group.memory.write(ret, bytes(6))
+            return EINVAL
+        # A closure slot may hold another signature once prepared again.
+        cacheable = slot not in group.closures
+        group.memory.write(ret, struct.pack("<BxHH", cacheable, len(params), len(results)))
+        if len(params) > (arg_cap & 0xFFFF) or len(results) > (result_cap & 0xFFFF):
+            return EOVERFLOW
+        if params:
+            group.memory.write(arg_types, closure.encode_types(params))
+        if results:
+            group.memory.write(result_types, closure.encode_types(results))
+        return ESUCCESS
+
+    return {"closure_allocate": closure_allocate, "closure_prepare": closure_prepare,
+            "closure_free": closure_free, "call_dynamic": call_dynamic,
+            "reflect_signature": reflect_signature}
 
 
 def make_unimplemented(module: str, name: str) -> Callable[..., int | None]:
