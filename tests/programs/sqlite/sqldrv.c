@@ -10,6 +10,9 @@
  *   sqldrv threads DIR N      one connection (serialized mode) used by N threads at once
  *   sqldrv shared DIR N       shared-cache mode: N threads, a connection each, one pager
  *   (DIR ":memory:" for threads/shared: an in-memory database instead, no file descriptors)
+ *   sqldrv bench DIR N        scripts/bench-io's workload: N rows inserted in transactions of
+ *                             N/20 into DIR/bench.db, then N selects by key; prints the time of
+ *                             each phase (CLOCK_MONOTONIC) and a checksum
  *
  * Every line is printed by the main thread, after joins, so the output is deterministic.
  * Exit status 0 when every step did what it should, 1 otherwise (the failing step is printed).
@@ -19,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "sqlite3.h"
@@ -310,12 +314,63 @@ static int cmd_threads(const char *dir, int nthreads, int shared) {
     return failures != 0;
 }
 
+static long long micros_since(const struct timespec *start) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (now.tv_sec - start->tv_sec) * 1000000LL + (now.tv_nsec - start->tv_nsec) / 1000;
+}
+
+static int cmd_bench(const char *dir, int rows) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/bench.db", dir);
+    unlink(path);
+    sqlite3 *db = NULL;
+    if (sqlite3_open(path, &db) != SQLITE_OK) {
+        fail("open", db);
+        return 1;
+    }
+    exec(db, "CREATE TABLE kv (k INTEGER PRIMARY KEY, v TEXT)");
+    sqlite3_stmt *insert = NULL, *select = NULL;
+    sqlite3_prepare_v2(db, "INSERT INTO kv VALUES (?, ?)", -1, &insert, NULL);
+    sqlite3_prepare_v2(db, "SELECT length(v) FROM kv WHERE k = ?", -1, &select, NULL);
+    int batch = rows / 20 > 0 ? rows / 20 : 1;
+    char value[64];
+    struct timespec start;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    for (int i = 0; i < rows; i++) {
+        if (i % batch == 0) exec(db, "BEGIN");
+        snprintf(value, sizeof value, "value %d of a benchmark row", i * 7919 % rows);
+        sqlite3_bind_int(insert, 1, i);
+        sqlite3_bind_text(insert, 2, value, -1, SQLITE_TRANSIENT);
+        if (sqlite3_step(insert) != SQLITE_DONE) fail("insert", db);
+        sqlite3_reset(insert);
+        if (i % batch == batch - 1 || i == rows - 1) exec(db, "COMMIT");
+    }
+    long long insert_us = micros_since(&start);
+    long long sum = 0;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    for (int i = 0; i < rows; i++) {
+        sqlite3_bind_int(select, 1, i * 31 % rows);
+        if (sqlite3_step(select) == SQLITE_ROW) sum += sqlite3_column_int(select, 0);
+        sqlite3_reset(select);
+    }
+    long long select_us = micros_since(&start);
+    sqlite3_finalize(insert);
+    sqlite3_finalize(select);
+    sqlite3_close(db);
+    printf("bench: rows=%d insert_us=%lld select_us=%lld sum=%lld\n", rows, insert_us,
+           select_us, sum);
+    return failures != 0;
+}
+
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (argc >= 3 && !strcmp(argv[1], "basic")) return cmd_basic(argv[2]);
     if (argc >= 4 && !strcmp(argv[1], "ext")) return cmd_ext(argv[2], argv[3]);
     if (argc >= 4 && !strcmp(argv[1], "threads")) return cmd_threads(argv[2], atoi(argv[3]), 0);
     if (argc >= 4 && !strcmp(argv[1], "shared")) return cmd_threads(argv[2], atoi(argv[3]), 1);
-    fprintf(stderr, "usage: sqldrv basic DIR | ext DIR LIB | threads DIR N | shared DIR N\n");
+    if (argc >= 4 && !strcmp(argv[1], "bench")) return cmd_bench(argv[2], atoi(argv[3]));
+    fprintf(stderr, "usage: sqldrv basic DIR | ext DIR LIB | threads DIR N | shared DIR N"
+                    " | bench DIR N\n");
     return 2;
 }
