@@ -31,7 +31,7 @@ HELLO_WAT = """
 """
 
 
-def wasmgroup(*args: str | Path, env: dict[str, str] | None = None, timeout: float = 60,
+def wasmgroup(*args: str | Path, env: dict[str, str] | None = None, timeout: float = 120,
               prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
     """Run the CLI; afterwards, assert that nothing it started is left."""
     mark = uuid.uuid4().hex

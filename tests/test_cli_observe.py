@@ -159,7 +159,7 @@ def test_shell_completion_comes_from_the_parser() -> None:
     assert bash.returncode == 0
     script = bash.stdout
     assert complete(script, "wasmgroup run --ti") == ["--timeout"]
-    assert complete(script, "wasmgroup run --max") == ["--max-memory"]
+    assert complete(script, "wasmgroup run --max-me") == ["--max-memory"]
     assert complete(script, "wasmgroup ca") == ["cache"]
     assert complete(script, "wasmgroup cache ") == ["info", "clean"]
     assert complete(script, "wasmgroup trace x --c") == ["--chrome"]

@@ -17,7 +17,7 @@ import tempfile
 import termios
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -26,6 +26,19 @@ import pytest
 from leaks import assert_nothing_left, open_fds
 
 from wasmgroup.orchestrator.program import run_program
+
+
+@pytest.fixture(autouse=True, scope="module")
+def ctrl_c_reaches_the_programs() -> Iterator[None]:
+    """A test run a shell started in the background inherits SIGINT ignored, and so would
+    every program it starts (an ignored disposition survives exec), so Ctrl-C could not
+    reach them: these tests are about Ctrl-C, so give this process (and, through exec, its
+    children) the default disposition back."""
+    previous = signal.getsignal(signal.SIGINT)
+    if previous == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 WASMGROUP = [sys.executable, "-m", "wasmgroup.orchestrator.cli"]
 FOREVER_LINES = ["interruptible: forever", "forever: running"]
