@@ -71,6 +71,7 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 EXIT_TIMEOUT = 124  # as timeout(1)
 EAGAIN = 6
 ENOTCAPABLE = 76
+SPAWN_IMPORTS = {("wasi", "thread-spawn"), ("wasix_32v1", "thread_spawn_v2")}
 
 
 class ProgramError(WasmgroupError):
@@ -162,8 +163,10 @@ class Program:
         self.path = path
         self.options = options
         self.fs = GuestFilesystem.from_specs(options.dirs, options.lib_paths, options.cwd)
-        # Workers start first: their Python start-up overlaps this process's compiling.
-        self.pool = WorkerPool(options.pool_size)
+        # Workers start first: their Python start-up overlaps this process's compiling. A
+        # program whose main cannot start threads needs just the one its main thread takes.
+        self.pool = WorkerPool(options.pool_size if _may_spawn(path, options.max_module_size)
+                               else 0)
         self.engine = wasmtime.Engine(make_engine_config())
         self.cache = ModuleCache(self.engine, ENGINE_SETTINGS, options.cache_dir,
                                  options.max_module_size)
@@ -931,6 +934,21 @@ def _valid_fd(fd: int) -> int | None:
     except OSError:
         return None
     return fd
+
+
+def _may_spawn(path: str, size_limit: int) -> bool:
+    """Whether the main module at `path` imports a call that starts a thread (wasix-libc's
+    pthread_create does), from a quick look at its imports; True when it cannot tell (start()
+    reports what is wrong with the file). A side module may import such a call too: then its
+    threads' workers start cold, as with `--pool 0`."""
+    try:
+        if os.stat(path).st_size > size_limit:
+            return True
+        with open(path, "rb") as f:
+            main = parse_module(f.read(), source=path)
+    except (OSError, WasmgroupError):
+        return True
+    return any((i.module, i.name) in SPAWN_IMPORTS for i in main.imports_of("func"))
 
 
 def _apply_times(applied: dict[int, OperationFuture]) -> dict[str, Any]:

@@ -90,8 +90,10 @@ def test_a_killed_worker_ends_the_job_with_a_clear_error(guests: Path) -> None:
 def test_a_killed_main_worker_ends_the_job(tmp_path: Path) -> None:
     fds = open_fds()
     prog = tmp_path / "spin.wasm"
+    # It imports thread-spawn (never called), so its pool keeps idle workers too.
     prog.write_bytes(wasmtime.wat2wasm(
-        '(module (memory (export "memory") 1) (func (export "_start") (loop (br 0))))'))
+        '(module (import "wasi" "thread-spawn" (func (param i32) (result i32)))'
+        ' (memory (export "memory") 1) (func (export "_start") (loop (br 0))))'))
     program = Program(str(prog), ProgramOptions(capture_output=True))
     runner, results = run_in_background(program)
     wait_for(lambda: program.main_worker is not None and 1 in program.groups)
@@ -199,8 +201,10 @@ def test_workers_leave_when_the_coordinator_dies(tmp_path: Path) -> None:
     """SIGKILL the coordinator (no clean-up runs): its workers notice the closed socket and
     exit, spinning guest code or idle."""
     prog = tmp_path / "spin.wasm"
+    # It imports thread-spawn (never called), so its pool keeps idle workers too.
     prog.write_bytes(wasmtime.wat2wasm(
-        '(module (memory (export "memory") 1) (func (export "_start") (loop (br 0))))'))
+        '(module (import "wasi" "thread-spawn" (func (param i32) (result i32)))'
+        ' (memory (export "memory") 1) (func (export "_start") (loop (br 0))))'))
     coordinator = psutil.Popen([sys.executable, "-m", "wasmgroup.orchestrator.cli", "run",
                                 str(prog)])
     try:
