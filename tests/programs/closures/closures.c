@@ -228,11 +228,12 @@ int main(int argc, char **argv) {
     printf("closure in main: %.2f\n", direct);
     pthread_create(&late, NULL, late_thread, NULL);
     pthread_join(late, NULL);
+    /* The early thread sets thread_slot after early_result: wait for both before printing.
+     * Slot numbers below are deterministic once the thread has its closure. */
+    while (!__atomic_load_n(&thread_slot, __ATOMIC_ACQUIRE)) {
+    }
     printf("called from a thread started before: %.2f, after: %.2f\n", early_result,
            late_result);
-
-    while (!__atomic_load_n(&thread_slot, __ATOMIC_ACQUIRE)) {
-    }  /* slot numbers below are deterministic once the thread has its closure */
 
     /* Many cycles: the freed slot comes back each time. */
     uint32_t first = 0, distinct = 0, last = 0;
