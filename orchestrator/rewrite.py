@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from wasmgroup.shared.binary import Reader, encode_u32
+from wasmgroup.shared.binary import Reader, encode_s32, encode_section, encode_u32
 from wasmgroup.shared.errors import WasmFormatError
 from wasmgroup.shared.hostabi import HELPER_MODULE, HELPERS
 from wasmgroup.shared.wasm import (
@@ -51,17 +51,6 @@ _SIMD_LANE = set(range(21, 35))
 
 def _signed32(value: int) -> int:
     return value - (1 << 32) if value >= 1 << 31 else value
-
-
-def _encode_s32(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = value & 0x7F
-        value >>= 7
-        if (value == 0 and not b & 0x40) or (value == -1 and b & 0x40):
-            out.append(b)
-            return bytes(out)
-        out.append(b | 0x80)
 
 
 def _block_type(r: Reader) -> None:
@@ -207,7 +196,7 @@ class _Rewriter:
             return None
         if not emitting:
             return None
-        return (b"\x41" + _encode_s32(_signed32(offset & 0xFFFFFFFF))
+        return (b"\x41" + encode_s32(_signed32(offset & 0xFFFFFFFF))
                 + b"\x10" + encode_u32(self.helper_index(name)))
 
     # -------------------------------------------------------------- sections
@@ -309,10 +298,6 @@ class _Rewriter:
         return bytes(out)
 
 
-def _section(sec_id: int, payload: bytes) -> bytes:
-    return bytes([sec_id]) + encode_u32(len(payload)) + payload
-
-
 def _functype_bytes(t: FuncType) -> bytes:
     return (b"\x60" + encode_u32(len(t.params)) + bytes(_VALTYPE_CODE[p] for p in t.params)
             + encode_u32(len(t.results)) + bytes(_VALTYPE_CODE[p] for p in t.results))
@@ -349,25 +334,25 @@ def rewrite_memory_instructions(data: bytes, module: WasmModule) -> bytes:
     for sec_id, start, end in sections:
         r = Reader(data, start, end)
         if not has_types and sec_id not in (SEC_CUSTOM,):
-            out += _section(SEC_TYPE, encode_u32(len(rewriter.helpers)) + new_types)
+            out += encode_section(SEC_TYPE, encode_u32(len(rewriter.helpers)) + new_types)
             has_types = True
         if not has_imports and sec_id not in (SEC_CUSTOM, SEC_TYPE):
-            out += _section(SEC_IMPORT, encode_u32(len(rewriter.helpers)) + new_imports)
+            out += encode_section(SEC_IMPORT, encode_u32(len(rewriter.helpers)) + new_imports)
             has_imports = True
         if sec_id == SEC_TYPE:
             count = r.u32("type count")
-            out += _section(sec_id, encode_u32(count + len(rewriter.helpers))
+            out += encode_section(sec_id, encode_u32(count + len(rewriter.helpers))
                             + data[r.pos:end] + new_types)
         elif sec_id == SEC_IMPORT:
             count = r.u32("import count")
-            out += _section(sec_id, encode_u32(count + len(rewriter.helpers))
+            out += encode_section(sec_id, encode_u32(count + len(rewriter.helpers))
                             + data[r.pos:end] + new_imports)
         elif sec_id in handlers:
-            out += _section(sec_id, handlers[sec_id](r))
+            out += encode_section(sec_id, handlers[sec_id](r))
         elif sec_id == SEC_CUSTOM and r.name("custom section name") == "name":
-            out += _section(SEC_CUSTOM, rewriter.names(r))
+            out += encode_section(SEC_CUSTOM, rewriter.names(r))
         else:
-            out += _section(sec_id, data[start:end])
+            out += encode_section(sec_id, data[start:end])
     return bytes(out)
 
 

@@ -121,3 +121,20 @@ def encode_u32(n: int) -> bytes:
         out.append(b | (0x80 if n else 0))
         if not n:
             return bytes(out)
+
+
+def encode_s32(n: int) -> bytes:
+    """Signed LEB128, the shortest form."""
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if (n == 0 and not b & 0x40) or (n == -1 and b & 0x40):
+            out.append(b)
+            return bytes(out)
+        out.append(b | 0x80)
+
+
+def encode_section(sec_id: int, payload: bytes) -> bytes:
+    """A module section: its id, its size, its payload."""
+    return bytes([sec_id]) + encode_u32(len(payload)) + payload

@@ -12,7 +12,7 @@ closure of a signature (and memory type), in every group.
 
 from __future__ import annotations
 
-from wasmgroup.shared.binary import encode_u32
+from wasmgroup.shared.binary import encode_s32, encode_section, encode_u32
 from wasmgroup.shared.wasm import FuncType
 
 # __wasi_wasm_value_type_t
@@ -49,17 +49,6 @@ def _align16(n: int) -> int:
     return (n + 15) & ~15
 
 
-def _s32(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = value & 0x7F
-        value >>= 7
-        if (value == 0 and not b & 0x40) or (value == -1 and b & 0x40):
-            out.append(b)
-            return bytes(out)
-        out.append(b | 0x80)
-
-
 def _vec(items: list[bytes]) -> bytes:
     return encode_u32(len(items)) + b"".join(items)
 
@@ -67,10 +56,6 @@ def _vec(items: list[bytes]) -> bytes:
 def _name(s: str) -> bytes:
     raw = s.encode()
     return encode_u32(len(raw)) + raw
-
-
-def _section(sec_id: int, payload: bytes) -> bytes:
-    return bytes([sec_id]) + encode_u32(len(payload)) + payload
 
 
 def _functype(params: tuple[str, ...], results: tuple[str, ...]) -> bytes:
@@ -96,7 +81,7 @@ def trampoline_module(signature: FuncType, memory_max_pages: int, shared: bool) 
     old_sp, frame = len(params), len(params) + 1  # locals after the parameters
     body = bytearray()
     body += b"\x23\x00" + b"\x22" + encode_u32(old_sp)
-    body += b"\x41" + _s32(frame_size) + b"\x6b"
+    body += b"\x41" + encode_s32(frame_size) + b"\x6b"
     body += b"\x22" + encode_u32(frame) + b"\x24\x00"
     offset = 0
     for index, t in enumerate(params):
@@ -104,7 +89,7 @@ def trampoline_module(signature: FuncType, memory_max_pages: int, shared: bool) 
         body += _STORE[t] + b"\x00" + encode_u32(offset)  # memarg: align 1, offset
         offset += VALUE_SIZES[t]
     body += b"\x20" + encode_u32(frame)
-    body += b"\x20" + encode_u32(frame) + b"\x41" + _s32(values_area) + b"\x6a"
+    body += b"\x20" + encode_u32(frame) + b"\x41" + encode_s32(values_area) + b"\x6a"
     body += b"\x23\x02" + b"\x23\x01"
     body += b"\x11\x01\x00"  # call_indirect (type 1) (table 0)
     offset = values_area
@@ -114,9 +99,9 @@ def trampoline_module(signature: FuncType, memory_max_pages: int, shared: bool) 
     body += b"\x20" + encode_u32(old_sp) + b"\x24\x00" + b"\x0b"
     code = b"\x01\x02\x7f" + bytes(body)  # one local declaration: 2 x i32
     return (b"\x00asm\x01\x00\x00\x00"
-            + _section(1, _vec([_functype(params, results),
+            + encode_section(1, _vec([_functype(params, results),
                                 _functype(("i32", "i32", "i32"), ())]))
-            + _section(2, _vec(imports))
-            + _section(3, _vec([encode_u32(0)]))
-            + _section(7, _vec([_name(CLOSURE_EXPORT) + b"\x00" + encode_u32(0)]))
-            + _section(10, _vec([encode_u32(len(code)) + code])))
+            + encode_section(2, _vec(imports))
+            + encode_section(3, _vec([encode_u32(0)]))
+            + encode_section(7, _vec([_name(CLOSURE_EXPORT) + b"\x00" + encode_u32(0)]))
+            + encode_section(10, _vec([encode_u32(len(code)) + code])))
