@@ -85,6 +85,8 @@ class RunResult:
     stderr: bytes = b""
     error: str | None = None  # a trap or start-up failure, as one readable message
     verify_summary: str | None = None  # with verify_groups: what was checked, if all agreed
+    timed_out: bool = False  # stopped by its timeout
+    wall_s: float = 0.0  # seconds from submission to the result (Runtime runs)
 
 
 def default_pool_size() -> int:
@@ -107,6 +109,7 @@ class ProgramOptions:
     max_module_size: int = DEFAULT_MAX_MODULE_SIZE  # bytes; larger module files are refused
     timeout: float | None = None  # seconds: then stop every thread, status 124
     max_memory: int | None = None  # bytes the linear memory may reach (memory.grow fails)
+    stdin_fd: int | None = 0  # host descriptor the guest's fd 0 duplicates (None: closed)
 
 
 log = logging.getLogger("wasmgroup")
@@ -175,7 +178,7 @@ class Program:
         # One descriptor table for every thread: stdio, the --dir mappings from 3, and all
         # the program opens.
         self.descriptors = DescriptorTable(
-            self.fs, [_valid_fd(0),
+            self.fs, [None if options.stdin_fd is None else _valid_fd(options.stdin_fd),
                       self._stdout.write_fd if self._stdout else _valid_fd(1),
                       self._stderr.write_fd if self._stderr else _valid_fd(2)],
             on_close=self._purge_descriptors)

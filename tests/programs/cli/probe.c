@@ -9,6 +9,7 @@
  *   probe late-thread   waits until the file /go exists (in the guest view), then starts a
  *                       thread that prints "thread ran" and joins it
  *   probe cpus          prints "cpus: N" (sysconf(_SC_NPROCESSORS_ONLN): thread_parallelism)
+ *   probe cat           copies stdin to stdout, then prints "read N bytes" to stderr
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -70,6 +71,19 @@ int main(int argc, char **argv) {
         printf("cpus: %ld\n", sysconf(_SC_NPROCESSORS_ONLN));
         return 0;
     }
-    fprintf(stderr, "usage: probe env NAME... | sleep | spin | grow | malloc | late-thread | cpus\n");
+    if (argc == 2 && strcmp(argv[1], "cat") == 0) {
+        char buffer[4096];
+        long total = 0;
+        ssize_t n;
+        while ((n = read(0, buffer, sizeof buffer)) > 0) {
+            fwrite(buffer, 1, (size_t)n, stdout);
+            total += n;
+        }
+        fflush(stdout);
+        fprintf(stderr, "read %ld bytes\n", total);
+        return n < 0 ? 1 : 0;
+    }
+    fprintf(stderr, "usage: probe env NAME... | sleep | spin | grow | malloc | late-thread | cpus"
+            " | cat\n");
     return 2;
 }

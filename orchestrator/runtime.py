@@ -1,0 +1,205 @@
+"""The public Python API: a `Runtime` that runs many programs, and `run` for one.
+
+    with wasmgroup.Runtime(workers=4) as rt:
+        result = rt.run("prog.wasm", ["arg"], dirs=["data::/data"], timeout=10)
+        futures = [rt.submit("prog.wasm", [str(i)]) for i in range(100)]
+
+One error model: every failure to run a program (missing or invalid module, a bad `dirs`
+entry, a library missing at start, a trap, a timeout, a lost worker) comes back as a
+`RunResult` whose `error` is one line (status 125 when wasmgroup could not run it, else the
+program's own outcome); only misuse of the API (a closed runtime, an argument of the wrong
+type) raises, always `UsageError`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from wasmgroup.orchestrator.cache import DEFAULT_MAX_MODULE_SIZE
+from wasmgroup.orchestrator.program import (
+    EXIT_RUNTIME_ERROR,
+    EXIT_TIMEOUT,
+    Program,
+    ProgramOptions,
+    RunResult,
+)
+from wasmgroup.shared.cpus import usable_cpus
+from wasmgroup.shared.errors import WasmgroupError
+
+Stdin = bytes | str | os.PathLike[str] | IO[bytes] | None
+
+
+class UsageError(WasmgroupError, ValueError):
+    """The API was misused (the message says how); never raised for a program's failure."""
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """One program to run, checked: what `Runtime.run`/`submit` take as keywords."""
+    program: str
+    args: tuple[str, ...] = ()
+    env: Mapping[str, str] | None = None
+    dirs: tuple[str, ...] = ()  # HOST::GUEST (or HOST) mappings
+    lib_paths: tuple[str, ...] = ()
+    cwd: str = "/"
+    stdin: Stdin = None  # bytes, a host file path, an open binary file, or None (empty)
+    timeout: float | None = None  # seconds; then every thread is stopped, timed_out set
+    memory_limit: int | None = None  # bytes the linear memory may reach
+    capture_output: bool = True  # else the program writes to this process's stdout/stderr
+    verify_groups: bool = False
+    trace: Path | None = None
+
+
+def _check_request(program: object, args: object, options: dict[str, Any]) -> RunRequest:
+    if not isinstance(program, str | os.PathLike):
+        raise UsageError(f"program must be a path, not {type(program).__name__}")
+    if isinstance(args, str | bytes) or not isinstance(args, Sequence) or not all(
+            isinstance(a, str) for a in args):
+        raise UsageError("args must be a sequence of strings")
+    known = set(RunRequest.__dataclass_fields__) - {"program", "args"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise UsageError(f"unknown run option {unknown[0]!r} (known: {', '.join(sorted(known))})")
+    for name in ("dirs", "lib_paths"):
+        value = options.get(name, ())
+        if isinstance(value, str | bytes) or not all(isinstance(v, str | os.PathLike)
+                                                     for v in value):
+            raise UsageError(f"{name} must be a sequence of strings")
+        options[name] = tuple(os.fspath(v) for v in value)
+    env = options.get("env")
+    if env is not None and not (isinstance(env, Mapping) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in env.items())):
+        raise UsageError("env must map strings to strings")
+    for name in ("timeout", "memory_limit"):
+        value = options.get(name)
+        if value is not None and (not isinstance(value, int | float) or value <= 0):
+            raise UsageError(f"{name} must be a positive number, not {value!r}")
+    stdin = options.get("stdin")
+    if stdin is not None and not isinstance(stdin, bytes | str | os.PathLike) and not hasattr(
+            stdin, "fileno"):
+        raise UsageError("stdin must be bytes, a file path or an open file")
+    if options.get("trace") is not None:
+        options["trace"] = Path(options["trace"])
+    return RunRequest(os.fspath(program), tuple(args), **options)
+
+
+class _StdinSource:
+    """The host descriptor the guest's fd 0 duplicates, for one run."""
+
+    def __init__(self, stdin: Stdin) -> None:
+        self._owned: int | None = None
+        self.fd: int | None
+        if stdin is None or isinstance(stdin, bytes):
+            # A file of the bytes, as a shell's `< file`: reads see them, then end-of-file.
+            with tempfile.TemporaryFile() as data:
+                data.write(stdin or b"")
+                data.flush()
+                self._owned = os.open(f"/proc/self/fd/{data.fileno()}", os.O_RDONLY)
+        elif isinstance(stdin, str | os.PathLike):
+            self._owned = os.open(stdin, os.O_RDONLY)
+        else:
+            self.fd = stdin.fileno()
+            return
+        self.fd = self._owned
+
+    def close(self) -> None:
+        if self._owned is not None:
+            os.close(self._owned)
+            self._owned = None
+
+
+def _run_request(request: RunRequest, cache_dir: Path | None, max_module_size: int,
+                 pool_size: int) -> RunResult:
+    started = time.monotonic()
+    stdin: _StdinSource | None = None
+    program: Program | None = None
+    try:
+        stdin = _StdinSource(request.stdin)
+        options = ProgramOptions(
+            args=request.args, env=dict(request.env or {}), dirs=request.dirs,
+            lib_paths=request.lib_paths, cwd=request.cwd,
+            capture_output=request.capture_output, cache_dir=cache_dir,
+            verify_groups=request.verify_groups, trace=request.trace, pool_size=pool_size,
+            max_module_size=max_module_size, timeout=request.timeout,
+            max_memory=request.memory_limit, stdin_fd=stdin.fd)
+        program = Program(request.program, options)
+        result = program.run()
+        if result.error is None:
+            result.verify_summary = program.verify_summary()
+    except (WasmgroupError, OSError) as err:
+        message = (f"{err.filename or request.program}: {err.strerror}"
+                   if isinstance(err, OSError) else str(err))
+        result = RunResult(EXIT_RUNTIME_ERROR, error=f"cannot start: {message}".splitlines()[0])
+    finally:
+        if program is not None:
+            program.close()
+        if stdin is not None:
+            stdin.close()
+    result.timed_out = result.exit_code == EXIT_TIMEOUT and request.timeout is not None \
+        and result.error is not None and "timed out" in result.error
+    result.wall_s = time.monotonic() - started
+    return result
+
+
+class Runtime:
+    """Runs many programs, at most `workers` at once (default: the usable cores); thread-safe.
+
+    `run` waits for a program's `RunResult`; `submit` returns a `Future` of it. `close` (or
+    leaving the `with` block) waits for submitted programs and stops every worker process.
+    """
+
+    def __init__(self, workers: int | None = None, cache_dir: str | os.PathLike[str] | None = None,
+                 *, max_module_size: int = DEFAULT_MAX_MODULE_SIZE) -> None:
+        if workers is not None and (not isinstance(workers, int) or workers < 1):
+            raise UsageError(f"workers must be a positive integer, not {workers!r}")
+        self.workers = workers or usable_cpus()
+        self.cache_dir = None if cache_dir is None else Path(cache_dir)
+        self.max_module_size = max_module_size
+        self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="wasmgroup-run")
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def submit(self, program: str | os.PathLike[str], args: Sequence[str] = (),
+               **options: Any) -> Future[RunResult]:
+        """Start running `program` (as soon as a slot is free); the future's result is its
+        RunResult. Options: see `RunRequest`."""
+        request = _check_request(program, args, options)
+        with self._lock:
+            if self._closed:
+                raise UsageError("this Runtime is closed")
+            return self._executor.submit(_run_request, request, self.cache_dir,
+                                         self.max_module_size, 0)
+
+    def run(self, program: str | os.PathLike[str], args: Sequence[str] = (),
+            **options: Any) -> RunResult:
+        """Run `program` to its end and return its RunResult."""
+        return self.submit(program, args, **options).result()
+
+    def close(self) -> None:
+        """Wait for submitted programs, then release every worker (idempotent)."""
+        with self._lock:
+            self._closed = True
+        self._executor.shutdown(wait=True)
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def run(program: str | os.PathLike[str], args: Sequence[str] = (), **options: Any) -> RunResult:
+    """Run one program in a runtime of its own (see `Runtime.run` for the options)."""
+    with Runtime(workers=1) as runtime:
+        return runtime.run(program, args, **options)
+
+
+__all__ = ["RunRequest", "RunResult", "Runtime", "UsageError", "run"]
