@@ -194,6 +194,7 @@ class Program:
         self._memory_lock = threading.RLock()  # tls_arena may grow memory
         self._arenas: dict[int, list[tuple[int, int]]] = {}  # thread id -> its TLS arenas
         self._free_arenas: list[tuple[int, int]] = []
+        self._arena_pages = (0, 0)  # (base, bytes) left of the pages grown for TLS arenas
         self._stop = threading.Event()
         self._interrupted = False
         self._outcome: tuple[int, str | None] | None = None
@@ -212,6 +213,7 @@ class Program:
         self._standby_ids = itertools.count(-1, -1)
         self._standby_wanted: threading.Event | None = None
         self._standby_pending: dict[WorkerProcess, list[OperationFuture]] = {}
+        self._standby_builds: dict[WorkerProcess, _Assignment] = {}  # still being built
         lib_path = options.env.get("LD_LIBRARY_PATH", "")
         self.linker = LinkerState(self.fs, self._parsed_module, self.grow_memory,
                                   [e for e in lib_path.split(":") if e])
@@ -251,16 +253,26 @@ class Program:
         """Memory from which a group places its own TLS blocks of side modules that other
         groups loaded: [base, size]. Arenas of ended threads are reused (their worker zeroes
         each block before use), so a program spawning many threads does not grow memory for
-        each. Called at spawn (under the topology lock) or while the lock holder waits for
-        the requesting group, so the linker is not placing data at the same time."""
+        each. Asked for at any time (a new thread's group is built without the topology
+        lock), so arenas come from pages grown for them, never from the linker's allocator,
+        whose free list a failing dlopen puts back as it was before its plan."""
         with self._memory_lock:
             reusable = [a for a in self._free_arenas if a[1] >= minimum]
             if reusable:
                 arena = min(reusable, key=lambda a: a[1])
                 self._free_arenas.remove(arena)
             else:
-                size = max(minimum, TLS_ARENA_BYTES)
-                arena = (self.linker.allocator.allocate(size, 16), size)
+                size = -(-max(minimum, TLS_ARENA_BYTES) // 16) * 16
+                base, left = self._arena_pages
+                if size > left:
+                    pages = -(-size // PAGE)
+                    old = self.grow_memory(pages)
+                    if old < 0:
+                        raise LinkError(f"cannot grow linear memory by {pages} pages for a "
+                                        "thread's TLS blocks")
+                    base, left = old * PAGE, pages * PAGE
+                arena = (base, size)
+                self._arena_pages = (base + size, left - size)
             self._arenas.setdefault(thread_id, []).append(arena)
             return list(arena)
 
@@ -319,11 +331,21 @@ class Program:
     def _assign(self, worker: WorkerProcess, thread_id: int, role: str,
                 config: dict[str, Any], fds: list[int]) -> None:
         """Give `worker` the group of `thread_id`; raises LinkError if it cannot build it."""
+        self._await_assignment(worker, self._send_assign(worker, thread_id, role, config, fds))
+
+    def _send_assign(self, worker: WorkerProcess, thread_id: int, role: str,
+                     config: dict[str, Any], fds: list[int]) -> _Assignment:
+        """Ask `worker` to build the group of `thread_id` from `config`. Operations
+        broadcast from now on reach it too: it applies them once built (worker/main.py)."""
         assignment = _Assignment()
         self._assignments[worker.pid] = assignment
         worker.thread_id = thread_id
         worker.listener = self
         worker.send("assign", fds=fds, thread=thread_id, role=role, config=config)
+        return assignment
+
+    def _await_assignment(self, worker: WorkerProcess, assignment: _Assignment) -> None:
+        """Until `worker` has built its group; raises LinkError if it could not."""
         while not assignment.done.wait(WAIT_SLICE):
             if worker.lost is not None:
                 raise LinkError(f"its worker process {worker.pid} {worker.lost}")
@@ -517,6 +539,7 @@ class Program:
             if worker in self._standby:
                 self._standby.remove(worker)
             self._standby_pending.pop(worker, None)
+            self._standby_builds.pop(worker, None)
         assignment = self._assignments.pop(worker.pid, None)
         if assignment is not None:
             assignment.error = f"its worker process {worker.pid} {reason}"
@@ -840,10 +863,18 @@ class Program:
     def _standby_is_current(self, standby: WorkerProcess) -> bool:
         """Whether a standby group applied every operation broadcast since it was built
         (waits for those still under way). One that failed or died is shut down."""
+        building = self._standby_builds.pop(standby, None)
+        built = True
+        if building is not None:
+            try:
+                self._await_assignment(standby, building)
+            except LinkError:
+                built = False
         pending = self._standby_pending.pop(standby, [])
         for future in pending:
             self._await(future)
-        if standby.lost is None and all(f.error is None and not f.gone for f in pending):
+        if built and standby.lost is None and all(f.error is None and not f.gone
+                                                  for f in pending):
             return True
         threading.Thread(target=standby.shutdown, daemon=True).start()
         return False
@@ -867,29 +898,52 @@ class Program:
             self.finish(EXIT_RUNTIME_ERROR, f"cannot start thread {tid}: {err}")
             raise CallStopped() from None
         config, fds = self._thread_config()
-        if not self.options.verify_groups:
-            # Nothing to check first: the worker starts the thread as soon as it has
-            # replayed (no broadcast can come between: this holds the topology lock).
-            config["entry"] = ["wasi_thread_start", [tid, start_arg]]
         with self._groups_lock:
             self.groups[tid] = child
         self.threads[tid] = child
+        if not self.options.verify_groups:
+            # The worker starts the thread as soon as it has replayed, and applies what is
+            # broadcast meanwhile first: the spawner goes on (the next pthread_create of a
+            # burst need not wait for this build), and a failed build ends the program.
+            config["entry"] = ["wasi_thread_start", [tid, start_arg]]
+            assignment = self._send_assign(child, tid, "thread", config, fds)
+            threading.Thread(target=self._finish_spawn, name=f"wasmgroup-spawn-{tid}",
+                             args=(spawner, child, tid, assignment, started, waited),
+                             daemon=True).start()
+            return
         try:
             self._assign(child, tid, "thread", config, fds)
         except LinkError as err:
-            with self._groups_lock:
-                self.groups.pop(tid, None)
-            self.pool.give_back(child)
-            self.finish(EXIT_RUNTIME_ERROR, f"cannot start thread {tid}: {err}")
+            self._spawn_failed(child, tid, err)
             raise CallStopped() from None
         replayed = time.perf_counter()
         verify_seconds = self._verify(f"spawning thread {tid}")
         self._trace_op("spawn", spawner, started, ok=True, new_thread=tid, pid=child.pid,
                        lock_wait_ms=ms(waited), replay_ms=ms(replayed - started - waited),
                        verify_ms=ms(verify_seconds))
-        if config["entry"] is None:
-            child.send("run", entry="wasi_thread_start", args=[tid, start_arg], thread=tid)
+        child.send("run", entry="wasi_thread_start", args=[tid, start_arg], thread=tid)
         self.tracer.record(op="thread_start", thread=tid, pid=child.pid, standby=False)
+
+    def _finish_spawn(self, spawner: WorkerProcess, child: WorkerProcess, tid: int,
+                      assignment: _Assignment, started: float, waited: float) -> None:
+        """A spawned thread's group is built (its thread then starts) or the program ends."""
+        try:
+            self._await_assignment(child, assignment)
+        except LinkError as err:
+            self._spawn_failed(child, tid, err)
+            return
+        except CallStopped:
+            return
+        self._trace_op("spawn", spawner, started, ok=True, new_thread=tid, pid=child.pid,
+                       lock_wait_ms=ms(waited),
+                       replay_ms=ms(time.perf_counter() - started - waited), verify_ms=0.0)
+        self.tracer.record(op="thread_start", thread=tid, pid=child.pid, standby=False)
+
+    def _spawn_failed(self, child: WorkerProcess, tid: int, err: LinkError) -> None:
+        with self._groups_lock:
+            self.groups.pop(tid, None)
+        self.pool.give_back(child)
+        self.finish(EXIT_RUNTIME_ERROR, f"cannot start thread {tid}: {err}")
 
     def _replenish_standby_later(self) -> None:
         """Prepare the next thread's group in the background (threaded programs only; not
@@ -919,15 +973,24 @@ class Program:
                 config, fds = self._thread_config()
                 with self._groups_lock:
                     self._standby.append(child)
-                try:
-                    self._assign(child, next(self._standby_ids), "thread", config, fds)
-                except LinkError:
-                    with self._groups_lock:
-                        if child in self._standby:
-                            self._standby.remove(child)
-                    self.pool.give_back(child)
+                assignment = self._send_assign(child, next(self._standby_ids), "thread",
+                                               config, fds)
+                self._standby_builds[child] = assignment
         except CallStopped:
-            pass
+            return
+        # Built without the lock (what is broadcast meanwhile is applied once built): a
+        # spawn or dlopen need not wait for it; a spawn taking it first waits (above).
+        try:
+            self._await_assignment(child, assignment)
+        except LinkError:
+            with self._groups_lock:
+                taken = child not in self._standby
+                if not taken:
+                    self._standby.remove(child)
+            if not taken:
+                self._standby_builds.pop(child, None)
+                self._standby_pending.pop(child, None)
+                self.pool.give_back(child)
 
 
 def _valid_fd(fd: int) -> int | None:

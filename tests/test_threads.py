@@ -131,9 +131,9 @@ def test_seed_topology_scenarios(guests: Path, scenario: str, run: int) -> None:
         assert len(program.linker.modules) == 1 + 8
         assert len(program.threads) == 49
         # Each thread placed 8 TLS blocks, in arenas that ended threads hand on: a few
-        # arenas in all, not one per thread.
+        # arenas in all (as many as threads were alive at once), not one per thread.
         arenas = program._free_arenas + [a for group in program._arenas.values() for a in group]
-        assert 1 <= len(arenas) <= 4
+        assert 1 <= len(arenas) <= 8
     del program
     assert_nothing_left(fds)
 

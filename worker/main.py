@@ -92,6 +92,11 @@ class Worker:
         self._artefacts: dict[str, str] = {}
         self._fds: list[int] = []
         self._ids: dict[int, int] = {}  # PendingOperation -> the coordinator's operation id
+        # Between an `assign` frame and the group being built, operations broadcast after
+        # the coordinator took that group's snapshot of the log are held here, then applied
+        # before the group runs anything (the coordinator does not wait for the build).
+        self._building = False
+        self._held: list[PendingOperation] = []
 
     # ------------------------------------------------------------------ threads
     def read_frames(self) -> None:
@@ -109,6 +114,9 @@ class Worker:
                     self._stop.set()
                     self._wake()
                 else:
+                    if kind == "assign":
+                        with self._group_lock:
+                            self._building = True
                     self.inbox.put((message, fds))
         except protocol.ConnectionClosed:
             os._exit(0)  # the coordinator is gone: nothing here is worth keeping
@@ -125,6 +133,10 @@ class Worker:
         pending_id = message["id"]
         with self._group_lock:
             group = self.group
+            if self._building:
+                self._ids[id(pending)] = pending_id
+                self._held.append(pending)
+                return
             if group is not None:
                 self._ids[id(pending)] = pending_id
                 group.post(pending)
@@ -219,6 +231,15 @@ class Worker:
             self._retire()
             self.conn.send("assigned", error=str(err).strip())
             return
+        with self._group_lock:
+            self._building = False
+            held, self._held = self._held, []
+            group = self.group
+            assert group is not None
+            for pending in held:
+                group.post(pending)
+        if held:
+            group.service_pending()
         self.conn.send("assigned", error=None)
         if config["entry"] is not None:
             entry, args = config["entry"]
@@ -285,6 +306,10 @@ class Worker:
         """The group is done: answer what it will never apply, release it and its fds."""
         with self._group_lock:
             group, self.group = self.group, None
+            self._building = False
+            held, self._held = self._held, []
+        for pending in held:
+            self._ack(pending, gone=True)
         if group is not None:
             for pending in group.drain_pending():
                 if pending.on_done is not None:  # a purge has no one to answer
