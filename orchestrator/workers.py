@@ -344,7 +344,10 @@ class WorkerPool:
                 raise WorkerStartError("the worker pool is closed")
             self._starting += 1
         try:
-            worker = WorkerProcess(background=background, fork_server=self.fork_server)
+            server = self.fork_server
+            # Once the server has failed (said once, by WorkerProcess): started with exec.
+            worker = WorkerProcess(background=background,
+                                   fork_server=server if server and not server.broken else None)
             log.info("worker %d started (%s)", worker.pid, "idle, in the pool" if background
                      else "needed now")
             with self._lock:
