@@ -417,7 +417,12 @@ class Program:
                 self.finish(EXIT_RUNTIME_ERROR, f"cannot start: {message}")
             except CallStopped:
                 pass  # the outcome is already set (the main group exited in a constructor)
-            if not self._stop.is_set():
+            if self._stop.is_set():
+                # Stopped while starting (a timeout, Ctrl-C): a main group built meanwhile
+                # never runs, and wind-up has nothing to wait for.
+                with self._groups_lock:
+                    self.groups.pop(1, None)
+            else:
                 if self.linker.modules[MAIN_HANDLE].module.export_named("_start") is None:
                     self.finish(0)  # a reactor: linking and _initialize were the whole job
                 else:
