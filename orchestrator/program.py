@@ -855,7 +855,10 @@ class Program:
             if tid > MAX_THREAD_ID:
                 return -EAGAIN
             with self._groups_lock:
-                standby = self._standby.pop(0) if self._standby else None
+                # One still being built is left for a later spawn: waiting for its build
+                # would make back-to-back spawns take turns; a fresh group builds beside it.
+                standby = self._standby.pop(0) if self._standby and self._standby_built(
+                    self._standby[0]) else None
             if standby is not None and self._standby_is_current(standby):
                 self._start_standby(standby, tid, start_arg)
                 self._trace_op("spawn", spawner, started, ok=True, new_thread=tid,
@@ -864,6 +867,10 @@ class Program:
                 self._spawn_fresh(spawner, tid, start_arg, started, waited)
         self._replenish_standby_later()
         return tid
+
+    def _standby_built(self, standby: WorkerProcess) -> bool:
+        building = self._standby_builds.get(standby)
+        return building is None or building.done.is_set()
 
     def _standby_is_current(self, standby: WorkerProcess) -> bool:
         """Whether a standby group applied every operation broadcast since it was built
