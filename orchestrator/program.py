@@ -855,10 +855,11 @@ class Program:
             if tid > MAX_THREAD_ID:
                 return -EAGAIN
             with self._groups_lock:
-                # One still being built is left for a later spawn: waiting for its build
-                # would make back-to-back spawns take turns; a fresh group builds beside it.
-                standby = self._standby.pop(0) if self._standby and self._standby_built(
-                    self._standby[0]) else None
+                # One still being built is left for a later spawn while an idle worker is
+                # ready: waiting for its build would make back-to-back spawns take turns,
+                # and a fresh group builds beside it. Without one, its head start wins.
+                standby = self._standby.pop(0) if self._standby and (self._standby_built(
+                    self._standby[0]) or not self.pool.has_ready()) else None
             if standby is not None and self._standby_is_current(standby):
                 self._start_standby(standby, tid, start_arg)
                 self._trace_op("spawn", spawner, started, ok=True, new_thread=tid,

@@ -376,6 +376,11 @@ class WorkerPool:
         worker.wait_ready(cancelled=cancelled)
         return worker
 
+    def has_ready(self) -> bool:
+        """Whether an idle worker is ready now."""
+        with self._lock:
+            return any(w._ready.is_set() and w.lost is None for w in self._idle)
+
     def take_ready(self) -> WorkerProcess | None:
         """An idle worker that is ready now, or None (never waits)."""
         with self._lock:
