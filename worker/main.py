@@ -113,6 +113,10 @@ class Worker:
                 elif kind == "stop":
                     self._stop.set()
                     self._wake()
+                elif kind == "shutdown":
+                    # Leave from here: the coordinator is closing and waits for this exit
+                    # (a hand-over to the main thread cost milliseconds on a loaded machine).
+                    _leave()
                 else:
                     if kind == "assign":
                         with self._group_lock:
@@ -319,6 +323,13 @@ class Worker:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._fds = []
+
+
+def _leave() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(0)
 
 
 def _ending(err: Exception) -> dict[str, Any]:
