@@ -458,7 +458,7 @@ class Program:
         started = time.monotonic()
         while self.groups and time.monotonic() < started + (
                 INTERRUPT_GRACE if self._interrupted else JOIN_TIMEOUT):
-            time.sleep(0.01)  # stopped groups report their exit at their next safe point
+            time.sleep(0.002)  # stopped groups report their exit at their next safe point
         self.close()
         assert self._outcome is not None
         code, error = self._outcome

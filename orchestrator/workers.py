@@ -367,12 +367,16 @@ class WorkerPool:
     def take(self, cancelled: Callable[[], bool] | None = None) -> WorkerProcess:
         """A ready worker: an idle one if one is ready, else a new one started now at normal
         priority (workers still starting in the background stay in the pool). Gives up
-        (WorkerStartError) when `cancelled()` turns true; close() stops that worker."""
+        (WorkerStartError) when `cancelled()` turns true; close() stops that worker. A worker
+        just forked is not waited for: it reads what it is sent once ready, a millisecond
+        later, and one that dies first is reported lost like any other."""
         worker = self.take_ready()
         if worker is None:
             worker = self._start_one()
             with self._lock:
                 self._idle.remove(worker)
+            if isinstance(worker.process, ForkedProcess):
+                return worker
         worker.wait_ready(cancelled=cancelled)
         return worker
 
