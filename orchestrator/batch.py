@@ -249,6 +249,13 @@ def run_batch(jobs_file: str | Path, results: str | Path | None = None, *,
         reason = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
         raise BatchError(f"cannot read {jobs_path}: {reason}") from None
     all_jobs = parse_jobs(text, str(jobs_path.absolute().parent))
+    backend: Backend
+    if ray is not False:
+        from wasmgroup.orchestrator.batch_ray import RayBackend
+
+        backend = RayBackend(None if ray is True else str(ray), per_node=per_node)
+    else:
+        backend = LocalBackend()
     sink = ResultsFile(results_path, resume=resume,
                        output_dir=None if output_dir is None else Path(output_dir),
                        inline_limit=inline_limit)
@@ -276,13 +283,6 @@ def run_batch(jobs_file: str | Path, results: str | Path | None = None, *,
     def tick(running: int) -> None:
         progress.update(summary.ran, summary.failed, running)
 
-    backend: Backend
-    if ray is not False:
-        from wasmgroup.orchestrator.batch_ray import RayBackend
-
-        backend = RayBackend(None if ray is True else str(ray), per_node=per_node)
-    else:
-        backend = LocalBackend()
     options = BatchOptions(jobs=jobs, timeout=timeout,
                            memory_limit=memory_limit)
     started = time.monotonic()
