@@ -36,6 +36,7 @@ from wasmgroup.orchestrator.batch import (
 from wasmgroup.orchestrator.batch_jobs import Job
 from wasmgroup.orchestrator.program import EXIT_RUNTIME_ERROR, RunResult
 
+log = logging.getLogger("wasmgroup")
 RAY_MISSING = "--ray needs Ray, an optional extra: pip install 'wasmgroup[ray]'"
 MAX_ATTEMPTS = 3  # deaths of the node or actor running a job before the job fails
 MAX_ACTOR_DEATHS = 3  # actors lost on a node still alive before it gets no more
@@ -235,4 +236,6 @@ class _Scheduler:
                 f"the Ray node or actor running it died {attempts} times (last: node "
                 f"{node.name}: {type(err).__name__})"), node.name)
         else:
+            log.info("node %s lost (%s): job %s sent again", node.name, type(err).__name__,
+                     job.id)
             self.queue.appendleft(job)
