@@ -202,7 +202,11 @@ class LocalBackend:
             except WasmgroupError as err:  # refused before it started
                 future = Future()
                 future.set_result(failed_result(f"cannot start: {err}"))
-            future.add_done_callback(lambda f, job=job: done.put((job, f)))
+
+            def report(future: Future[RunResult], job: Job = job) -> None:
+                done.put((job, future))
+
+            future.add_done_callback(report)
             return True
 
         while running < at_once and start_next():

@@ -61,7 +61,8 @@ class NodeRuntime:
         from wasmgroup.orchestrator.runtime import Runtime
 
         node_id = ray.get_runtime_context().get_node_id()
-        self.node = f"{ray.util.get_node_ip_address()}/{node_id[:8]}"
+        address = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
+        self.node = f"{address}/{node_id[:8]}"
         self.runtime = Runtime(workers=workers)
 
     def run(self, job: Job, timeout: float | None, memory_limit: int | None
@@ -184,11 +185,10 @@ class _Scheduler:
             if node_id not in alive and node.actor is not None:
                 node.actor = None  # its jobs come back as errors and are sent again
         for node_id, cpus in alive.items():
-            node = self.nodes.get(node_id)
-            if node is None:
+            if node_id not in self.nodes:
                 workers = self.options.jobs or cpus
-                node = self.nodes[node_id] = _Node(node_id, workers,
-                                                   self.per_node or 2 * workers)
+                self.nodes[node_id] = _Node(node_id, workers, self.per_node or 2 * workers)
+            node = self.nodes[node_id]
             if node.actor is None and node.deaths < MAX_ACTOR_DEATHS:
                 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
