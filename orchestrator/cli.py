@@ -314,6 +314,10 @@ def _batch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from wasmgroup.orchestrator.batch_jobs import JobFileError
     from wasmgroup.orchestrator.batch_results import ResultsFileError
 
+    if args.jobs_file is None:
+        if not isinstance(args.ray, str):
+            parser.error("the job file is missing: wasmgroup batch [OPTIONS] JOBS.jsonl")
+        args.jobs_file, args.ray = Path(args.ray), True  # `--ray JOBS.jsonl`: no address
     results = args.results or default_results_path(args.jobs_file)
     progress = Progress(0, quiet=args.quiet, every=args.progress_every)
     try:
@@ -424,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "env, dirs, lib_paths, cwd, stdin or stdin_file, timeout, memory_limit; "
                     "paths relative to the job file's directory), several at once, writing one "
                     "JSON line per finished job to the results file as each finishes.")
-    batch.add_argument("jobs_file", type=Path, metavar="JOBS.jsonl")
+    batch.add_argument("jobs_file", type=Path, nargs="?", metavar="JOBS.jsonl")
     batch.add_argument("-j", "--jobs", type=parse_jobs, metavar="N",
                        help="programs at once (default: the usable CPUs; under Ray: per node, "
                             "the node's CPUs)")

@@ -272,9 +272,10 @@ def test_a_bad_job_file_runs_nothing(job_dir: Path) -> None:
     (["--inline-limit", "lots"], "argument --inline-limit: 'lots' is not a size"),
     (["--results", "/definitely/not/here/r.jsonl"],
      "argument --results: cannot write '/definitely/not/here/r.jsonl'"),
+    (["--resume"], "the job file is missing: wasmgroup batch [OPTIONS] JOBS.jsonl"),
 ])
 def test_options_are_checked_with_one_line(args: list[str], message: str) -> None:
-    proc = wasmgroup("batch", *args, "jobs.jsonl")
+    proc = wasmgroup("batch", *args, *(["jobs.jsonl"] if args != ["--resume"] else []))
     assert proc.returncode == 2
     lines = proc.stderr.splitlines()
     assert lines[0].startswith("usage: wasmgroup batch ")
@@ -454,7 +455,9 @@ def test_ray_is_imported_only_for_ray(job_dir: Path, tmp_path: Path) -> None:
     jobs = write_jobs(job_dir, [{"id": "a", "args": ["echo", "a"]}])
     env = {"PYTHONPATH": str(fake)}
     assert wasmgroup("batch", "-q", jobs, env=env).returncode == 0
-    proc = wasmgroup("batch", "--ray", "--results", job_dir / "r2.jsonl", jobs, env=env)
+    # `--ray JOBS.jsonl`: the job file, not a cluster address.
+    proc = wasmgroup("batch", "--results", job_dir / "r2.jsonl", "--ray", jobs, env=env)
     assert proc.returncode == 2
     assert proc.stderr == ("wasmgroup batch: --ray needs Ray, an optional extra: pip install "
                            "'wasmgroup[ray]'\n")
+    assert not (job_dir / "r2.jsonl").exists()
