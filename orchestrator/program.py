@@ -69,6 +69,7 @@ EXIT_TRAP = 134
 EXIT_RUNTIME_ERROR = 125
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 EXIT_TIMEOUT = 124  # as timeout(1)
+DEFAULT_PERTURB_MAX_DELAY = 0.02  # seconds: the longest perturbation delay (stress)
 EAGAIN = 6
 ENOTCAPABLE = 76
 SPAWN_IMPORTS = {("wasi", "thread-spawn"), ("wasix_32v1", "thread_spawn_v2")}
@@ -110,6 +111,10 @@ class ProgramOptions:
     timeout: float | None = None  # seconds: then stop every thread, status 124
     max_memory: int | None = None  # bytes the linear memory may reach (memory.grow fails)
     stdin_fd: int | None = 0  # host descriptor the guest's fd 0 duplicates (None: closed)
+    # `wasmgroup stress`: seeded random delays in every group at safe points and before
+    # acknowledgements (worker/perturb.py), each at most perturb_max_delay seconds; None: off.
+    perturb_seed: int | None = None
+    perturb_max_delay: float = DEFAULT_PERTURB_MAX_DELAY
 
 
 log = logging.getLogger("wasmgroup")
@@ -313,6 +318,8 @@ class Program:
             "entry": None,  # [name, args]: run it as soon as the group exists
             "program_id": os.getpid(),  # the guest's process id, in every thread
             "max_memory": self.options.max_memory,  # bytes, for a memory the module defines
+            "perturb": None if self.options.perturb_seed is None else {
+                "seed": self.options.perturb_seed, "max_delay": self.options.perturb_max_delay},
         }
         return config, fds
 
