@@ -69,6 +69,7 @@ EXIT_TRAP = 134
 EXIT_RUNTIME_ERROR = 125
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 EXIT_TIMEOUT = 124  # as timeout(1)
+VERIFY_FAILURE = "--verify-groups: "  # how a program stopped by a difference's error begins
 DEFAULT_PERTURB_MAX_DELAY = 0.02  # seconds: the longest perturbation delay (stress)
 EAGAIN = 6
 ENOTCAPABLE = 76
@@ -652,7 +653,7 @@ class Program:
         states = [state_from_wire(f.state) for f in answers.values() if f.state is not None]
         difference = first_difference(sorted(states, key=lambda s: s.thread_id))
         if difference is not None:
-            self.finish(EXIT_RUNTIME_ERROR, f"--verify-groups: after {after}: {difference}")
+            self.finish(EXIT_RUNTIME_ERROR, f"{VERIFY_FAILURE}after {after}: {difference}")
             raise CallStopped()
         self.verify_checks += 1
         self._verified_groups.update(s.thread_id for s in states)
