@@ -35,7 +35,7 @@ WASMTIME_VERSION = version("wasmtime")
 MAX_POOL = 64  # idle workers: beyond this a typo, not a wish (each is a Python process)
 MAX_RUNS = 1_000_000
 MAX_SEED = 2**63 - 1
-MAX_DELAY = 10.0  # seconds: a longer perturbation delay is a typo
+MAX_DELAY = 1.0  # seconds: a longer perturbation delay is a typo, not a short delay
 VERBOSITY_FLAGS = ("-v", "-vv", "-vvv", "--verbose", "-q", "--quiet")
 VERSION_TEXT = f"wasmgroup {WASMGROUP_VERSION} (wasmtime {WASMTIME_VERSION})"
 log = logging.getLogger("wasmgroup")
@@ -570,7 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the expected standard output (and status 0); default: the "
                              "output of a reference run without perturbation, made first")
     stress.add_argument("--max-delay", type=parse_delay, metavar="DURATION",
-                        help="the longest perturbation delay (default 20ms)")
+                        help="the longest perturbation delay (default 20ms, at most 1s)")
     stress.add_argument("--max-memory", type=parse_size, metavar="SIZE",
                         help="the most the linear memory may grow to, as for run")
     stress.add_argument("program", nargs="?", metavar="PROG.wasm")

@@ -76,10 +76,8 @@ class StressReport:
         return sorted((o for o in self.outcomes if o.kind is not None), key=lambda o: o.index)
 
     def by_kind(self) -> dict[str, list[Outcome]]:
-        kinds: dict[str, list[Outcome]] = {kind: [] for kind in FAILURE_KINDS}
-        for outcome in self.failures:
-            kinds[outcome.kind or ""].append(outcome)
-        return kinds
+        failures = self.failures
+        return {kind: [o for o in failures if o.kind == kind] for kind in FAILURE_KINDS}
 
 
 class ReferenceFailed(Exception):
