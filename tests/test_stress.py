@@ -55,15 +55,17 @@ def stress(registry: Path, *options: str, stagger: str = STAGGER_MS
 
 def test_stress_finds_the_planted_bug_and_its_seed_replays_it(registry: Path,
                                                               tmp_path: Path) -> None:
+    expect = tmp_path / "expected.txt"
+    expect.write_bytes(EXPECTED)
     found = stress(registry, "--runs", "16", "--jobs", "2", "--seed", "0", "--max-delay",
-                   "100ms")
+                   "100ms", "--expect", str(expect))
     assert found.returncode == 1, found.stderr
     failures = FAILURE_LINE.findall(found.stdout)
     assert failures, found.stdout
     for index, seed, kind, what, replay_seed in failures:
         assert int(seed) == int(index) == int(replay_seed)  # run i uses seed 0 + i
         assert kind == WRONG_OUTPUT
-        # The reference run (unperturbed) gave the right registry, this one lost ext.
+        # ext's constructor ran first and found no registry.
         assert what == ("line 1: 'registry: core (lost: ext)' instead of "
                         "'registry: core ext'"), what
     summary = found.stdout.splitlines()[-7:]
@@ -78,8 +80,6 @@ def test_stress_finds_the_planted_bug_and_its_seed_replays_it(registry: Path,
 
     # Replay: each failing seed alone (against the expected output in a file) fails again,
     # in most tries (see the module doc: the seed decides the delays, not the OS's wake-ups).
-    expect = tmp_path / "expected.txt"
-    expect.write_bytes(EXPECTED)
     seeds = seeds[:3]
     replays = [stress(registry, "--seed", seed, "--runs", "1", "--expect", str(expect),
                       "--max-delay", "100ms", "-q") for seed in seeds]
