@@ -14,12 +14,15 @@ replays fail again", not "every replay".
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from leaks import assert_nothing_left, open_fds
 from test_cli import usage_error, wasmgroup
+from test_interrupts import Terminal, assert_gone, wait_for
 
 from wasmgroup import Runtime, UsageError
 from wasmgroup.orchestrator.program import EXIT_RUNTIME_ERROR, EXIT_TRAP, RunResult
@@ -137,6 +140,37 @@ def test_a_reference_run_that_fails_stops_the_stress(guests: Path) -> None:
         "wasmgroup stress: the reference run (unperturbed) failed: timed out after 1 s "
         "(--timeout): every thread stopped")
     assert "runs (seeds" not in proc.stdout  # no summary of runs never made
+
+
+@pytest.fixture
+def ctrl_c_reaches_the_programs() -> Iterator[None]:
+    """As in test_interrupts: a test run started in the background by a shell inherits SIGINT
+    ignored, and so would the programs it starts."""
+    previous = signal.getsignal(signal.SIGINT)
+    if previous == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("ctrl_c_reaches_the_programs")
+def test_ctrl_c_stops_a_stress_with_130(guests: Path, tmp_path: Path) -> None:
+    """At a terminal: no new runs, the runs in flight end (here by their 3 s timeout), one
+    line, 130, nothing left."""
+    expect = tmp_path / "expected.txt"
+    expect.write_bytes(b"sleeping\n")
+    terminal = Terminal(["stress", "--runs", "50", "--jobs", "2", "--timeout", "3s",
+                         "--expect", str(expect), str(guests / "cli" / "probe.wasm"), "sleep"])
+    wait_for(lambda: len(terminal.process.children(recursive=True)) >= 2, timeout=60)
+    workers = terminal.process.children(recursive=True)
+    terminal.ctrl_c()
+    code, lines = terminal.finish(timeout=60)
+    assert_gone(workers)
+    assert code == 130, lines
+    assert lines[-1] == "wasmgroup stress: interrupted", lines
+    # No run started after ^C: at most the two in flight end (none is reported once the
+    # stress is interrupted).
+    assert len([line for line in lines if line.startswith("run ")]) <= 2, lines
 
 
 @pytest.mark.parametrize("program, args, expect, kind, text", [
