@@ -274,7 +274,7 @@ def test_a_bad_job_file_runs_nothing(job_dir: Path) -> None:
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--jobs", "0"], "argument -j/--jobs: 0 is not between 1 and 256"),
+    (["--jobs", "0"], "argument -j/--jobs: 0 is not between 1 and 64"),
     (["--timeout", "never"], "argument --timeout: 'never' is not a duration"),
     (["--memory-limit", "12"], "argument --memory-limit: '12' is less than one wasm page"),
     (["--inline-limit", "lots"], "argument --inline-limit: 'lots' is not a size"),
