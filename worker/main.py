@@ -99,6 +99,9 @@ class Worker:
         self._building = False
         self._held: list[PendingOperation] = []
         self._perturb: dict[str, Any] | None = None  # the assignment's perturbation, if any
+        # Frames for the idle loop that came while it waited for a reply (below).
+        self._deferred: list[tuple[dict[str, Any], list[int]]] = []
+        self.in_entry = False  # the main thread runs guest code (not the idle loop)
 
     # ------------------------------------------------------------------ threads
     def read_frames(self) -> None:
@@ -193,7 +196,8 @@ class Worker:
         while True:
             if stop_aware and self._stop.is_set():
                 raise ProgramStopping()
-            item = self.inbox.get()
+            item = self._deferred.pop(0) if self._deferred and not stop_aware \
+                else self.inbox.get()
             if item is None:
                 if safe_point and self.group is not None:
                     self.group.service_pending()
@@ -306,10 +310,13 @@ class Worker:
         if group is None:
             ending = {"how": "failed", "code": 0, "message": "no group to run"}
         else:
+            self.in_entry = True
             try:
                 group.call_entry(entry, *args)
             except Exception as err:
                 ending = _ending(err)
+            finally:
+                self.in_entry = False
         self._retire()
         self.conn.send("exited", **ending)
 
@@ -387,6 +394,11 @@ class WorkerService:
             message, fds = self.worker.next_message(stop_aware=True, safe_point=safe_point)
             if message["t"] == "shutdown":
                 os._exit(0)  # the coordinator is closing down while this group was building
+            if message["t"] == "run" and not self.worker.in_entry:
+                # An idle group applying an operation (its TLS set-up asks for an arena) as
+                # the coordinator starts its thread: the run waits for the idle loop.
+                self.worker._deferred.append((message, fds))
+                continue
             if message["t"] != "reply":
                 for fd in fds:
                     os.close(fd)
