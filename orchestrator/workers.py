@@ -10,7 +10,10 @@ owed completes as `gone`.
 
 `WorkerPool` starts `size` workers ahead of need, hands them out (`take`), takes them back
 when their thread ends (`give_back`), and stops them all (`close`): at close no child process,
-zombie or socket is left.
+zombie or socket is left. A worker given back is reset first (it drops everything of the
+program it served and checks that nothing is left: worker/main.py) and is handed out again
+only once it said it is clean; one that is not, or does not answer, is retired. So a pool can
+outlive programs: a Runtime's programs share one.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ READY_TIMEOUT = 60.0  # seconds for a new worker to import wasmtime and create i
 log = logging.getLogger("wasmgroup")
 SHUTDOWN_GRACE = 2.0  # seconds a worker gets to leave on its own before it is killed
 READY_SLICE = 0.05  # seconds between checks for a cancelled wait for a worker
+RESET_TIMEOUT = 5.0  # seconds an idle worker gets to answer a reset before it is retired
 
 
 class WorkerStartError(WasmgroupError):
@@ -131,6 +135,11 @@ class WorkerProcess:
         self.lost: str | None = None  # why the worker is gone, once it is
         self._busy = False  # a request of this worker is being served
         self._closing = False
+        # Told when a reset is answered (clean or not, with the problem) and when the worker
+        # is lost: the pool that owns it.
+        self.on_clean: Callable[[WorkerProcess, bool, str | None], None] | None = None
+        self.resets = 0  # programs (or threads) this worker served and was reset after
+        self.reset_at = 0.0  # time.monotonic() of the last reset
         threading.Thread(target=self._read, name=f"wasmgroup-read-{self.pid}",
                          daemon=True).start()
         threading.Thread(target=self._serve_requests, name=f"wasmgroup-req-{self.pid}",
@@ -192,6 +201,8 @@ class WorkerProcess:
                     self._requests.put(message)
                 elif kind in ("assigned", "exited") and self.listener is not None:
                     self.listener.worker_message(self, message)
+                elif kind == "clean" and self.on_clean is not None:
+                    self.on_clean(self, message["ok"], message["problem"])
                 else:
                     raise protocol.ProtocolError(f"unexpected message {kind!r} from worker "
                                                  f"{self.pid}")
@@ -229,6 +240,9 @@ class WorkerProcess:
         listener = self.listener
         if listener is not None and not self._closing:
             listener.worker_lost(self, reason)
+        on_clean = self.on_clean
+        if on_clean is not None and not self._closing:
+            on_clean(self, False, reason)
 
     def _serve_requests(self) -> None:
         while True:
@@ -275,6 +289,16 @@ class WorkerProcess:
         with contextlib.suppress(OSError):
             self.sock.close()
 
+    def reset(self) -> None:
+        """Ask the worker (done with its program: its thread exited, or it never ran one) to
+        forget the program; it answers `clean` (to `on_clean`). Frames already sent reach it
+        first, so nothing of the old program arrives after the reset."""
+        self.listener = None
+        self.thread_id = 0
+        self._ready.clear()
+        self.resets += 1
+        self.send("reset")
+
     def shutdown(self) -> None:
         """Ask the worker to leave; kill it if it has not within the grace period."""
         self._closing = True
@@ -286,24 +310,30 @@ class WorkerProcess:
 
 class WorkerPool:
     """Idle workers kept ready (interpreter started, wasmtime imported, engine created), so a
-    new wasm thread does not wait for a Python start."""
+    new wasm thread does not wait for a Python start. `size` are started ahead of need and
+    topped up as they are taken; up to `keep` (default twice `size`) idle ones are kept
+    when given back."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, keep: int | None = None) -> None:
         self.size = max(size, 0)
+        self.keep = 2 * self.size if keep is None else keep
         self._idle: list[WorkerProcess] = []
         self._all: list[WorkerProcess] = []
         self._lock = threading.Lock()
         self._closed = False
+        self.started = 0  # worker processes this pool started (the Runtime's tests read it)
         for _ in range(self.size):
             self._start_one(background=True)
 
     def _start_one(self, background: bool = False) -> WorkerProcess:
         worker = WorkerProcess(background=background)
+        worker.on_clean = self._cleaned
         log.info("worker %d started (%s)", worker.pid, "idle, in the pool" if background
                  else "needed now")
         with self._lock:
             closed = self._closed
             if not closed:
+                self.started += 1
                 self._all.append(worker)
                 self._idle.append(worker)
         if closed:  # a background top-up that lost the race with close()
@@ -325,15 +355,23 @@ class WorkerPool:
 
     def take_ready(self) -> WorkerProcess | None:
         """An idle worker that is ready now, or None (never waits)."""
+        now = time.monotonic()
         with self._lock:
             ready = [w for w in self._idle if w._ready.is_set() and w.lost is None]
-            if not ready:
-                return None
-            self._idle.remove(ready[-1])
+            # A reset that goes unanswered: the worker is stuck, not idle.
+            stuck = [w for w in self._idle if w.resets and not w._ready.is_set()
+                     and now - w.reset_at > RESET_TIMEOUT]
+            for worker in stuck:
+                self._idle.remove(worker)
+            if ready:
+                self._idle.remove(ready[-1])
             short = len(self._idle) < self.size
+        for worker in stuck:
+            log.info("worker %d did not answer its reset: retired", worker.pid)
+            threading.Thread(target=self._retire, args=(worker,), daemon=True).start()
         if short:
             threading.Thread(target=self._top_up, daemon=True).start()
-        return ready[-1]
+        return ready[-1] if ready else None
 
     def _top_up(self) -> None:
         with self._lock:
@@ -343,17 +381,46 @@ class WorkerPool:
             self._start_one(background=True)
 
     def give_back(self, worker: WorkerProcess) -> None:
-        """A worker whose thread ended: idle again (up to twice the pool's size, so that a
-        program spawning and joining threads in turn reuses the same few workers), unless
-        the pool is closed."""
+        """A worker done with its thread (exited, or never run): reset and idle again (up to
+        `keep` of them, so that a program spawning and joining threads in turn, or one
+        program after another, reuses the same few workers), unless the pool is closed."""
         worker.listener = None
-        worker.thread_id = 0
         with self._lock:
-            keep = not self._closed and worker.lost is None and len(self._idle) < 2 * self.size
+            keep = not self._closed and worker.lost is None and len(self._idle) < self.keep \
+                and worker in self._all
             if keep:
+                worker.reset_at = time.monotonic()
                 self._idle.append(worker)
+                worker.reset()
         if not keep:
             self._retire(worker)
+
+    def _cleaned(self, worker: WorkerProcess, ok: bool, problem: str | None) -> None:
+        """A worker answered its reset, or was lost."""
+        if ok:
+            worker._ready.set()
+            return
+        if worker.lost is None:
+            log.info("worker %d retired: %s", worker.pid, problem)
+        with self._lock:
+            if worker in self._idle:
+                self._idle.remove(worker)
+        self._retire(worker)
+        self._top_up()
+
+    def discard(self, worker: WorkerProcess) -> None:
+        """A worker that must not be reused (stuck in a program's guest code): killed now."""
+        worker.listener = None
+        worker.kill()
+        with self._lock:
+            if worker in self._all:
+                self._all.remove(worker)
+            if worker in self._idle:
+                self._idle.remove(worker)
+
+    def idle_pids(self) -> list[int]:
+        with self._lock:
+            return [w.pid for w in self._idle]
 
     def _retire(self, worker: WorkerProcess) -> None:
         worker.shutdown()
