@@ -182,7 +182,8 @@ class Runtime:
         self.max_module_size = max_module_size
         # A main thread's worker per program running, and a few for their threads, ready.
         self.parts = RuntimeParts(self.workers + SPARE_WORKERS, self.cache_dir,
-                                  max_module_size, keep=2 * (self.workers + SPARE_WORKERS))
+                                  max_module_size, keep=2 * (self.workers + SPARE_WORKERS),
+                                  urgent=self.workers)
         self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="wasmgroup-run")
         self._lock = threading.Lock()
         self._closed = False

@@ -23,10 +23,10 @@ class RuntimeParts:
 
     def __init__(self, pool_size: int, cache_dir: Path | None = None,
                  max_module_size: int = DEFAULT_MAX_MODULE_SIZE,
-                 keep: int | None = None) -> None:
+                 keep: int | None = None, urgent: int = 0) -> None:
         # Workers start first: their Python start-up overlaps this process's engine creation
         # (and a program's compiling).
-        self.pool = WorkerPool(pool_size, keep)
+        self.pool = WorkerPool(pool_size, keep, urgent)
         self.engine = wasmtime.Engine(make_engine_config())
         self.cache = ModuleCache(self.engine, ENGINE_SETTINGS, cache_dir, max_module_size)
 

@@ -312,9 +312,9 @@ class WorkerPool:
     """Idle workers kept ready (interpreter started, wasmtime imported, engine created), so a
     new wasm thread does not wait for a Python start. `size` are started ahead of need and
     topped up as they are taken; up to `keep` (default twice `size`) idle ones are kept
-    when given back."""
+    when given back. Workers started ahead of need start at idle CPU priority."""
 
-    def __init__(self, size: int, keep: int | None = None) -> None:
+    def __init__(self, size: int, keep: int | None = None, urgent: int = 0) -> None:
         self.size = max(size, 0)
         self.keep = 2 * self.size if keep is None else keep
         self._idle: list[WorkerProcess] = []
@@ -322,8 +322,10 @@ class WorkerPool:
         self._lock = threading.Lock()
         self._closed = False
         self.started = 0  # worker processes this pool started (the Runtime's tests read it)
-        for _ in range(self.size):
-            self._start_one(background=True)
+        # The first `urgent` are wanted at once (a Runtime's first programs): at normal
+        # priority, so a busy machine cannot starve them.
+        for started in range(self.size):
+            self._start_one(background=started >= urgent)
 
     def _start_one(self, background: bool = False) -> WorkerProcess:
         worker = WorkerProcess(background=background)
@@ -418,9 +420,11 @@ class WorkerPool:
             if worker in self._idle:
                 self._idle.remove(worker)
 
-    def idle_pids(self) -> list[int]:
+    def idle_pids(self, ready: bool = False) -> list[int]:
+        """The idle workers' pids, in the order they are handed out last to first (only
+        those ready now, with `ready`: reset and clean)."""
         with self._lock:
-            return [w.pid for w in self._idle]
+            return [w.pid for w in self._idle if w._ready.is_set() or not ready]
 
     def _retire(self, worker: WorkerProcess) -> None:
         worker.shutdown()
