@@ -36,7 +36,6 @@ from wasmgroup.orchestrator.program import (
     Program,
     ProgramOptions,
     RunResult,
-    default_pool_size,
 )
 from wasmgroup.orchestrator.runtime_parts import RuntimeParts
 from wasmgroup.shared.cpus import usable_cpus
@@ -140,7 +139,7 @@ def _run_request(request: RunRequest, cache_dir: Path | None, max_module_size: i
             lib_paths=request.lib_paths, cwd=request.cwd,
             capture_output=request.capture_output, cache_dir=cache_dir,
             verify_groups=request.verify_groups, trace=request.trace,
-            pool_size=default_pool_size() if parts is None else 0,
+            pool_size=0,  # one-shot: workers started as threads need them
             max_module_size=max_module_size, timeout=request.timeout,
             max_memory=request.memory_limit, max_worker_memory=request.memory_limit,
             stdin_fd=stdin.fd)
@@ -221,8 +220,8 @@ class Runtime:
 
 
 def run(program: str | os.PathLike[str], args: Sequence[str] = (), **options: Any) -> RunResult:
-    """Run one program on workers of its own, started for it and stopped after it, as
-    `wasmgroup run` does (see `Runtime.run` for the options)."""
+    """Run one program on workers of its own, started for it (one per thread, when the
+    thread starts) and stopped after it (see `Runtime.run` for the options)."""
     request = _check_request(program, args, options)
     return _run_request(request, None, DEFAULT_MAX_MODULE_SIZE, None)
 

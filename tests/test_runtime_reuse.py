@@ -11,7 +11,6 @@ import threading
 import time
 from pathlib import Path
 
-import psutil
 from leaks import assert_nothing_left, open_fds
 
 from wasmgroup import Runtime
