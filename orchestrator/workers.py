@@ -99,6 +99,7 @@ def describe_exit(returncode: int | None) -> str:
 
 
 WORKER_COMMAND = (sys.executable, "-m", "wasmgroup.worker")
+_ANY = object()  # send(): to whoever holds the worker
 
 
 class WorkerProcess:
@@ -146,11 +147,14 @@ class WorkerProcess:
                          daemon=True).start()
 
     # ------------------------------------------------------------------ sending
-    def send(self, kind: str, fds: list[int] | None = None, **fields: Any) -> None:
+    def send(self, kind: str, fds: list[int] | None = None, lease: object = _ANY,
+             **fields: Any) -> None:
+        """Send a frame; with `lease`, only while that listener still holds the worker."""
         frame = protocol.encode(kind, **fields)
         # A lost connection is noticed and reported by the reader.
         with self._send_lock, contextlib.suppress(protocol.ConnectionClosed, OSError):
-            protocol.send(self.sock, frame, fds)
+            if lease is _ANY or self.listener is lease:
+                protocol.send(self.sock, frame, fds)
 
     def post(self, op: dict[str, Any], initialise: bool = False) -> OperationFuture:
         future = OperationFuture()
@@ -256,7 +260,9 @@ class WorkerProcess:
 
     def _answer(self, message: dict[str, Any]) -> None:
         """Serve one request and always reply (the listener turns every failure into
-        CallFailed or CallStopped); a lost connection is the reader's to notice."""
+        CallFailed or CallStopped), unless the worker went back to a pool meanwhile (the
+        reply then belongs to no one: its thread is gone); a lost connection is the reader's
+        to notice."""
         listener = self.listener
         fds: list[int] = []
         try:
@@ -271,10 +277,11 @@ class WorkerProcess:
         except CallStopped:
             reply = {"ok": False, "value": None, "error": None}
         try:
-            self.send("reply", fds=fds, **reply)
+            self.send("reply", fds=fds, lease=listener, **reply)
         except (protocol.ProtocolError, OverflowError, TypeError, ValueError) as err:
             # A value the wire cannot carry: the guest gets a failure, not silence.
-            self.send("reply", ok=False, value=None, error=f"cannot reply: {err}")
+            self.send("reply", lease=listener, ok=False, value=None,
+                      error=f"cannot reply: {err}")
         finally:
             for fd in fds:
                 with contextlib.suppress(OSError):
@@ -293,7 +300,8 @@ class WorkerProcess:
         """Ask the worker (done with its program: its thread exited, or it never ran one) to
         forget the program; it answers `clean` (to `on_clean`). Frames already sent reach it
         first, so nothing of the old program arrives after the reset."""
-        self.listener = None
+        with self._send_lock:  # no reply of the old program's goes out after this
+            self.listener = None
         self.thread_id = 0
         self._ready.clear()
         self.resets += 1

@@ -5,6 +5,7 @@ worker fails alone; many programs at once over one pool; nothing left after clos
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import signal
 import threading
@@ -15,6 +16,7 @@ from leaks import assert_nothing_left, open_fds
 
 from wasmgroup import Runtime
 from wasmgroup.orchestrator.program import EXIT_MEMORY
+from wasmgroup.worker.main import Baseline
 
 # A main whose table grows by 10 million function references (some 80 MB of the worker's
 # private memory, none of it linear memory), then spins.
@@ -165,3 +167,25 @@ def test_close_while_programs_run_leaves_nothing(guests: Path) -> None:
     assert not closer.is_alive()
     assert all(f.result().timed_out for f in futures)
     assert_nothing_left(fds)
+
+
+def test_the_reset_check_names_what_a_program_left(tmp_path: Path) -> None:
+    """What a worker compares itself with before it is reused (worker/main.py): a descriptor
+    or a mapping of a program's memory left behind makes it unclean, named."""
+    baseline = Baseline()
+    fd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        problem = baseline.problem()
+        assert problem is not None and "descriptors left open" in problem
+        assert str(tmp_path) in problem
+    finally:
+        os.close(fd)
+    memfd = os.memfd_create("wasmgroup-memory", os.MFD_CLOEXEC)
+    os.ftruncate(memfd, 4096)
+    view = mmap.mmap(memfd, 4096)
+    os.close(memfd)  # the mapping stays (and Python's mmap keeps a descriptor of it)
+    try:
+        problem = baseline.problem()
+        assert problem is not None and "memfd:wasmgroup-memory" in problem
+    finally:
+        view.close()

@@ -82,12 +82,22 @@ def private_resident_bytes() -> int:
     return (int(fields[1]) - int(fields[2])) * os.sysconf("SC_PAGE_SIZE")
 
 
+def open_fds() -> set[int]:
+    """This process's open descriptors (not the one the listing itself used)."""
+    fds = set()
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            os.fstat(int(name))
+            fds.add(int(name))
+    return fds
+
+
 class Baseline:
     """How this worker looked with no program in it, to check that a program left nothing."""
 
     def __init__(self) -> None:
         poll.wake_fd()  # created once and kept for every group (host/poll.py)
-        self.fds = set(os.listdir("/proc/self/fd"))
+        self.fds = open_fds()
         self.threads = threading.active_count()
         self.cwd = os.getcwd()
         self.environ = dict(os.environ)
@@ -96,12 +106,12 @@ class Baseline:
     def problem(self) -> str | None:
         """What a program left behind, or None."""
         extra = {}
-        for fd in set(os.listdir("/proc/self/fd")) - self.fds:
-            with contextlib.suppress(OSError):  # the listing's own descriptor is gone
+        for fd in open_fds() - self.fds:
+            with contextlib.suppress(OSError):
                 target = os.readlink(f"/proc/self/fd/{fd}")
                 # A compiled module kept loaded (wasmtime maps its file) is no program's.
                 if not target.endswith(".cwasm"):
-                    extra[int(fd)] = target
+                    extra[fd] = target
         if extra:
             return f"descriptors left open: {extra}"
         with open("/proc/self/maps") as maps:
