@@ -69,6 +69,8 @@ EXIT_TIMEOUT = 124  # as timeout(1)
 EXIT_MEMORY = 137  # 128 + SIGKILL, as a shell reports a program the OOM killer ended
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 MEMORY_SAMPLE = 0.05  # seconds between looks at the workers' memory, with a limit
+VERIFY_FAILURE = "--verify-groups: "  # how a program stopped by a difference's error begins
+DEFAULT_PERTURB_MAX_DELAY = 0.02  # seconds: the longest perturbation delay (stress)
 EAGAIN = 6
 ENOTCAPABLE = 76
 SPAWN_IMPORTS = {("wasi", "thread-spawn"), ("wasix_32v1", "thread_spawn_v2")}
@@ -113,6 +115,10 @@ class ProgramOptions:
     # it was taken: instances, tables, host buffers); then it is stopped, status 137.
     max_worker_memory: int | None = None
     stdin_fd: int | None = 0  # host descriptor the guest's fd 0 duplicates (None: closed)
+    # `wasmgroup stress`: seeded random delays in every group at safe points and before
+    # acknowledgements (worker/perturb.py), each at most perturb_max_delay seconds; None: off.
+    perturb_seed: int | None = None
+    perturb_max_delay: float = DEFAULT_PERTURB_MAX_DELAY
 
 
 log = logging.getLogger("wasmgroup")
@@ -330,6 +336,8 @@ class Program:
             "entry": None,  # [name, args]: run it as soon as the group exists
             "program_id": os.getpid(),  # the guest's process id, in every thread
             "max_memory": self.options.max_memory,  # bytes, for a memory the module defines
+            "perturb": None if self.options.perturb_seed is None else {
+                "seed": self.options.perturb_seed, "max_delay": self.options.perturb_max_delay},
         }
         return config, fds
 
@@ -490,15 +498,21 @@ class Program:
             self.region.close()
 
     # ------------------------------------------------------------------ workers
-    def _take(self, wait: bool = True) -> WorkerProcess | None:
-        """A worker from the pool for one of this program's groups (None: none ready, when
-        not `wait`ing)."""
-        worker = self.pool.take(cancelled=self._stop.is_set) if wait else self.pool.take_ready()
-        if worker is not None:
-            with self._groups_lock:
-                self._taken.add(worker)
-            if self.options.max_worker_memory is not None:
-                self._memory_base[worker] = private_bytes(worker.pid) or 0
+    def _take(self) -> WorkerProcess:
+        """A worker from the pool for one of this program's groups (started now if none is
+        ready)."""
+        return self._hold(self.pool.take(cancelled=self._stop.is_set))
+
+    def _take_ready(self) -> WorkerProcess | None:
+        """A worker that is ready now, or None (never waits)."""
+        worker = self.pool.take_ready()
+        return None if worker is None else self._hold(worker)
+
+    def _hold(self, worker: WorkerProcess) -> WorkerProcess:
+        with self._groups_lock:
+            self._taken.add(worker)
+        if self.options.max_worker_memory is not None:
+            self._memory_base[worker] = private_bytes(worker.pid) or 0
         return worker
 
     def _give_back(self, worker: WorkerProcess) -> None:
@@ -727,7 +741,7 @@ class Program:
         states = [state_from_wire(f.state) for f in answers.values() if f.state is not None]
         difference = first_difference(sorted(states, key=lambda s: s.thread_id))
         if difference is not None:
-            self.finish(EXIT_RUNTIME_ERROR, f"--verify-groups: after {after}: {difference}")
+            self.finish(EXIT_RUNTIME_ERROR, f"{VERIFY_FAILURE}after {after}: {difference}")
             raise CallStopped()
         self.verify_checks += 1
         self._verified_groups.update(s.thread_id for s in states)
@@ -994,7 +1008,7 @@ class Program:
             with self._topology_lock(None):
                 if self._standby or self._stop.is_set():
                     return
-                child = self._take(wait=False)
+                child = self._take_ready()
                 if child is None:
                     return  # no idle worker ready: the next spawn builds its group itself
                 config, fds = self._thread_config()

@@ -53,6 +53,7 @@ from wasmgroup.shared.plan import (
     state_to_wire,
 )
 from wasmgroup.shared.wasm import FuncType
+from wasmgroup.worker import perturb
 from wasmgroup.worker.epoch import STOP_MESSAGE
 from wasmgroup.worker.group import (
     WASM_ERRORS,
@@ -165,6 +166,7 @@ class Worker:
         self.baseline: Baseline | None = None
         self._fds: list[int] = []
         self._ids: dict[int, int] = {}  # PendingOperation -> the coordinator's operation id
+        self._perturb: dict[str, Any] | None = None  # the assignment's perturbation, if any
 
     # ------------------------------------------------------------------ threads
     def read_frames(self) -> None:
@@ -276,6 +278,9 @@ class Worker:
             elif kind == "run":
                 if self.group is not None:
                     self.group.thread_id = message["thread"]  # a standby group gets its id
+                    if self.group.perturbation is not None:  # and the delays of that id
+                        self.group.perturbation = perturb.from_config(
+                            self._perturb, message["thread"])
                 self._run(message["entry"], message["args"])
             elif kind == "reply":
                 for fd in fds:  # a reply to a request the program's stop cut short
@@ -329,6 +334,8 @@ class Worker:
         with self._group_lock:
             self.group = group
         group.program_id = config["program_id"]
+        self._perturb = config.get("perturb")
+        group.perturbation = perturb.from_config(self._perturb, thread)
         if region is None and config.get("max_memory") is not None:
             # A memory of the module's own grows inside wasmtime: bound it there (a shared
             # region's logical size is bounded by the coordinator).
@@ -348,6 +355,7 @@ class Worker:
         """Forget the program this worker served; what it left behind, or None."""
         self._retire()
         self._artefacts.clear()
+        self._perturb = None
         self._stop.clear()
         if self._ids:
             return f"{len(self._ids)} operations unanswered"
@@ -433,6 +441,10 @@ class WorkerService:
 
     def _call_with_fds(self, name: str, *args: Any, safe_point: bool = True
                        ) -> tuple[Any, list[int]]:
+        if safe_point:
+            group = self.worker.group
+            if group is not None and group.perturbation is not None:
+                group.perturbation.pause()  # before a link request races others' for the lock
         self.worker.conn.send("call", name=name, args=list(args))
         while True:
             message, fds = self.worker.next_message(stop_aware=True, safe_point=safe_point)
