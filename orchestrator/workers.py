@@ -47,6 +47,7 @@ log = logging.getLogger("wasmgroup")
 SHUTDOWN_GRACE = 2.0  # seconds a worker gets to leave on its own before it is killed
 READY_SLICE = 0.05  # seconds between checks for a cancelled wait for a worker
 RESET_TIMEOUT = 5.0  # seconds an idle worker gets to answer a reset before it is retired
+RESET_WAIT = 1.0  # seconds take() waits for a reset under way rather than start a worker
 
 
 class WorkerStartError(WasmgroupError):
@@ -328,6 +329,7 @@ class WorkerPool:
         self._idle: list[WorkerProcess] = []
         self._all: list[WorkerProcess] = []
         self._lock = threading.Lock()
+        self._cleaned_now = threading.Condition(self._lock)  # a reset was answered
         self._closed = False
         self.started = 0  # worker processes this pool started (the Runtime's tests read it)
         # The first `urgent` are wanted at once (a Runtime's first programs): at normal
@@ -355,13 +357,28 @@ class WorkerPool:
         """A ready worker: an idle one if one is ready, else a new one started now at normal
         priority (workers still starting in the background stay in the pool). Gives up
         (WorkerStartError) when `cancelled()` turns true; close() stops that worker."""
-        worker = self.take_ready()
+        worker = self.take_ready() or self._take_reset()
         if worker is None:
             worker = self._start_one()
             with self._lock:
                 self._idle.remove(worker)
         worker.wait_ready(cancelled=cancelled)
         return worker
+
+    def _take_reset(self) -> WorkerProcess | None:
+        """A worker given back moments ago, once its reset is answered (a millisecond or
+        so: far sooner than a new worker starts); None if none is being reset."""
+        deadline = time.monotonic() + RESET_WAIT
+        with self._cleaned_now:
+            while True:
+                resetting = [w for w in self._idle if w.resets and not w._ready.is_set()
+                             and w.lost is None]
+                if not resetting:
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._cleaned_now.wait(remaining):
+                    break
+        return self.take_ready()
 
     def take_ready(self) -> WorkerProcess | None:
         """An idle worker that is ready now, or None (never waits)."""
@@ -409,6 +426,8 @@ class WorkerPool:
         """A worker answered its reset, or was lost."""
         if ok:
             worker._ready.set()
+            with self._cleaned_now:
+                self._cleaned_now.notify_all()
             return
         if worker.lost is None:
             log.info("worker %d retired: %s", worker.pid, problem)
