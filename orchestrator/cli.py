@@ -448,6 +448,41 @@ def _trace(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
+def _batch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from wasmgroup.orchestrator.batch import BatchError, Progress, default_results_path, run_batch
+    from wasmgroup.orchestrator.batch_jobs import JobFileError
+    from wasmgroup.orchestrator.batch_results import ResultsFileError
+
+    if args.jobs_file is None:
+        if not isinstance(args.ray, str):
+            parser.error("the job file is missing: wasmgroup batch [OPTIONS] JOBS.jsonl")
+        args.jobs_file, args.ray = Path(args.ray), True  # `--ray JOBS.jsonl`: no address
+    results = args.results or default_results_path(args.jobs_file)
+    progress = Progress(0, quiet=args.quiet, every=args.progress_every)
+    try:
+        summary = run_batch(args.jobs_file, results, jobs=args.jobs, output_dir=args.output_dir,
+                            inline_limit=args.inline_limit, resume=args.resume,
+                            timeout=args.timeout, memory_limit=args.memory_limit,
+                            ray=args.ray, per_node=args.per_node, progress=progress)
+    except JobFileError as err:
+        print(f"wasmgroup batch: {args.jobs_file} {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except (ResultsFileError, BatchError) as err:
+        print(f"wasmgroup batch: {err}", file=sys.stderr)
+        return getattr(err, "status", EXIT_USAGE)
+    except KeyboardInterrupt:
+        # Every finished job's result is written; the programs still running would only be
+        # waited for: leave now (their workers leave with this process's sockets).
+        print(f"wasmgroup batch: interrupted (results so far in {results}; --resume runs the "
+              "rest)", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_INTERRUPTED)
+    if not args.quiet:
+        print("\n".join(summary.lines(results)))
+    return 0 if summary.all_ok else 1
+
+
 def _completion(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from wasmgroup.orchestrator.completion import completion_script
 
@@ -529,6 +564,44 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS",
                      help="arguments for the program (after an optional --)")
     run.set_defaults(handler=_run)
+
+    batch = commands.add_parser(
+        "batch", parents=common,
+        help="run the jobs of a JSON-lines file, results to a file (status 0 all ok, 1 some "
+             "failed, 2 bad job file)",
+        description="Run every job of JOBS.jsonl (one JSON object per line: id, program, args, "
+                    "env, dirs, lib_paths, cwd, stdin or stdin_file, timeout, memory_limit; "
+                    "paths relative to the job file's directory), several at once, writing one "
+                    "JSON line per finished job to the results file as each finishes.")
+    batch.add_argument("jobs_file", type=Path, nargs="?", metavar="JOBS.jsonl")
+    batch.add_argument("-j", "--jobs", type=parse_jobs, metavar="N",
+                       help="programs at once (default: the usable CPUs; under Ray: per node, "
+                            "the node's CPUs)")
+    batch.add_argument("--results", type=parse_output, metavar="FILE",
+                       help="where the results go (default: JOBS.results.jsonl beside the job "
+                            "file); it must not hold results unless --resume")
+    batch.add_argument("--resume", action="store_true",
+                       help="skip the jobs already in the results file, append the rest")
+    batch.add_argument("--output-dir", type=Path, metavar="DIR",
+                       help="write outputs longer than --inline-limit to DIR/ID.stdout and "
+                            "DIR/ID.stderr (else they are cut at the limit)")
+    batch.add_argument("--inline-limit", type=lambda t: parse_size(t, minimum=0),
+                       default=16 * 1024, metavar="SIZE",
+                       help="bytes of stdout and of stderr kept in the results line (default 16K)")
+    batch.add_argument("--timeout", type=parse_duration, metavar="SECONDS",
+                       help="for jobs that give none: stop the program after this long")
+    batch.add_argument("--memory-limit", type=parse_size, metavar="SIZE",
+                       help="for jobs that give none: the most the linear memory may grow to")
+    batch.add_argument("--ray", nargs="?", const=True, default=False, metavar="ADDRESS",
+                       help="run the jobs on a Ray cluster (ADDRESS, else RAY_ADDRESS, else a new "
+                            "local Ray), one runtime per node; programs and directories must be "
+                            "on a filesystem every node sees (needs wasmgroup[ray])")
+    batch.add_argument("--per-node", type=parse_jobs, metavar="N",
+                       help="with --ray: jobs sent ahead to each node (default: twice its CPUs)")
+    batch.add_argument("--progress-every", type=parse_duration, metavar="SECONDS",
+                       help="seconds between progress lines (default: 10 when stderr is not a "
+                            "terminal; a bar redrawn in place when it is)")
+    batch.set_defaults(handler=_batch)
 
     inspect = commands.add_parser(
         "inspect", parents=common,
