@@ -359,12 +359,14 @@ class Program:
 
     def start(self) -> None:
         """Link the main module and its NEEDED tree, constructors included."""
-        self._arm_timeout()
         started = time.perf_counter()
         main, host_path = self.cache.load_file(self.path)
         self._create_memory(main.parsed)
         pending = self.linker.plan_main(main.parsed, self._guest_path_of_main(), host_path)
         worker = self._take()
+        # The timeout counts from here: compiling and waiting for a worker to start (seconds
+        # on a busy machine) are not the program's time; its constructors are.
+        self._arm_timeout()
         self.main_worker = worker
         config, fds = self._base_config()
         if self.linker.main_imports_stack_pointer:
