@@ -14,10 +14,12 @@ entries are evicted until the cache holds at most `$WASMGROUP_CACHE_SIZE` bytes 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import stat
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -144,6 +146,8 @@ class ModuleCache:
         self._by_path: dict[str, CachedModule] = {}
         self._by_key: dict[str, CachedModule] = {}
         self._held: list[int] = []  # descriptors behind each entry's shared_path
+        self._lock = threading.Lock()  # programs of one Runtime load modules at once
+        self._view = False
         self.compiled = 0  # how many modules this cache had to compile (tests read it)
         self.compile_seconds = 0.0  # time spent compiling them (--trace reads it)
 
@@ -154,18 +158,38 @@ class ModuleCache:
         if host_path in self._by_path:
             return self._by_path[host_path]
         data = wasm_bytes(read_module(fd, name, self.max_module_size), name)
-        parsed = parse_module(data, source=name)
         key = hashlib.sha256(self._salt.encode() + b"\0" + data).hexdigest()
-        if key not in self._by_key:
+        entry = self._by_key.get(key)
+        if entry is None:
+            parsed = parse_module(data, source=name)
             # Validated and rewritten only on a miss: a hit was validated when compiled.
-            module, artefact = self._compiled(
-                key, lambda: runnable_bytes(self.engine, data, parsed, name), name)
-            held = os.open(artefact, os.O_RDONLY | os.O_CLOEXEC)
-            self._held.append(held)
-            self._by_key[key] = CachedModule(key, parsed, module, artefact,
-                                             f"/proc/{os.getpid()}/fd/{held}")
-        self._by_path[host_path] = self._by_key[key]
-        return self._by_key[key]
+            entry = self._entry(key, parsed,
+                                lambda: runnable_bytes(self.engine, data, parsed, name), name)
+        self._by_path[host_path] = entry
+        return entry
+
+    def _entry(self, key: str, parsed: WasmModule, prepare: Callable[[], bytes], name: str
+               ) -> CachedModule:
+        """The entry of `key`, compiled (or deserialized) once however many programs ask."""
+        with self._lock:
+            if key not in self._by_key:
+                module, artefact = self._compiled(key, prepare, name)
+                held = os.open(artefact, os.O_RDONLY | os.O_CLOEXEC)
+                self._held.append(held)
+                self._by_key[key] = CachedModule(key, parsed, module, artefact,
+                                                 f"/proc/{os.getpid()}/fd/{held}")
+            return self._by_key[key]
+
+    def view(self) -> ModuleCache:
+        """This cache for one program of a Runtime: compiled entries (and the descriptors
+        behind them) are shared and outlive it; its names for them (host paths, which may
+        name another file in the next program) and its counters are its own."""
+        view = copy.copy(self)
+        view._by_path = {}
+        view._view = True
+        view.compiled = 0
+        view.compile_seconds = 0.0
+        return view
 
     def load_file(self, path: str) -> tuple[CachedModule, str]:
         """A module the user named by its host path (a main module): the module, and the
@@ -182,22 +206,19 @@ class ModuleCache:
         a file; returns the name plans use for it (in place of a host path) and the entry."""
         key = hashlib.sha256(self._salt.encode() + b"\0" + data).hexdigest()
         name = f"<generated {key[:16]}>"
-        if key not in self._by_key:
-            module, artefact = self._compiled(key, lambda: data, name)
-            held = os.open(artefact, os.O_RDONLY | os.O_CLOEXEC)
-            self._held.append(held)
-            self._by_key[key] = CachedModule(key, parsed, module, artefact,
-                                             f"/proc/{os.getpid()}/fd/{held}")
-        self._by_path[name] = self._by_key[key]
-        return name, self._by_key[key]
+        self._by_path[name] = self._entry(key, parsed, lambda: data, name)
+        return name, self._by_path[name]
 
     def loaded(self, host_path: str) -> CachedModule:
         """A module `load` already read (the plans name modules by their host path)."""
         return self._by_path[host_path]
 
     def close(self) -> None:
-        """Drop the compiled modules (each keeps its artefact file open and mapped)."""
+        """Drop the compiled modules (each keeps its artefact file open and mapped); a view
+        drops only its names."""
         self._by_path.clear()
+        if self._view:
+            return
         self._by_key.clear()
         for fd in self._held:
             os.close(fd)

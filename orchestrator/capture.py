@@ -7,7 +7,6 @@ everything written.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import select
 import threading
@@ -41,8 +40,14 @@ class PipeCapture:
     def collect(self) -> bytes:
         """Everything written so far, once writers are done (stops the reader)."""
         self._closed.set()
+        if self._write_fd >= 0:
+            # Ours was the last write end (the program's copies are closed by now): the
+            # reader sees end-of-file at once instead of at its next timeout.
+            os.close(self._write_fd)
+            self._write_fd = -1
         self._reader.join(timeout=5)
-        for fd in (self._read_fd, self._write_fd):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        if self._read_fd >= 0 and not self._reader.is_alive():
+            # Once only: in a Runtime another program may have this number next.
+            os.close(self._read_fd)
+            self._read_fd = -1
         return b"".join(self._chunks)

@@ -36,15 +36,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import wasmtime
-
 from wasmgroup.orchestrator import descriptors
-from wasmgroup.orchestrator.cache import DEFAULT_MAX_MODULE_SIZE, ModuleCache
+from wasmgroup.orchestrator.cache import DEFAULT_MAX_MODULE_SIZE
 from wasmgroup.orchestrator.capture import PipeCapture
 from wasmgroup.orchestrator.descriptors import DescriptorTable
 from wasmgroup.orchestrator.interrupt import watch_interrupts
 from wasmgroup.orchestrator.linker import MAIN_HANDLE, LinkerState, PendingLoad
 from wasmgroup.orchestrator.locate import GuestFilesystem, Located
+from wasmgroup.orchestrator.runtime_parts import RuntimeParts
 from wasmgroup.orchestrator.trace import Tracer, ms
 from wasmgroup.orchestrator.verify import first_difference
 from wasmgroup.orchestrator.workers import (
@@ -53,7 +52,6 @@ from wasmgroup.orchestrator.workers import (
     CallStopped,
     OperationFuture,
     WithDescriptor,
-    WorkerPool,
     WorkerProcess,
     WorkerStartError,
 )
@@ -63,12 +61,14 @@ from wasmgroup.shared.errors import LinkError, WasmgroupError
 from wasmgroup.shared.memory import MAX_PAGES_32, PAGE, SharedRegion
 from wasmgroup.shared.plan import ClosurePlan, LoadPlan, ModulePlan, state_from_wire, to_wire
 from wasmgroup.shared.wasm import FuncType, Limits, WasmModule, parse_module
-from wasmgroup.worker.group import ENGINE_SETTINGS, make_engine_config
 
 EXIT_TRAP = 134
 EXIT_RUNTIME_ERROR = 125
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 EXIT_TIMEOUT = 124  # as timeout(1)
+EXIT_MEMORY = 137  # 128 + SIGKILL, as a shell reports a program the OOM killer ended
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+MEMORY_SAMPLE = 0.05  # seconds between looks at the workers' memory, with a limit
 VERIFY_FAILURE = "--verify-groups: "  # how a program stopped by a difference's error begins
 DEFAULT_PERTURB_MAX_DELAY = 0.02  # seconds: the longest perturbation delay (stress)
 EAGAIN = 6
@@ -111,6 +111,9 @@ class ProgramOptions:
     max_module_size: int = DEFAULT_MAX_MODULE_SIZE  # bytes; larger module files are refused
     timeout: float | None = None  # seconds: then stop every thread, status 124
     max_memory: int | None = None  # bytes the linear memory may reach (memory.grow fails)
+    # Bytes of private memory the program may add to its workers (beyond what each had when
+    # it was taken: instances, tables, host buffers); then it is stopped, status 137.
+    max_worker_memory: int | None = None
     stdin_fd: int | None = 0  # host descriptor the guest's fd 0 duplicates (None: closed)
     # `wasmgroup stress`: seeded random delays in every group at safe points and before
     # acknowledgements (worker/perturb.py), each at most perturb_max_delay seconds; None: off.
@@ -168,17 +171,31 @@ class _Assignment:
 
 
 class Program:
-    def __init__(self, path: str, options: ProgramOptions) -> None:
+    """One program's run: its linker state, memory region, descriptor table and groups.
+
+    With `parts` (a Runtime's) it borrows their engine, cache and warm worker pool, and at
+    close gives back every worker it used (reset: worker/main.py), except those still in
+    guest code, which are killed. Without, it makes its own and closes them with itself."""
+
+    def __init__(self, path: str, options: ProgramOptions,
+                 parts: RuntimeParts | None = None) -> None:
         self.path = path
         self.options = options
         self.fs = GuestFilesystem.from_specs(options.dirs, options.lib_paths, options.cwd)
-        # Workers start first: their Python start-up overlaps this process's compiling. A
-        # program whose main cannot start threads needs just the one its main thread takes.
-        self.pool = WorkerPool(options.pool_size if _may_spawn(path, options.max_module_size)
-                               else 0)
-        self.engine = wasmtime.Engine(make_engine_config())
-        self.cache = ModuleCache(self.engine, ENGINE_SETTINGS, options.cache_dir,
-                                 options.max_module_size)
+        self._own_parts = parts is None
+        if parts is None:
+            # A program whose main cannot start threads needs just the one worker its main
+            # thread takes.
+            parts = RuntimeParts(options.pool_size if _may_spawn(path, options.max_module_size)
+                                 else 0, options.cache_dir, options.max_module_size)
+            self.cache = parts.cache
+        else:
+            self.cache = parts.cache.view()
+            self.cache.max_module_size = options.max_module_size
+        self.pool = parts.pool
+        self.engine = parts.engine
+        self._taken: set[WorkerProcess] = set()  # every worker this program holds
+        self._memory_base: dict[WorkerProcess, int] = {}  # private bytes when taken
         self._stdout = PipeCapture() if options.capture_output else None
         self._stderr = PipeCapture() if options.capture_output else None
         # One descriptor table for every thread: stdio, the --dir mappings from 3, and all
@@ -357,17 +374,21 @@ class Program:
         while not assignment.done.wait(WAIT_SLICE):
             if worker.lost is not None:
                 raise LinkError(f"its worker process {worker.pid} {worker.lost}")
+            if self._closed:  # the worker went back to the pool
+                raise LinkError("the program is ending")
         if assignment.error is not None:
             raise LinkError(assignment.error)
 
     def start(self) -> None:
         """Link the main module and its NEEDED tree, constructors included."""
-        self._arm_timeout()
         started = time.perf_counter()
         main, host_path = self.cache.load_file(self.path)
         self._create_memory(main.parsed)
         pending = self.linker.plan_main(main.parsed, self._guest_path_of_main(), host_path)
-        worker = self.pool.take(cancelled=self._stop.is_set)
+        worker = self._take()
+        # The timeout counts from here: compiling and waiting for a worker to start (seconds
+        # on a busy machine) are not the program's time; its constructors are.
+        self._arm_timeout()
         self.main_worker = worker
         config, fds = self._base_config()
         if self.linker.main_imports_stack_pointer:
@@ -436,9 +457,13 @@ class Program:
                 else:
                     assert self.main_worker is not None
                     self.main_worker.send("run", entry="_start", args=[], thread=1)
-                    self._replenish_standby_later()
-            while not self._stop.wait(0.1):
-                pass
+                    if self._own_parts:
+                        # In a Runtime a program's first thread takes a warm worker; a
+                        # standby group would hold one more for programs that never spawn.
+                        self._replenish_standby_later()
+            slice_ = 0.1 if self.options.max_worker_memory is None else MEMORY_SAMPLE
+            while not self._stop.wait(slice_):
+                self._check_memory()
         except KeyboardInterrupt:
             self.interrupt()
         return self._wind_up()
@@ -454,10 +479,11 @@ class Program:
             if self._outcome is None:
                 self._outcome = (code, error)
         self._stop.set()
+        # Sent under the lock: a worker leaves `groups` (under it) before it goes back to a
+        # pool, so no frame of this program reaches it after its reset.
         with self._groups_lock:
-            live = list(self.groups.values())
-        for worker in live:
-            worker.send("stop")
+            for worker in self.groups.values():
+                worker.send("stop")
 
     def stopping(self) -> bool:
         return self._stop.is_set()
@@ -482,13 +508,77 @@ class Program:
         self._stop.set()
         if self._timer is not None:
             self._timer.cancel()
-        self.pool.close(INTERRUPT_GRACE if self._interrupted else SHUTDOWN_GRACE)
-        self.cache.close()
+        # Link operations under way see the stop (or the close) and leave within a wait
+        # slice; none may start a group once its worker went back to the pool.
+        locked = self._topology.acquire(timeout=SHUTDOWN_GRACE)
+        try:
+            if self._own_parts:
+                self.pool.close(INTERRUPT_GRACE if self._interrupted else SHUTDOWN_GRACE)
+            else:
+                self._release_workers()
+            self.cache.close()
+        finally:
+            if locked:
+                self._topology.release()
         self.descriptors.close()
         self.fs.close()
         self.tracer.close()
         if self.region is not None:
             self.region.close()
+
+    # ------------------------------------------------------------------ workers
+    def _take(self) -> WorkerProcess:
+        """A worker from the pool for one of this program's groups (started now if none is
+        ready)."""
+        return self._hold(self.pool.take(cancelled=self._stop.is_set))
+
+    def _take_ready(self) -> WorkerProcess | None:
+        """A worker that is ready now, or None (never waits)."""
+        worker = self.pool.take_ready()
+        return None if worker is None else self._hold(worker)
+
+    def _hold(self, worker: WorkerProcess) -> WorkerProcess:
+        with self._groups_lock:
+            self._taken.add(worker)
+        if self.options.max_worker_memory is not None:
+            self._memory_base[worker] = private_bytes(worker.pid) or 0
+        return worker
+
+    def _give_back(self, worker: WorkerProcess) -> None:
+        """A worker done with this program (its thread exited, or it never ran one)."""
+        with self._groups_lock:
+            if worker not in self._taken:
+                return
+            self._taken.discard(worker)
+        self.pool.give_back(worker)
+
+    def _release_workers(self) -> None:
+        """At close, in a Runtime: every worker back to the pool (reset there), but those
+        still hosting a group that never left guest code, which are killed."""
+        with self._groups_lock:
+            hosting = set(self.groups.values())
+            taken, self._taken = self._taken, set()
+        for worker in taken:
+            if worker in hosting:
+                log.info("worker %d did not leave guest code: killed", worker.pid)
+                self.pool.discard(worker)
+            else:
+                self.pool.give_back(worker)
+
+    def _check_memory(self) -> None:
+        """With a worker memory limit: stop the program once its workers' private memory
+        grew by more than the limit since they were taken."""
+        limit = self.options.max_worker_memory
+        if limit is None:
+            return
+        with self._groups_lock:
+            workers = [w for w in self._taken if w.lost is None]
+        grown = sum(max(0, (private_bytes(w.pid) or 0) - self._memory_base.get(w, 0))
+                    for w in workers)
+        if grown > limit:
+            self.finish(EXIT_MEMORY, f"memory limit exceeded: the program's workers took "
+                                     f"{grown >> 20} MiB beyond their own, more than "
+                                     f"{limit >> 20} MiB")
 
     def __enter__(self) -> Program:
         return self
@@ -538,7 +628,7 @@ class Program:
                 self.finish(code)
         if tid != 1:
             self._release_arenas(tid)
-            self.pool.give_back(worker)
+            self._give_back(worker)
 
     def _finish_after_threads(self, code: int) -> None:
         while self.groups and not self._stop.is_set():
@@ -663,7 +753,7 @@ class Program:
             # takes one first waits for what it still has to apply.
             for standby in self._standby:
                 self._standby_pending.setdefault(standby, []).append(standby.post(op))
-        posted = {tid: w.post(op) for tid, w in targets.items()}
+            posted = {tid: w.post(op) for tid, w in targets.items()}  # see finish()
         for tid, future in posted.items():
             self._await(future)
             if future.error is not None:
@@ -819,10 +909,9 @@ class Program:
 
     def _purge_descriptors(self) -> None:
         """Entries of the descriptor table were closed: every group drops its copies."""
-        with self._groups_lock:
-            live = list(self.groups.values())
-        for worker in live:
-            worker.send("purge")
+        with self._groups_lock:  # see finish()
+            for worker in self.groups.values():
+                worker.send("purge")
 
     def is_side_module(self, handle: int) -> bool:
         return handle != MAIN_HANDLE and handle in self.linker.modules
@@ -897,7 +986,7 @@ class Program:
         if built and standby.lost is None and all(f.error is None and not f.gone
                                                   for f in pending):
             return True
-        threading.Thread(target=standby.shutdown, daemon=True).start()
+        self._give_back(standby)  # its reset drops the group; a dead one is forgotten
         return False
 
     def _start_standby(self, child: WorkerProcess, tid: int, start_arg: int) -> None:
@@ -914,7 +1003,7 @@ class Program:
     def _spawn_fresh(self, spawner: WorkerProcess, tid: int, start_arg: int,
                      started: float, waited: float) -> None:
         try:
-            child = self.pool.take(cancelled=self._stop.is_set)
+            child = self._take()
         except WorkerStartError as err:
             self.finish(EXIT_RUNTIME_ERROR, f"cannot start thread {tid}: {err}")
             raise CallStopped() from None
@@ -963,7 +1052,7 @@ class Program:
     def _spawn_failed(self, child: WorkerProcess, tid: int, err: LinkError) -> None:
         with self._groups_lock:
             self.groups.pop(tid, None)
-        self.pool.give_back(child)
+        self._give_back(child)
         self.finish(EXIT_RUNTIME_ERROR, f"cannot start thread {tid}: {err}")
 
     def _replenish_standby_later(self) -> None:
@@ -988,7 +1077,7 @@ class Program:
             with self._topology_lock(None):
                 if self._standby or self._stop.is_set():
                     return
-                child = self.pool.take_ready()
+                child = self._take_ready()
                 if child is None:
                     return  # no idle worker ready: the next spawn builds its group itself
                 config, fds = self._thread_config()
@@ -1011,7 +1100,18 @@ class Program:
             if not taken:
                 self._standby_builds.pop(child, None)
                 self._standby_pending.pop(child, None)
-                self.pool.give_back(child)
+                self._give_back(child)
+
+
+def private_bytes(pid: int) -> int | None:
+    """A process's resident memory that is not shared (RssAnon: the linear memory, a memfd,
+    is not in it), from /proc/PID/statm; None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            fields = f.read().split()
+    except OSError:
+        return None
+    return (int(fields[1]) - int(fields[2])) * PAGE_SIZE
 
 
 def _valid_fd(fd: int) -> int | None:

@@ -1,5 +1,11 @@
 """The public Python API: a `Runtime` that runs many programs, and `run` for one.
 
+A Runtime is the coordinator's long-lived part (orchestrator/runtime_parts.py): one engine,
+one compile cache and one pool of warm worker processes, shared by every program it runs. A
+program starts on a worker that is already running (no Python start, no engine; its modules
+already deserialized if it ran before), and each worker a program used goes back to the pool
+once the program ends, reset: it keeps nothing of that program (worker/main.py checks).
+
     with wasmgroup.Runtime(workers=4) as rt:
         result = rt.run("prog.wasm", ["arg"], dirs=["data::/data"], timeout=10)
         futures = [rt.submit("prog.wasm", [str(i)]) for i in range(100)]
@@ -32,10 +38,12 @@ from wasmgroup.orchestrator.program import (
     ProgramOptions,
     RunResult,
 )
+from wasmgroup.orchestrator.runtime_parts import RuntimeParts
 from wasmgroup.shared.cpus import usable_cpus
 from wasmgroup.shared.errors import WasmgroupError
 
 Stdin = bytes | str | os.PathLike[str] | IO[bytes] | None
+SPARE_WORKERS = 2  # idle workers a Runtime keeps beyond one per program it runs at once
 
 
 class UsageError(WasmgroupError, ValueError):
@@ -53,7 +61,9 @@ class RunRequest:
     cwd: str = "/"
     stdin: Stdin = None  # bytes, a host file path, an open binary file, or None (empty)
     timeout: float | None = None  # seconds; then every thread is stopped, timed_out set
-    memory_limit: int | None = None  # bytes the linear memory may reach
+    # Bytes the linear memory may reach (memory.grow fails beyond), and the private memory
+    # the program may add to its workers (then it is stopped: "memory limit exceeded").
+    memory_limit: int | None = None
     capture_output: bool = True  # else the program writes to this process's stdout/stderr
     verify_groups: bool = False
     trace: Path | None = None
@@ -125,7 +135,8 @@ class _StdinSource:
 
 
 def _run_request(request: RunRequest, cache_dir: Path | None, max_module_size: int,
-                 pool_size: int) -> RunResult:
+                 parts: RuntimeParts | None) -> RunResult:
+    """Run one request; with `parts` on a Runtime's warm workers, else on its own."""
     started = time.monotonic()
     stdin: _StdinSource | None = None
     program: Program | None = None
@@ -135,11 +146,13 @@ def _run_request(request: RunRequest, cache_dir: Path | None, max_module_size: i
             args=request.args, env=dict(request.env or {}), dirs=request.dirs,
             lib_paths=request.lib_paths, cwd=request.cwd,
             capture_output=request.capture_output, cache_dir=cache_dir,
-            verify_groups=request.verify_groups, trace=request.trace, pool_size=pool_size,
+            verify_groups=request.verify_groups, trace=request.trace,
+            pool_size=0,  # one-shot: workers started as threads need them
             max_module_size=max_module_size, timeout=request.timeout,
-            max_memory=request.memory_limit, stdin_fd=stdin.fd,
-            perturb_seed=request.perturb_seed, perturb_max_delay=request.perturb_max_delay)
-        program = Program(request.program, options)
+            max_memory=request.memory_limit, max_worker_memory=request.memory_limit,
+            stdin_fd=stdin.fd, perturb_seed=request.perturb_seed,
+            perturb_max_delay=request.perturb_max_delay)
+        program = Program(request.program, options, parts)
         result = program.run()
         if result.error is None:
             result.verify_summary = program.verify_summary()
@@ -159,10 +172,13 @@ def _run_request(request: RunRequest, cache_dir: Path | None, max_module_size: i
 
 
 class Runtime:
-    """Runs many programs, at most `workers` at once (default: the usable cores); thread-safe.
+    """Runs many programs, at most `workers` at once (default: the usable cores), over one
+    warm pool of worker processes; thread-safe.
 
-    `run` waits for a program's `RunResult`; `submit` returns a `Future` of it. `close` (or
-    leaving the `with` block) waits for submitted programs and stops every worker process.
+    `run` waits for a program's `RunResult`; `submit` returns a `Future` of it. A program that
+    kills its worker, traps, hangs past its timeout or exceeds its memory limit fails alone.
+    `close` (or leaving the `with` block) waits for submitted programs and stops every worker
+    process: none is left, nor any shared-memory file or descriptor.
     """
 
     def __init__(self, workers: int | None = None, cache_dir: str | os.PathLike[str] | None = None,
@@ -172,6 +188,10 @@ class Runtime:
         self.workers = workers or usable_cpus()
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
         self.max_module_size = max_module_size
+        # A main thread's worker per program running, and a few for their threads, ready.
+        self.parts = RuntimeParts(self.workers + SPARE_WORKERS, self.cache_dir,
+                                  max_module_size, keep=2 * (self.workers + SPARE_WORKERS),
+                                  urgent=self.workers)
         self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="wasmgroup-run")
         self._lock = threading.Lock()
         self._closed = False
@@ -185,7 +205,7 @@ class Runtime:
             if self._closed:
                 raise UsageError("this Runtime is closed")
             return self._executor.submit(_run_request, request, self.cache_dir,
-                                         self.max_module_size, 0)
+                                         self.max_module_size, self.parts)
 
     def run(self, program: str | os.PathLike[str], args: Sequence[str] = (),
             **options: Any) -> RunResult:
@@ -195,8 +215,11 @@ class Runtime:
     def close(self) -> None:
         """Wait for submitted programs, then release every worker (idempotent)."""
         with self._lock:
+            if self._closed:
+                return
             self._closed = True
         self._executor.shutdown(wait=True)
+        self.parts.close()
 
     def __enter__(self) -> Runtime:
         return self
@@ -206,9 +229,10 @@ class Runtime:
 
 
 def run(program: str | os.PathLike[str], args: Sequence[str] = (), **options: Any) -> RunResult:
-    """Run one program in a runtime of its own (see `Runtime.run` for the options)."""
-    with Runtime(workers=1) as runtime:
-        return runtime.run(program, args, **options)
+    """Run one program on workers of its own, started for it (one per thread, when the
+    thread starts) and stopped after it (see `Runtime.run` for the options)."""
+    request = _check_request(program, args, options)
+    return _run_request(request, None, DEFAULT_MAX_MODULE_SIZE, None)
 
 
 __all__ = ["RunRequest", "RunResult", "Runtime", "UsageError", "run"]

@@ -11,7 +11,10 @@ owed completes as `gone`.
 
 `WorkerPool` starts `size` workers ahead of need, hands them out (`take`), takes them back
 when their thread ends (`give_back`), and stops them all (`close`): at close no child process,
-zombie or socket is left.
+zombie or socket is left. A worker given back is reset first (it drops everything of the
+program it served and checks that nothing is left: worker/main.py) and is handed out again
+only once it said it is clean; one that is not, or does not answer, is retired. So a pool can
+outlive programs: a Runtime's programs share one.
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ READY_TIMEOUT = 60.0  # seconds for a new worker to import wasmtime and create i
 log = logging.getLogger("wasmgroup")
 SHUTDOWN_GRACE = 2.0  # seconds a worker gets to leave on its own before it is killed
 READY_SLICE = 0.05  # seconds between checks for a cancelled wait for a worker
+RESET_TIMEOUT = 5.0  # seconds an idle worker gets to answer a reset before it is retired
+RESET_WAIT = 1.0  # seconds take() waits for a reset under way rather than start a worker
 
 
 class WorkerStartError(WasmgroupError):
@@ -98,6 +103,7 @@ def describe_exit(returncode: int | None) -> str:
 
 
 WORKER_COMMAND = (sys.executable, "-m", "wasmgroup.worker")
+_ANY = object()  # send(): to whoever holds the worker
 
 
 class WorkerProcess:
@@ -135,6 +141,11 @@ class WorkerProcess:
         self.lost: str | None = None  # why the worker is gone, once it is
         self._busy = False  # a request of this worker is being served
         self._closing = False
+        # Told when a reset is answered (clean or not, with the problem) and when the worker
+        # is lost: the pool that owns it.
+        self.on_clean: Callable[[WorkerProcess, bool, str | None], None] | None = None
+        self.resets = 0  # programs (or threads) this worker served and was reset after
+        self.reset_at = 0.0  # time.monotonic() of the last reset
         threading.Thread(target=self._read, name=f"wasmgroup-read-{self.pid}",
                          daemon=True).start()
         threading.Thread(target=self._serve_requests, name=f"wasmgroup-req-{self.pid}",
@@ -160,11 +171,14 @@ class WorkerProcess:
             theirs.close()
 
     # ------------------------------------------------------------------ sending
-    def send(self, kind: str, fds: list[int] | None = None, **fields: Any) -> None:
+    def send(self, kind: str, fds: list[int] | None = None, lease: object = _ANY,
+             **fields: Any) -> None:
+        """Send a frame; with `lease`, only while that listener still holds the worker."""
         frame = protocol.encode(kind, **fields)
         # A lost connection is noticed and reported by the reader.
         with self._send_lock, contextlib.suppress(protocol.ConnectionClosed, OSError):
-            protocol.send(self.sock, frame, fds)
+            if lease is _ANY or self.listener is lease:
+                protocol.send(self.sock, frame, fds)
 
     def post(self, op: dict[str, Any], initialise: bool = False) -> OperationFuture:
         future = OperationFuture()
@@ -215,6 +229,8 @@ class WorkerProcess:
                     self._requests.put(message)
                 elif kind in ("assigned", "exited") and self.listener is not None:
                     self.listener.worker_message(self, message)
+                elif kind == "clean" and self.on_clean is not None:
+                    self.on_clean(self, message["ok"], message["problem"])
                 else:
                     raise protocol.ProtocolError(f"unexpected message {kind!r} from worker "
                                                  f"{self.pid}")
@@ -252,6 +268,9 @@ class WorkerProcess:
         listener = self.listener
         if listener is not None and not self._closing:
             listener.worker_lost(self, reason)
+        on_clean = self.on_clean
+        if on_clean is not None and not self._closing:
+            on_clean(self, False, reason)
 
     def _serve_requests(self) -> None:
         while True:
@@ -265,7 +284,9 @@ class WorkerProcess:
 
     def _answer(self, message: dict[str, Any]) -> None:
         """Serve one request and always reply (the listener turns every failure into
-        CallFailed or CallStopped); a lost connection is the reader's to notice."""
+        CallFailed or CallStopped), unless the worker went back to a pool meanwhile (the
+        reply then belongs to no one: its thread is gone); a lost connection is the reader's
+        to notice."""
         listener = self.listener
         fds: list[int] = []
         try:
@@ -280,10 +301,11 @@ class WorkerProcess:
         except CallStopped:
             reply = {"ok": False, "value": None, "error": None}
         try:
-            self.send("reply", fds=fds, **reply)
+            self.send("reply", fds=fds, lease=listener, **reply)
         except (protocol.ProtocolError, OverflowError, TypeError, ValueError) as err:
             # A value the wire cannot carry: the guest gets a failure, not silence.
-            self.send("reply", ok=False, value=None, error=f"cannot reply: {err}")
+            self.send("reply", lease=listener, ok=False, value=None,
+                      error=f"cannot reply: {err}")
         finally:
             for fd in fds:
                 with contextlib.suppress(OSError):
@@ -298,6 +320,17 @@ class WorkerProcess:
         with contextlib.suppress(OSError):
             self.sock.close()
 
+    def reset(self) -> None:
+        """Ask the worker (done with its program: its thread exited, or it never ran one) to
+        forget the program; it answers `clean` (to `on_clean`). Frames already sent reach it
+        first, so nothing of the old program arrives after the reset."""
+        with self._send_lock:  # no reply of the old program's goes out after this
+            self.listener = None
+        self.thread_id = 0
+        self._ready.clear()
+        self.resets += 1
+        self.send("reset")
+
     def shutdown(self) -> None:
         """Ask the worker to leave; kill it if it has not within the grace period."""
         self._closing = True
@@ -309,32 +342,41 @@ class WorkerProcess:
 
 class WorkerPool:
     """Idle workers kept ready (interpreter started, wasmtime imported, engine created), so a
-    new wasm thread does not wait for a Python start. Workers are forked by the pool's fork
-    server: the one `wasmgroup run` forked early, else one started now (`fork_server=False`:
-    none, every worker a Python start of its own)."""
+    new wasm thread does not wait for a Python start. `size` are started ahead of need and
+    topped up as they are taken; up to `keep` (default twice `size`) idle ones are kept
+    when given back. Workers are forked by the pool's fork server: the one `wasmgroup run`
+    forked early, else one started now (`fork_server=False`: none, every worker a Python
+    start of its own, those started ahead of need at idle CPU priority)."""
 
-    def __init__(self, size: int, fork_server: bool = True) -> None:
+    def __init__(self, size: int, keep: int | None = None, urgent: int = 0,
+                 fork_server: bool = True) -> None:
         self.size = max(size, 0)
+        self.keep = 2 * self.size if keep is None else keep
         self._idle: list[WorkerProcess] = []
         self._all: list[WorkerProcess] = []
         self._lock = threading.Lock()
+        self._cleaned_now = threading.Condition(self._lock)  # a reset was answered
         self._starting = 0  # workers being started now (close waits for them)
         self._settled = threading.Condition(self._lock)
         self._closed = False
+        self.started = 0  # worker processes this pool started (the Runtime's tests read it)
         self.fork_server = (forkserver.claim_early() or ForkServer.start()) if fork_server \
             else None
         if self.size:
             # From a thread: a fork server started just now answers once it has imported
             # wasmtime, and the caller has its own start-up to get on with meanwhile.
-            threading.Thread(target=self._fill, name="wasmgroup-pool-fill", daemon=True).start()
+            threading.Thread(target=self._fill, args=(urgent,), name="wasmgroup-pool-fill",
+                             daemon=True).start()
 
-    def _fill(self) -> None:
-        for _ in range(self.size):
+    def _fill(self, urgent: int) -> None:
+        # The first `urgent` are wanted at once (a Runtime's first programs): at normal
+        # priority, so a busy machine cannot starve them.
+        for started in range(self.size):
             with self._lock:
                 if self._closed or len(self._idle) >= self.size:
                     return
             try:
-                self._start_one(background=True)
+                self._start_one(background=started >= urgent)
             except (WorkerStartError, OSError):
                 return
 
@@ -348,11 +390,13 @@ class WorkerPool:
             # Once the server has failed (said once, by WorkerProcess): started with exec.
             worker = WorkerProcess(background=background,
                                    fork_server=server if server and not server.broken else None)
+            worker.on_clean = self._cleaned
             log.info("worker %d started (%s)", worker.pid, "idle, in the pool" if background
                      else "needed now")
             with self._lock:
                 closed = self._closed
                 if not closed:
+                    self.started += 1
                     self._all.append(worker)
                     self._idle.append(worker)
             if closed:  # a background top-up that lost the race with close()
@@ -370,7 +414,7 @@ class WorkerPool:
         (WorkerStartError) when `cancelled()` turns true; close() stops that worker. A worker
         just forked is not waited for: it reads what it is sent once ready, a millisecond
         later, and one that dies first is reported lost like any other."""
-        worker = self.take_ready()
+        worker = self.take_ready() or self._take_reset()
         if worker is None:
             worker = self._start_one()
             with self._lock:
@@ -385,17 +429,40 @@ class WorkerPool:
         with self._lock:
             return any(w._ready.is_set() and w.lost is None for w in self._idle)
 
+    def _take_reset(self) -> WorkerProcess | None:
+        """A worker given back moments ago, once its reset is answered (a millisecond or
+        so: far sooner than a new worker starts); None if none is being reset."""
+        deadline = time.monotonic() + RESET_WAIT
+        with self._cleaned_now:
+            while True:
+                resetting = [w for w in self._idle if w.resets and not w._ready.is_set()
+                             and w.lost is None]
+                if not resetting:
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._cleaned_now.wait(remaining):
+                    break
+        return self.take_ready()
+
     def take_ready(self) -> WorkerProcess | None:
         """An idle worker that is ready now, or None (never waits)."""
+        now = time.monotonic()
         with self._lock:
             ready = [w for w in self._idle if w._ready.is_set() and w.lost is None]
-            if not ready:
-                return None
-            self._idle.remove(ready[-1])
+            # A reset that goes unanswered: the worker is stuck, not idle.
+            stuck = [w for w in self._idle if w.resets and not w._ready.is_set()
+                     and now - w.reset_at > RESET_TIMEOUT]
+            for worker in stuck:
+                self._idle.remove(worker)
+            if ready:
+                self._idle.remove(ready[-1])
             short = len(self._idle) < self.size
+        for worker in stuck:
+            log.info("worker %d did not answer its reset: retired", worker.pid)
+            threading.Thread(target=self._retire, args=(worker,), daemon=True).start()
         if short:
             threading.Thread(target=self._top_up, daemon=True).start()
-        return ready[-1]
+        return ready[-1] if ready else None
 
     def _top_up(self) -> None:
         with self._lock:
@@ -405,17 +472,50 @@ class WorkerPool:
             self._start_one(background=True)
 
     def give_back(self, worker: WorkerProcess) -> None:
-        """A worker whose thread ended: idle again (up to twice the pool's size, so that a
-        program spawning and joining threads in turn reuses the same few workers), unless
-        the pool is closed."""
+        """A worker done with its thread (exited, or never run): reset and idle again (up to
+        `keep` of them, so that a program spawning and joining threads in turn, or one
+        program after another, reuses the same few workers), unless the pool is closed."""
         worker.listener = None
-        worker.thread_id = 0
         with self._lock:
-            keep = not self._closed and worker.lost is None and len(self._idle) < 2 * self.size
+            keep = not self._closed and worker.lost is None and len(self._idle) < self.keep \
+                and worker in self._all
             if keep:
+                worker.reset_at = time.monotonic()
                 self._idle.append(worker)
+                worker.reset()
         if not keep:
             self._retire(worker)
+
+    def _cleaned(self, worker: WorkerProcess, ok: bool, problem: str | None) -> None:
+        """A worker answered its reset, or was lost."""
+        if ok:
+            worker._ready.set()
+            with self._cleaned_now:
+                self._cleaned_now.notify_all()
+            return
+        if worker.lost is None:
+            log.info("worker %d retired: %s", worker.pid, problem)
+        with self._lock:
+            if worker in self._idle:
+                self._idle.remove(worker)
+        self._retire(worker)
+        self._top_up()
+
+    def discard(self, worker: WorkerProcess) -> None:
+        """A worker that must not be reused (stuck in a program's guest code): killed now."""
+        worker.listener = None
+        worker.kill()
+        with self._lock:
+            if worker in self._all:
+                self._all.remove(worker)
+            if worker in self._idle:
+                self._idle.remove(worker)
+
+    def idle_pids(self, ready: bool = False) -> list[int]:
+        """The idle workers' pids, in the order they are handed out last to first (only
+        those ready now, with `ready`: reset and clean)."""
+        with self._lock:
+            return [w.pid for w in self._idle if w._ready.is_set() or not ready]
 
     def _retire(self, worker: WorkerProcess) -> None:
         worker.shutdown()

@@ -25,6 +25,10 @@ Messages, by direction (W = worker, C = coordinator):
                                           carry an OS descriptor alongside)
   C→W stop()                              the program is ending: leave guest code
   C→W shutdown()                          leave the process
+  C→W reset()                             the program is over: drop its group (if any) and
+                                          everything else of it, then check what is left
+  W→C clean(ok, problem)                  after a reset: nothing of the program is left (ok),
+                                          or what is (the coordinator then retires the worker)
 """
 
 from __future__ import annotations
@@ -58,6 +62,8 @@ MESSAGES: dict[str, dict[str, tuple[type, ...]]] = {
     "purge": {},
     "stop": {},
     "shutdown": {},
+    "reset": {},
+    "clean": {"ok": (bool,), "problem": (str, _NONE)},
 }
 
 

@@ -78,6 +78,9 @@ ROUND_TRIPS: list[tuple[str, dict[str, Any]]] = [
     ("purge", {}),
     ("stop", {}),
     ("shutdown", {}),
+    ("reset", {}),
+    ("clean", {"ok": True, "problem": None}),
+    ("clean", {"ok": False, "problem": "descriptors left open: {9: 'pipe:[1]'}"}),
 ]
 
 

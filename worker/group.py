@@ -771,11 +771,22 @@ class InstanceGroup:
 
     # ------------------------------------------------------------------ running
     def close(self) -> None:
-        """Release the Store and this group's cached descriptors. Only once its thread has
-        left wasm; the group is unusable afterwards."""
+        """Release the Store, the memory (its mapping of the program's memfd goes with the
+        last reference to the wasmtime memory) and this group's cached descriptors. Only once
+        its thread has left wasm; the group is unusable afterwards."""
         self.instances.clear()
+        self._plans.clear()
+        self._got.clear()
+        self._tags.clear()
+        self.closures.clear()
         self.descriptors.close()
+        self.table = self.stack_pointer = None
+        self._memory = None
+        self.memory_object = None
         self.store.close()
+        if self.region is not None:
+            self.region.close()
+            self.region = None
 
     def call_entry(self, name: str, *args: int) -> None:
         func = self.export(MAIN_HANDLE, name)

@@ -15,6 +15,15 @@ Threads of this process:
   goes to the main thread's inbox;
 - the ticker thread ticks the engine's epoch while operations wait or the program is stopping,
   so that a thread spinning in guest code reaches a safe point.
+
+A worker outlives the programs it serves (a Runtime's pool): after each program the
+coordinator sends `reset`, and the worker drops everything of that program (its group: store,
+instances, table, memory mapping, cached descriptors, argv and environment; the compiled
+modules' names) and compares itself with how it was when it said `ready` (`Baseline`): open
+descriptors, mappings of a program's memfds, threads, working directory, environment, private
+memory. It answers `clean`; a worker that is not clean is retired, never reused. Compiled
+modules stay loaded, keyed by their artefact (content-addressed by the coordinator's cache), so
+the next program of the same module deserializes nothing.
 """
 
 from __future__ import annotations
@@ -54,11 +63,72 @@ from wasmgroup.worker.group import (
     PurgeDescriptors,
     make_engine_config,
 )
+from wasmgroup.worker.host import poll
 from wasmgroup.worker.host.descriptors import DescriptorCache
 from wasmgroup.worker.host.signals import GuestSignal
 from wasmgroup.worker.host.wasix import GuestExit, ProgramStopping, ThreadExit
 
 TICK_SECONDS = 0.005
+MAX_LOADED_MODULES = 64  # compiled modules kept between programs (least recently used go)
+# Private memory a worker may keep beyond its size at `ready` between programs (Python's heap
+# and wasmtime's caches grow a little); more, and the worker is retired rather than reused.
+RESET_SLACK_BYTES = 64 << 20
+PROGRAM_MEMFDS = ("memfd:wasmgroup-memory", "memfd:wasmgroup-descriptors")
+
+
+def private_resident_bytes() -> int:
+    """This process's resident memory that is not shared (RssAnon): from /proc/self/statm."""
+    with open("/proc/self/statm", "rb") as f:
+        fields = f.read().split()
+    return (int(fields[1]) - int(fields[2])) * os.sysconf("SC_PAGE_SIZE")
+
+
+def open_fds() -> set[int]:
+    """This process's open descriptors (not the one the listing itself used)."""
+    fds = set()
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            os.fstat(int(name))
+            fds.add(int(name))
+    return fds
+
+
+class Baseline:
+    """How this worker looked with no program in it, to check that a program left nothing."""
+
+    def __init__(self) -> None:
+        poll.wake_fd()  # created once and kept for every group (host/poll.py)
+        self.fds = open_fds()
+        self.threads = threading.active_count()
+        self.cwd = os.getcwd()
+        self.environ = dict(os.environ)
+        self.private = private_resident_bytes()
+
+    def problem(self) -> str | None:
+        """What a program left behind, or None."""
+        extra = {}
+        for fd in open_fds() - self.fds:
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/self/fd/{fd}")
+                # A compiled module kept loaded (wasmtime maps its file) is no program's.
+                if not target.endswith(".cwasm"):
+                    extra[fd] = target
+        if extra:
+            return f"descriptors left open: {extra}"
+        with open("/proc/self/maps") as maps:
+            mapped = [line.split()[-1] for line in maps if "memfd:wasmgroup" in line]
+        if any(name.startswith(PROGRAM_MEMFDS) for name in mapped):
+            return f"a program's memory still mapped: {sorted(set(mapped))}"
+        if threading.active_count() != self.threads:
+            return f"{threading.active_count()} threads instead of {self.threads}"
+        if os.getcwd() != self.cwd:
+            return f"working directory changed to {os.getcwd()}"
+        if dict(os.environ) != self.environ:
+            return "the environment changed"
+        grown = private_resident_bytes() - self.private
+        if grown > RESET_SLACK_BYTES:
+            return f"{grown >> 20} MiB of private memory more than when it started"
+        return None
 
 
 class Connection:
@@ -89,8 +159,11 @@ class Worker:
         self._group_lock = threading.Lock()  # between posting to the group and retiring it
         self._stop = threading.Event()
         self._tick = threading.Event()
+        # Compiled modules by artefact path (one content each for the coordinator's cache's
+        # life, which outlives this worker); the program's names for them by host path.
         self._modules: dict[str, wasmtime.Module] = {}
         self._artefacts: dict[str, str] = {}
+        self.baseline: Baseline | None = None
         self._fds: list[int] = []
         self._ids: dict[int, int] = {}  # PendingOperation -> the coordinator's operation id
         # Between an `assign` frame and the group being built, operations broadcast after
@@ -205,6 +278,7 @@ class Worker:
             return item
 
     def serve(self) -> None:
+        self.baseline = Baseline()
         self.conn.send("ready", pid=os.getpid())
         while True:
             try:
@@ -216,7 +290,10 @@ class Worker:
             kind = message["t"]
             if kind == "shutdown":
                 return
-            if kind == "assign":
+            if kind == "reset":
+                problem = self._reset()
+                self.conn.send("clean", ok=problem is None, problem=problem)
+            elif kind == "assign":
                 self._assign(message, fds)
             elif kind == "run":
                 if self.group is not None:
@@ -226,7 +303,8 @@ class Worker:
                             self._perturb, message["thread"])
                 self._run(message["entry"], message["args"])
             elif kind == "reply":
-                pass  # to a request the program's stop cut short
+                for fd in fds:  # a reply to a request the program's stop cut short
+                    os.close(fd)
             else:
                 raise protocol.ProtocolError(f"unexpected message {kind!r} for an idle worker")
 
@@ -269,11 +347,19 @@ class Worker:
         memory = config["memory"]
         if memory is not None:
             region = SharedRegion(fds[0], memory["max_pages"], owner=False)
+            self._fds.remove(fds[0])  # the region's now: the group closes it
         service = WorkerService(self)
-        group = InstanceGroup(self.engine, self._module, service,
-                              DescriptorCache(generations, service.descriptor_request),
-                              list(config["argv"]), [(k, v) for k, v in config["env"]],
-                              thread_id=thread)
+        try:
+            group = InstanceGroup(self.engine, self._module, service,
+                                  DescriptorCache(generations, service.descriptor_request),
+                                  list(config["argv"]), [(k, v) for k, v in config["env"]],
+                                  thread_id=thread)
+        except BaseException:
+            generations.close()
+            if region is not None:
+                region.close()
+            raise
+        group.region = region  # closed with the group, even if attaching it fails
         with self._group_lock:
             self.group = group
         group.program_id = config["program_id"]
@@ -294,14 +380,27 @@ class Worker:
                          [c for c in map(from_wire, config["closures"])
                           if isinstance(c, ClosurePlan)])
 
+    def _reset(self) -> str | None:
+        """Forget the program this worker served; what it left behind, or None."""
+        self._retire()
+        self._artefacts.clear()
+        self._perturb = None
+        self._stop.clear()
+        if self._ids:
+            return f"{len(self._ids)} operations unanswered"
+        while len(self._modules) > MAX_LOADED_MODULES:
+            del self._modules[next(iter(self._modules))]
+        assert self.baseline is not None
+        return self.baseline.problem()
+
     def _module(self, host_path: str) -> wasmtime.Module:
-        module = self._modules.get(host_path)
+        artefact = self._artefacts.get(host_path)
+        if artefact is None:
+            raise LinkError(f"{host_path}: the coordinator sent no compiled module")
+        module = self._modules.pop(artefact, None)
         if module is None:
-            artefact = self._artefacts.get(host_path)
-            if artefact is None:
-                raise LinkError(f"{host_path}: the coordinator sent no compiled module")
             module = wasmtime.Module.deserialize_file(self.engine, artefact)
-            self._modules[host_path] = module
+        self._modules[artefact] = module  # last: the most recently used
         return module
 
     def _run(self, entry: str, args: list[int]) -> None:

@@ -10,12 +10,21 @@
  *                       thread that prints "thread ran" and joins it
  *   probe cpus          prints "cpus: N" (sysconf(_SC_NPROCESSORS_ONLN): thread_parallelism)
  *   probe cat           copies stdin to stdout, then prints "read N bytes" to stderr
+ *   probe leave         leaves traces for a next program in the same worker: a marker in
+ *                       static data and on the heap, LEFT=yes in its environment, an open
+ *                       descriptor of / (with a --dir mapping there); prints "left fd N"
+ *   probe look          prints what it finds of such traces: "marker: ...", "heap: ...",
+ *                       "LEFT=..." or "LEFT unset", and "open: N..." (descriptors from 3)
  */
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
+
+static char marker[64];
 
 static void *say(void *arg) {
     (void)arg;
@@ -83,7 +92,31 @@ int main(int argc, char **argv) {
         fprintf(stderr, "read %ld bytes\n", total);
         return n < 0 ? 1 : 0;
     }
+    if (argc == 2 && strcmp(argv[1], "leave") == 0) {
+        strcpy(marker, "left by the last program");
+        char *block = malloc(64);
+        strcpy(block, "heap of the last program");
+        setenv("LEFT", "yes", 1);
+        int fd = open("/", O_RDONLY | O_DIRECTORY);
+        printf("left fd %d\n", fd);
+        return 0;  /* block and fd stay: the process's end is their release */
+    }
+    if (argc == 2 && strcmp(argv[1], "look") == 0) {
+        printf("marker: '%s'\n", marker);
+        unsigned char *block = malloc(64);
+        int zero = 1;
+        for (int i = 0; i < 64; i++) zero &= block[i] == 0;
+        printf("heap: %s\n", zero ? "zero" : (char *)block);
+        const char *left = getenv("LEFT");
+        printf(left ? "LEFT=%s\n" : "LEFT unset\n", left);
+        printf("open:");
+        struct stat st;
+        for (int fd = 3; fd < 64; fd++)
+            if (fstat(fd, &st) == 0) printf(" %d", fd);
+        printf("\n");
+        return 0;
+    }
     fprintf(stderr, "usage: probe env NAME... | sleep | spin | grow | malloc | late-thread | cpus"
-            " | cat\n");
+            " | cat | leave | look\n");
     return 2;
 }
