@@ -648,11 +648,10 @@ class InstanceGroup:
 
     def service_pending(self) -> None:
         """A safe point: apply every operation other groups are waiting on, in order."""
-        while True:
-            try:
-                pending = self._pending.get_nowait()
-            except queue.Empty:
-                return
+        # Only this group's thread takes from the queue: once it is not empty, get_nowait
+        # succeeds (and every host call passes here, so the empty case costs no exception).
+        while not self._pending.empty():
+            pending = self._pending.get_nowait()
             started = time.perf_counter()
             try:
                 if isinstance(pending.op, SlotAssignment):
