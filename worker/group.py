@@ -25,7 +25,7 @@ import wasmtime
 
 from wasmgroup.shared.closure import CLOSURE_EXPORT
 from wasmgroup.shared.errors import LinkError
-from wasmgroup.shared.futex import futex_wait, futex_wake
+from wasmgroup.shared.futex import WakeWord, futex_wait_or_wake, futex_waitv_works, futex_wake
 from wasmgroup.shared.hostabi import HELPER_MODULE
 from wasmgroup.shared.memory import SharedRegion
 from wasmgroup.shared.plan import (
@@ -197,6 +197,7 @@ class InstanceGroup:
         self.closures: dict[int, ClosurePlan] = {}  # closure slot -> what was prepared there
         self._closure_labels: dict[int, str] = {}  # function identity -> label (describe)
         self._waiting_on: int | None = None  # host address this group's futex_wait sleeps on
+        self._wake_word = WakeWord()  # what nudge() wakes it with
         self._wakeup = threading.Event()  # set by nudge(): a sleeping thread has work to do
         self._epoch_hooks = epoch.install(self.store, self._on_tick)
 
@@ -626,12 +627,15 @@ class InstanceGroup:
         self.nudge()
 
     def nudge(self) -> None:
-        """Parked in futex_wait: wake it now (a spurious wake-up, which futex users
-        tolerate) rather than at the end of its wait slice; asleep: wake it too."""
+        """Parked in futex_wait: wake it now rather than at the end of its wait slice (this
+        thread alone, through its wake word; where the kernel lacks futex_waitv, everyone on
+        the guest's futex: a spurious wake-up, which futex users tolerate); asleep: wake it
+        too."""
         self._wakeup.set()
         poll.nudge()  # a blocking read or poll
+        self._wake_word.wake()
         waiting_on = self._waiting_on
-        if waiting_on is not None:
+        if waiting_on is not None and not futex_waitv_works():
             futex_wake(waiting_on, 0x7FFFFFFF)
 
     def has_pending(self) -> bool:
@@ -689,15 +693,20 @@ class InstanceGroup:
                 slice_ns = min(slice_ns, deadline - time.monotonic_ns())
                 if slice_ns <= 0:
                     return "timeout"
+            wake_seen = self._wake_word.value  # before the check: a later post changes it
             self._waiting_on = address
             try:
                 if not self._pending.empty():
                     continue  # posted between the check above and now: apply it first
-                outcome = futex_wait(address, expected, slice_ns)
+                outcome = futex_wait_or_wake(address, expected, self._wake_word, wake_seen,
+                                             slice_ns)
             finally:
                 self._waiting_on = None
-            # A wake-up for a link operation reaches the guest as a spurious one, which every
-            # futex user re-checks; the operation is applied at the guest's next safe point.
+            if outcome == "wake":
+                continue  # an operation or a stop for this group: the guest sleeps on after
+            # Without futex_waitv, a wake-up for a link operation reaches the guest as a
+            # spurious one, which every futex user re-checks; the operation is applied at the
+            # guest's next safe point.
             if outcome != "timeout":
                 return outcome
 

@@ -142,8 +142,8 @@ def _maybe_raise_last_exn() -> None:
 # Each wasm value type a host function may take or return: its bytes in a 16-byte raw value
 # (as struct format) and the ctypes type that writes a result there (truncating like a field).
 _RAW_PARAM = {"i32": "i12x", "i64": "q8x", "f32": "f12x", "f64": "d8x"}
-_RAW_RESULT = {"i32": ctypes.c_int32, "i64": ctypes.c_int64, "f32": ctypes.c_float,
-               "f64": ctypes.c_double}
+_RAW_RESULT: dict[str, Any] = {"i32": ctypes.c_int32, "i64": ctypes.c_int64,
+                               "f32": ctypes.c_float, "f64": ctypes.c_double}
 _RAW_SIZE = 16  # sizeof(wasmtime_val_raw_t)
 # env index -> the function's call on its raw values array
 _RAW_FUNCTIONS: Slab[Callable[[int], None]] = Slab()
