@@ -26,7 +26,7 @@ import wasmtime
 from wasmgroup.shared.closure import CLOSURE_EXPORT
 from wasmgroup.shared.errors import LinkError
 from wasmgroup.shared.futex import WakeWord, futex_wait_or_wake, futex_waitv_works, futex_wake
-from wasmgroup.shared.hostabi import HELPER_MODULE
+from wasmgroup.shared.hostabi import HELPER_MODULE, abi_signature
 from wasmgroup.shared.memory import SharedRegion
 from wasmgroup.shared.plan import (
     B_CONST,
@@ -183,6 +183,7 @@ class InstanceGroup:
         self.table: wasmtime.Table | None = None
         self.stack_pointer: wasmtime.Global | None = None
         self._tags: dict[str, wasmtime.Tag] = {}
+        self._host_funcs: dict[tuple[str, str], wasmtime.Func] = {}
         self.instances: dict[int, wasmtime.Instance] = {}
         self._plans: dict[int, ModulePlan] = {}
         # The committed link state as far as this group has applied it, for answering
@@ -526,7 +527,7 @@ class InstanceGroup:
             raise LinkError(f"{plan.name}: the compiled module does not match its plan")
         imports = [self._import_value(plan, binding, imp)
                    for binding, imp in zip(plan.bindings, wanted, strict=False)]
-        imports += [host_func(self.store, imp.type, self._memory_helpers[str(imp.name)])
+        imports += [self._helper(str(imp.name), imp.type)
                     for imp in helpers if isinstance(imp.type, wasmtime.FuncType)]
         try:
             self.instances[plan.handle] = wasmtime.Instance(self.store, module, imports)
@@ -567,8 +568,7 @@ class InstanceGroup:
                 value += self.tls_base(binding.source)
             val = wasmtime.Val.i64(value) if str(ty.content) == "i64" else wasmtime.Val.i32(
                 value if value < 1 << 31 else value - (1 << 32))
-            created = wasmtime.Global(self.store, wasmtime.GlobalType(ty.content, ty.mutable),
-                                      val)
+            created = wasmtime.Global(self.store, ty, val)  # the type is copied, not kept
             if binding.module.startswith("GOT.") and how == B_CONST:
                 self._got[f"{plan.name}:{binding.module}.{binding.name}"] = created
             return created
@@ -608,7 +608,25 @@ class InstanceGroup:
 
         return wasmtime.Func(self.store, ty, call)
 
+    def _helper(self, name: str, ty: wasmtime.FuncType) -> wasmtime.Func:
+        """A host helper the load-time rewrite imports (one type per name): made once per
+        group, shared by every module that imports it."""
+        key = (HELPER_MODULE, name)
+        func = self._host_funcs.get(key)
+        if func is None:
+            func = self._host_funcs[key] = host_func(self.store, ty, self._memory_helpers[name])
+        return func
+
     def _host_function(self, module: str, name: str, ty: wasmtime.FuncType) -> Any:
+        """A WASI/WASIX call, made once per group and shared by every module that imports it
+        (the linker let each import it only with the ABI's signature)."""
+        key = (module, name)
+        func = self._host_funcs.get(key)
+        if func is None:
+            func = self._host_funcs[key] = self._make_host_function(module, name, ty)
+        return func
+
+    def _make_host_function(self, module: str, name: str, ty: wasmtime.FuncType) -> Any:
         function: Callable[..., Any] | None
         if module in WASI_MODULES:
             function = (self._clocks.get(name) if name in CLOCK_FUNCTIONS
@@ -618,7 +636,9 @@ class InstanceGroup:
             function = self._wasi[name]
         else:
             function = {"wasix_32v1": self._wasix, "wasi": self._wasi_threads}[module].get(name)
-        return host_func(self.store, ty, function or make_unimplemented(module, name))
+        signature = abi_signature(module, name)
+        names = None if signature is None else (signature.params, signature.results)
+        return host_func(self.store, ty, function or make_unimplemented(module, name), names)
 
     # ------------------------------------------------------------------ blocking and threads
     def post(self, pending: PendingOperation) -> None:

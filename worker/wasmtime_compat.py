@@ -22,6 +22,7 @@ for an (i32) -> i32 function).
 from __future__ import annotations
 
 import ctypes
+import functools
 import struct
 import threading
 from collections.abc import Callable
@@ -174,11 +175,16 @@ def _raw_finalize(env: Any) -> None:
     _RAW_FUNCTIONS.deallocate(env or 0)
 
 
+@functools.lru_cache(maxsize=256)
+def _unpacker(params: tuple[str, ...]) -> Callable[[bytes], tuple[Any, ...]]:
+    return struct.Struct("<" + "".join(_RAW_PARAM[p] for p in params)).unpack
+
+
 def _raw_call(func: Callable[..., Any], params: list[str], results: list[str]
               ) -> Callable[[int], None]:
     """`func` called on a raw values array: the arguments read with one unpack, the results
     written over the first values."""
-    unpack = struct.Struct("<" + "".join(_RAW_PARAM[p] for p in params)).unpack
+    unpack = _unpacker(tuple(params))
     size = _RAW_SIZE * len(params)
     string_at = ctypes.string_at
     writers = [_RAW_RESULT[r].from_address for r in results]
@@ -207,13 +213,16 @@ def _raw_call(func: Callable[..., Any], params: list[str], results: list[str]
     return call
 
 
-def host_func(store: wasmtime.Store, ty: wasmtime.FuncType, func: Callable[..., Any]
-              ) -> wasmtime.Func:
+def host_func(store: wasmtime.Store, ty: wasmtime.FuncType, func: Callable[..., Any],
+              names: tuple[tuple[str, ...], tuple[str, ...]] | None = None) -> wasmtime.Func:
     """A host function `func(*args)` of type `ty` (numbers only), as `wasmtime.Func` would
     make it, but called without building `Val`s. Falls back to `wasmtime.Func` for types with
-    reference values."""
-    params = [value_type_name(t) for t in ty.params]
-    results = [value_type_name(t) for t in ty.results]
+    reference values. `names`, the value types of `ty` (params, results) when the caller
+    knows them already, spares asking wasmtime for them one by one."""
+    if names is None:
+        names = (tuple(value_type_name(t) for t in ty.params),
+                 tuple(value_type_name(t) for t in ty.results))
+    params, results = list(names[0]), list(names[1])
     if not all(n in _RAW_PARAM for n in params + results):
         return wasmtime.Func(store, ty, func)
     index = _RAW_FUNCTIONS.allocate(_raw_call(func, params, results))
