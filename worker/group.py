@@ -66,7 +66,7 @@ from wasmgroup.worker.host.wasix import (
     make_wasix_functions,
 )
 from wasmgroup.worker.memview import GuestMemory
-from wasmgroup.worker.wasmtime_compat import host_func
+from wasmgroup.worker.wasmtime_compat import host_func, table_grow, table_set
 
 wasmtime_compat.apply()
 
@@ -431,7 +431,7 @@ class InstanceGroup:
             # The grown slots stay (tables cannot shrink) but hold nothing, as in every other
             # group, which never saw this load.
             for index in range(length_before, table.size(self.store)):
-                table.set(self.store, index, None)
+                table_set(self.store, table, index, None)
             if isinstance(err, LinkError):
                 raise
             raise LinkError(_trap_text(err)) from None
@@ -441,7 +441,7 @@ class InstanceGroup:
         assert table is not None
         self._grow_table_to(slot.slot + 1)
         func = self.export(slot.handle, slot.export)
-        table.set(self.store, slot.slot, func)
+        table_set(self.store, table, slot.slot, func)
         if slot.dlsym_handle >= 0:
             self._dlsym_known[(slot.dlsym_handle, slot.export)] = SymbolAddress(
                 "function", slot.slot, slot.handle)
@@ -479,7 +479,7 @@ class InstanceGroup:
         func = instance.exports(self.store)[CLOSURE_EXPORT]
         assert isinstance(func, wasmtime.Func)
         self._grow_table_to(plan.slot + 1)
-        table.set(self.store, plan.slot, func)
+        table_set(self.store, table, plan.slot, func)
         self.closures[plan.slot] = plan
         self._closure_labels[_func_identity(func)] = plan.label
 
@@ -488,7 +488,7 @@ class InstanceGroup:
         assert table is not None
         current = table.size(self.store)
         if length > current:
-            table.grow(self.store, length - current, None)
+            table_grow(self.store, table, length - current)
 
     def _initialise(self, handles: list[int]) -> None:
         """Data relocations and TLS relocations for all, then constructors (side modules),

@@ -232,6 +232,34 @@ def host_func(store: wasmtime.Store, ty: wasmtime.FuncType, func: Callable[..., 
     return wasmtime.Func._from_raw(raw)
 
 
+def table_set(store: wasmtime.Store, table: wasmtime.Table, index: int,
+              func: wasmtime.Func | None) -> None:
+    """`table.set(store, index, func)` for a funcref table (None: a null entry), without the
+    bindings' conversion, which makes a TableType and compares ValTypes on every call (~20 µs
+    a slot, paid per slot by every group)."""
+    value = ffi.wasmtime_val_t(kind=ffi.WASMTIME_FUNCREF.value)
+    if isinstance(func, wasmtime.Func):
+        value.of.funcref = func._func
+    elif func is not None:
+        raise TypeError(f"don't know how to convert {func!r} to funcref")
+    error = ffi.wasmtime_table_set(store._context(), ctypes.byref(table._table), index,
+                                   ctypes.byref(value))
+    if error:
+        raise wasmtime.WasmtimeError._from_ptr(error)
+
+
+def table_grow(store: wasmtime.Store, table: wasmtime.Table, delta: int) -> int:
+    """`table.grow(store, delta, None)` for a funcref table, the same way: the old size."""
+    value = ffi.wasmtime_val_t(kind=ffi.WASMTIME_FUNCREF.value)
+    previous = ctypes.c_uint64(0)
+    error = ffi.wasmtime_table_grow(store._context(), ctypes.byref(table._table),
+                                    ctypes.c_uint64(delta), ctypes.byref(value),
+                                    ctypes.byref(previous))
+    if error:
+        raise wasmtime.WasmtimeError._from_ptr(error)
+    return int(previous.value)
+
+
 _KNOWN: list[tuple[str, Any]] = []  # (name, owned wasm_valtype_t pointer), made once
 
 
