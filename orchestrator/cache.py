@@ -21,7 +21,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib.metadata import version
 from pathlib import Path
 
 import wasmtime
@@ -31,10 +30,11 @@ from wasmgroup.orchestrator.locate import host_path_of
 from wasmgroup.orchestrator.prepare import compile_module, runnable_bytes
 from wasmgroup.orchestrator.wat import TEXT_STARTS, wasm_bytes
 from wasmgroup.shared.errors import LinkError, WasmFormatError
+from wasmgroup.shared.versions import distribution_version
 from wasmgroup.shared.wasm import WasmModule, parse_module
 
-WASMTIME_VERSION = version("wasmtime")
-WASMGROUP_VERSION = version("wasmgroup")
+WASMTIME_VERSION = distribution_version("wasmtime")
+WASMGROUP_VERSION = distribution_version("wasmgroup")
 DEFAULT_MAX_MODULE_SIZE = 256 << 20  # bytes; a module file larger than this is refused unread
 WASM_MAGIC = b"\0asm"
 

@@ -77,6 +77,8 @@ EXIT_TRAP = 134
 EXIT_RUNTIME_ERROR = 125
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 EXIT_TIMEOUT = 124  # as timeout(1)
+VERIFY_FAILURE = "--verify-groups: "  # how a program stopped by a difference's error begins
+DEFAULT_PERTURB_MAX_DELAY = 0.02  # seconds: the longest perturbation delay (stress)
 EAGAIN = 6
 ENOTCAPABLE = 76
 SPAWN_IMPORTS = {("wasi", "thread-spawn"), ("wasix_32v1", "thread_spawn_v2")}
@@ -118,6 +120,10 @@ class ProgramOptions:
     timeout: float | None = None  # seconds: then stop every thread, status 124
     max_memory: int | None = None  # bytes the linear memory may reach (memory.grow fails)
     stdin_fd: int | None = 0  # host descriptor the guest's fd 0 duplicates (None: closed)
+    # `wasmgroup stress`: seeded random delays in every group at safe points and before
+    # acknowledgements (worker/perturb.py), each at most perturb_max_delay seconds; None: off.
+    perturb_seed: int | None = None
+    perturb_max_delay: float = DEFAULT_PERTURB_MAX_DELAY
 
 
 log = logging.getLogger("wasmgroup")
@@ -202,6 +208,7 @@ class Program:
         self._memory_lock = threading.RLock()  # tls_arena may grow memory
         self._arenas: dict[int, list[tuple[int, int]]] = {}  # thread id -> its TLS arenas
         self._free_arenas: list[tuple[int, int]] = []
+        self._arena_pages = (0, 0)  # (base, bytes) left of the pages grown for TLS arenas
         self._stop = threading.Event()
         self._interrupted = False
         self._outcome: tuple[int, str | None] | None = None
@@ -220,6 +227,7 @@ class Program:
         self._standby_ids = itertools.count(-1, -1)
         self._standby_wanted: threading.Event | None = None
         self._standby_pending: dict[WorkerProcess, list[OperationFuture]] = {}
+        self._standby_builds: dict[WorkerProcess, _Assignment] = {}  # still being built
         lib_path = options.env.get("LD_LIBRARY_PATH", "")
         self.linker = LinkerState(self.fs, self._parsed_module, self.grow_memory,
                                   [e for e in lib_path.split(":") if e])
@@ -259,16 +267,26 @@ class Program:
         """Memory from which a group places its own TLS blocks of side modules that other
         groups loaded: [base, size]. Arenas of ended threads are reused (their worker zeroes
         each block before use), so a program spawning many threads does not grow memory for
-        each. Called at spawn (under the topology lock) or while the lock holder waits for
-        the requesting group, so the linker is not placing data at the same time."""
+        each. Asked for at any time (a new thread's group is built without the topology
+        lock), so arenas come from pages grown for them, never from the linker's allocator,
+        whose free list a failing dlopen puts back as it was before its plan."""
         with self._memory_lock:
             reusable = [a for a in self._free_arenas if a[1] >= minimum]
             if reusable:
                 arena = min(reusable, key=lambda a: a[1])
                 self._free_arenas.remove(arena)
             else:
-                size = max(minimum, TLS_ARENA_BYTES)
-                arena = (self.linker.allocator.allocate(size, 16), size)
+                size = -(-max(minimum, TLS_ARENA_BYTES) // 16) * 16
+                base, left = self._arena_pages
+                if size > left:
+                    pages = -(-size // PAGE)
+                    old = self.grow_memory(pages)
+                    if old < 0:
+                        raise LinkError(f"cannot grow linear memory by {pages} pages for a "
+                                        "thread's TLS blocks")
+                    base, left = old * PAGE, pages * PAGE
+                arena = (base, size)
+                self._arena_pages = (base + size, left - size)
             self._arenas.setdefault(thread_id, []).append(arena)
             return list(arena)
 
@@ -321,17 +339,29 @@ class Program:
             "entry": None,  # [name, args]: run it as soon as the group exists
             "program_id": os.getpid(),  # the guest's process id, in every thread
             "max_memory": self.options.max_memory,  # bytes, for a memory the module defines
+            "perturb": None if self.options.perturb_seed is None else {
+                "seed": self.options.perturb_seed, "max_delay": self.options.perturb_max_delay},
         }
         return config, fds
 
     def _assign(self, worker: WorkerProcess, thread_id: int, role: str,
                 config: dict[str, Any], fds: list[int]) -> None:
         """Give `worker` the group of `thread_id`; raises LinkError if it cannot build it."""
+        self._await_assignment(worker, self._send_assign(worker, thread_id, role, config, fds))
+
+    def _send_assign(self, worker: WorkerProcess, thread_id: int, role: str,
+                     config: dict[str, Any], fds: list[int]) -> _Assignment:
+        """Ask `worker` to build the group of `thread_id` from `config`. Operations
+        broadcast from now on reach it too: it applies them once built (worker/main.py)."""
         assignment = _Assignment()
         self._assignments[worker.pid] = assignment
         worker.thread_id = thread_id
         worker.listener = self
         worker.send("assign", fds=fds, thread=thread_id, role=role, config=config)
+        return assignment
+
+    def _await_assignment(self, worker: WorkerProcess, assignment: _Assignment) -> None:
+        """Until `worker` has built its group; raises LinkError if it could not."""
         while not assignment.done.wait(WAIT_SLICE):
             if worker.lost is not None:
                 raise LinkError(f"its worker process {worker.pid} {worker.lost}")
@@ -403,7 +433,12 @@ class Program:
                 self.finish(EXIT_RUNTIME_ERROR, f"cannot start: {message}")
             except CallStopped:
                 pass  # the outcome is already set (the main group exited in a constructor)
-            if not self._stop.is_set():
+            if self._stop.is_set():
+                # Stopped while starting (a timeout, Ctrl-C): a main group built meanwhile
+                # never runs, and wind-up has nothing to wait for.
+                with self._groups_lock:
+                    self.groups.pop(1, None)
+            else:
                 if self.linker.modules[MAIN_HANDLE].module.export_named("_start") is None:
                     self.finish(0)  # a reactor: linking and _initialize were the whole job
                 else:
@@ -439,7 +474,7 @@ class Program:
         started = time.monotonic()
         while self.groups and time.monotonic() < started + (
                 INTERRUPT_GRACE if self._interrupted else JOIN_TIMEOUT):
-            time.sleep(0.01)  # stopped groups report their exit at their next safe point
+            time.sleep(0.002)  # stopped groups report their exit at their next safe point
         self.close()
         assert self._outcome is not None
         code, error = self._outcome
@@ -525,6 +560,7 @@ class Program:
             if worker in self._standby:
                 self._standby.remove(worker)
             self._standby_pending.pop(worker, None)
+            self._standby_builds.pop(worker, None)
         assignment = self._assignments.pop(worker.pid, None)
         if assignment is not None:
             assignment.error = f"its worker process {worker.pid} {reason}"
@@ -654,7 +690,7 @@ class Program:
         states = [state_from_wire(f.state) for f in answers.values() if f.state is not None]
         difference = first_difference(sorted(states, key=lambda s: s.thread_id))
         if difference is not None:
-            self.finish(EXIT_RUNTIME_ERROR, f"--verify-groups: after {after}: {difference}")
+            self.finish(EXIT_RUNTIME_ERROR, f"{VERIFY_FAILURE}after {after}: {difference}")
             raise CallStopped()
         self.verify_checks += 1
         self._verified_groups.update(s.thread_id for s in states)
@@ -845,7 +881,11 @@ class Program:
             if tid > MAX_THREAD_ID:
                 return -EAGAIN
             with self._groups_lock:
-                standby = self._standby.pop(0) if self._standby else None
+                # One still being built is left for a later spawn while an idle worker is
+                # ready: waiting for its build would make back-to-back spawns take turns,
+                # and a fresh group builds beside it. Without one, its head start wins.
+                standby = self._standby.pop(0) if self._standby and (self._standby_built(
+                    self._standby[0]) or not self.pool.has_ready()) else None
             if standby is not None and self._standby_is_current(standby):
                 self._start_standby(standby, tid, start_arg)
                 self._trace_op("spawn", spawner, started, ok=True, new_thread=tid,
@@ -855,13 +895,25 @@ class Program:
         self._replenish_standby_later()
         return tid
 
+    def _standby_built(self, standby: WorkerProcess) -> bool:
+        building = self._standby_builds.get(standby)
+        return building is None or building.done.is_set()
+
     def _standby_is_current(self, standby: WorkerProcess) -> bool:
         """Whether a standby group applied every operation broadcast since it was built
         (waits for those still under way). One that failed or died is shut down."""
+        building = self._standby_builds.pop(standby, None)
+        built = True
+        if building is not None:
+            try:
+                self._await_assignment(standby, building)
+            except LinkError:
+                built = False
         pending = self._standby_pending.pop(standby, [])
         for future in pending:
             self._await(future)
-        if standby.lost is None and all(f.error is None and not f.gone for f in pending):
+        if built and standby.lost is None and all(f.error is None and not f.gone
+                                                  for f in pending):
             return True
         threading.Thread(target=standby.shutdown, daemon=True).start()
         return False
@@ -885,29 +937,52 @@ class Program:
             self.finish(EXIT_RUNTIME_ERROR, f"cannot start thread {tid}: {err}")
             raise CallStopped() from None
         config, fds = self._thread_config()
-        if not self.options.verify_groups:
-            # Nothing to check first: the worker starts the thread as soon as it has
-            # replayed (no broadcast can come between: this holds the topology lock).
-            config["entry"] = ["wasi_thread_start", [tid, start_arg]]
         with self._groups_lock:
             self.groups[tid] = child
         self.threads[tid] = child
+        if not self.options.verify_groups:
+            # The worker starts the thread as soon as it has replayed, and applies what is
+            # broadcast meanwhile first: the spawner goes on (the next pthread_create of a
+            # burst need not wait for this build), and a failed build ends the program.
+            config["entry"] = ["wasi_thread_start", [tid, start_arg]]
+            assignment = self._send_assign(child, tid, "thread", config, fds)
+            sent = time.perf_counter()
+            # The spawner's part ends here; the build is the new thread's (its thread_start
+            # line says how long it took).
+            self._trace_op("spawn", spawner, started, ok=True, new_thread=tid, pid=child.pid,
+                           lock_wait_ms=ms(waited))
+            threading.Thread(target=self._finish_spawn, name=f"wasmgroup-spawn-{tid}",
+                             args=(child, tid, assignment, sent), daemon=True).start()
+            return
         try:
             self._assign(child, tid, "thread", config, fds)
         except LinkError as err:
-            with self._groups_lock:
-                self.groups.pop(tid, None)
-            self.pool.give_back(child)
-            self.finish(EXIT_RUNTIME_ERROR, f"cannot start thread {tid}: {err}")
+            self._spawn_failed(child, tid, err)
             raise CallStopped() from None
         replayed = time.perf_counter()
         verify_seconds = self._verify(f"spawning thread {tid}")
         self._trace_op("spawn", spawner, started, ok=True, new_thread=tid, pid=child.pid,
                        lock_wait_ms=ms(waited), replay_ms=ms(replayed - started - waited),
                        verify_ms=ms(verify_seconds))
-        if config["entry"] is None:
-            child.send("run", entry="wasi_thread_start", args=[tid, start_arg], thread=tid)
+        child.send("run", entry="wasi_thread_start", args=[tid, start_arg], thread=tid)
         self.tracer.record(op="thread_start", thread=tid, pid=child.pid, standby=False)
+
+    def _finish_spawn(self, child: WorkerProcess, tid: int, assignment: _Assignment,
+                      sent: float) -> None:
+        """A spawned thread's group is built (its thread then starts) or the program ends."""
+        try:
+            self._await_assignment(child, assignment)
+        except LinkError as err:
+            self._spawn_failed(child, tid, err)
+            return
+        self.tracer.record(op="thread_start", thread=tid, pid=child.pid, standby=False,
+                           build_ms=ms(time.perf_counter() - sent))
+
+    def _spawn_failed(self, child: WorkerProcess, tid: int, err: LinkError) -> None:
+        with self._groups_lock:
+            self.groups.pop(tid, None)
+        self.pool.give_back(child)
+        self.finish(EXIT_RUNTIME_ERROR, f"cannot start thread {tid}: {err}")
 
     def _replenish_standby_later(self) -> None:
         """Prepare the next thread's group in the background (threaded programs only; not
@@ -937,15 +1012,24 @@ class Program:
                 config, fds = self._thread_config()
                 with self._groups_lock:
                     self._standby.append(child)
-                try:
-                    self._assign(child, next(self._standby_ids), "thread", config, fds)
-                except LinkError:
-                    with self._groups_lock:
-                        if child in self._standby:
-                            self._standby.remove(child)
-                    self.pool.give_back(child)
+                assignment = self._send_assign(child, next(self._standby_ids), "thread",
+                                               config, fds)
+                self._standby_builds[child] = assignment
         except CallStopped:
-            pass
+            return
+        # Built without the lock (what is broadcast meanwhile is applied once built): a
+        # spawn or dlopen need not wait for it; a spawn taking it first waits (above).
+        try:
+            self._await_assignment(child, assignment)
+        except LinkError:
+            with self._groups_lock:
+                taken = child not in self._standby
+                if not taken:
+                    self._standby.remove(child)
+            if not taken:
+                self._standby_builds.pop(child, None)
+                self._standby_pending.pop(child, None)
+                self.pool.give_back(child)
 
 
 def _valid_fd(fd: int) -> int | None:

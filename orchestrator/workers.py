@@ -1,7 +1,8 @@
 """Worker processes, as the coordinator sees them, and the warm pool that keeps them ready.
 
-A `WorkerProcess` is one `python -m wasmgroup.worker.main` child (started with exec, never a
-fork of this wasmtime-using process) and its socket. Its reader thread validates every frame:
+A `WorkerProcess` is one worker child and its socket: forked by the pool's fork server
+(orchestrator/forkserver.py) when it has one, else `python -m wasmgroup.worker` (started with
+exec, never a fork of this wasmtime-using process). Its reader thread validates every frame:
 acks complete `OperationFuture`s; requests (`call`) go to a request thread of its own, so a
 long request (a dlopen waiting on a barrier) never stops acks from being read; `assigned`
 and `exited` go to the `WorkerListener`. A worker that dies, closes its socket or breaks
@@ -30,7 +31,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from wasmgroup.orchestrator import forkserver
 from wasmgroup.orchestrator.descriptors import REQUESTS as DESCRIPTOR_REQUESTS
+from wasmgroup.orchestrator.forkserver import ForkedProcess, ForkServer, ForkServerError
 from wasmgroup.shared import protocol
 from wasmgroup.shared.errors import WasmgroupError
 
@@ -98,26 +101,27 @@ WORKER_COMMAND = (sys.executable, "-m", "wasmgroup.worker")
 
 
 class WorkerProcess:
-    def __init__(self, command: Sequence[str] = WORKER_COMMAND, background: bool = False
-                 ) -> None:
-        """Start `command` with one more argument: the number of its socket's descriptor.
-        A `background` worker starts at idle CPU priority (worker/__main__.py)."""
+    def __init__(self, command: Sequence[str] = WORKER_COMMAND, background: bool = False,
+                 fork_server: ForkServer | None = None) -> None:
+        """Fork a worker from `fork_server`, or (without one, or when it fails) start
+        `command` with one more argument: the number of its socket's descriptor. A
+        `background` worker started so starts at idle CPU priority (worker/__main__.py)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        env = {**os.environ, "WASMGROUP_WORKER_BACKGROUND": "1" if background else "0"}
-        # Ctrl-C reaches the whole foreground process group: the child starts with SIGINT
-        # blocked (the mask of this thread survives fork and exec) until it ignores it
-        # (worker/__main__.py), so no worker is ever interrupted, even mid-import.
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-        try:
-            self.process = subprocess.Popen(
-                [*command, str(theirs.fileno())], pass_fds=[theirs.fileno()], close_fds=True,
-                env=env)
-        except OSError as err:
-            ours.close()
-            raise WorkerStartError(f"cannot start a worker process: {err}") from None
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            theirs.close()
+        self.process: subprocess.Popen[bytes] | ForkedProcess
+        if fork_server is not None:
+            try:
+                self.process = ForkedProcess(fork_server.spawn(theirs))
+            except ForkServerError as err:
+                if fork_server.closed:
+                    ours.close()
+                    theirs.close()
+                    raise WorkerStartError("the worker pool is closed") from None
+                log.warning("%s; starting workers without it", err)
+                fork_server = None
+            else:
+                theirs.close()
+        if fork_server is None:
+            self.process = self._start(command, background, ours, theirs)
         self.sock = ours
         self.pid = self.process.pid
         self.thread_id = 0  # the wasm thread it hosts, once assigned
@@ -135,6 +139,25 @@ class WorkerProcess:
                          daemon=True).start()
         threading.Thread(target=self._serve_requests, name=f"wasmgroup-req-{self.pid}",
                          daemon=True).start()
+
+    @staticmethod
+    def _start(command: Sequence[str], background: bool, ours: socket.socket,
+               theirs: socket.socket) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "WASMGROUP_WORKER_BACKGROUND": "1" if background else "0"}
+        # Ctrl-C reaches the whole foreground process group: the child starts with SIGINT
+        # blocked (the mask of this thread survives fork and exec) until it ignores it
+        # (worker/__main__.py), so no worker is ever interrupted, even mid-import.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            return subprocess.Popen(
+                [*command, str(theirs.fileno())], pass_fds=[theirs.fileno()], close_fds=True,
+                env=env)
+        except OSError as err:
+            ours.close()
+            raise WorkerStartError(f"cannot start a worker process: {err}") from None
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            theirs.close()
 
     # ------------------------------------------------------------------ sending
     def send(self, kind: str, fds: list[int] | None = None, **fields: Any) -> None:
@@ -286,42 +309,81 @@ class WorkerProcess:
 
 class WorkerPool:
     """Idle workers kept ready (interpreter started, wasmtime imported, engine created), so a
-    new wasm thread does not wait for a Python start."""
+    new wasm thread does not wait for a Python start. Workers are forked by the pool's fork
+    server: the one `wasmgroup run` forked early, else one started now (`fork_server=False`:
+    none, every worker a Python start of its own)."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, fork_server: bool = True) -> None:
         self.size = max(size, 0)
         self._idle: list[WorkerProcess] = []
         self._all: list[WorkerProcess] = []
         self._lock = threading.Lock()
+        self._starting = 0  # workers being started now (close waits for them)
+        self._settled = threading.Condition(self._lock)
         self._closed = False
+        self.fork_server = (forkserver.claim_early() or ForkServer.start()) if fork_server \
+            else None
+        if self.size:
+            # From a thread: a fork server started just now answers once it has imported
+            # wasmtime, and the caller has its own start-up to get on with meanwhile.
+            threading.Thread(target=self._fill, name="wasmgroup-pool-fill", daemon=True).start()
+
+    def _fill(self) -> None:
         for _ in range(self.size):
-            self._start_one(background=True)
+            with self._lock:
+                if self._closed or len(self._idle) >= self.size:
+                    return
+            try:
+                self._start_one(background=True)
+            except (WorkerStartError, OSError):
+                return
 
     def _start_one(self, background: bool = False) -> WorkerProcess:
-        worker = WorkerProcess(background=background)
-        log.info("worker %d started (%s)", worker.pid, "idle, in the pool" if background
-                 else "needed now")
         with self._lock:
-            closed = self._closed
-            if not closed:
-                self._all.append(worker)
-                self._idle.append(worker)
-        if closed:  # a background top-up that lost the race with close()
-            worker.kill()
-            raise WorkerStartError("the worker pool is closed")
-        return worker
+            if self._closed:
+                raise WorkerStartError("the worker pool is closed")
+            self._starting += 1
+        try:
+            server = self.fork_server
+            # Once the server has failed (said once, by WorkerProcess): started with exec.
+            worker = WorkerProcess(background=background,
+                                   fork_server=server if server and not server.broken else None)
+            log.info("worker %d started (%s)", worker.pid, "idle, in the pool" if background
+                     else "needed now")
+            with self._lock:
+                closed = self._closed
+                if not closed:
+                    self._all.append(worker)
+                    self._idle.append(worker)
+            if closed:  # a background top-up that lost the race with close()
+                worker.kill()
+                raise WorkerStartError("the worker pool is closed")
+            return worker
+        finally:
+            with self._lock:
+                self._starting -= 1
+                self._settled.notify_all()
 
     def take(self, cancelled: Callable[[], bool] | None = None) -> WorkerProcess:
         """A ready worker: an idle one if one is ready, else a new one started now at normal
         priority (workers still starting in the background stay in the pool). Gives up
-        (WorkerStartError) when `cancelled()` turns true; close() stops that worker."""
+        (WorkerStartError) when `cancelled()` turns true; close() stops that worker. A worker
+        just forked is not waited for: it reads what it is sent once ready, a millisecond
+        later, and one that dies first is reported lost like any other."""
         worker = self.take_ready()
         if worker is None:
             worker = self._start_one()
             with self._lock:
                 self._idle.remove(worker)
+            if isinstance(worker.process, ForkedProcess):
+                return worker
         worker.wait_ready(cancelled=cancelled)
         return worker
+
+    def has_ready(self) -> bool:
+        """Whether an idle worker is ready now."""
+        with self._lock:
+            return any(w._ready.is_set() and w.lost is None for w in self._idle)
 
     def take_ready(self) -> WorkerProcess | None:
         """An idle worker that is ready now, or None (never waits)."""
@@ -369,6 +431,10 @@ class WorkerPool:
         for worker in workers:
             worker._closing = True
             worker.send("shutdown")
+        with self._lock:  # a start under way ends by killing its worker
+            self._settled.wait_for(lambda: self._starting == 0)
+        if self.fork_server is not None:
+            self.fork_server.close()
         deadline = time.monotonic() + grace  # one grace period for all of them
         for worker in workers:
             with contextlib.suppress(subprocess.TimeoutExpired):

@@ -29,4 +29,10 @@ if os.environ.pop("WASMGROUP_WORKER_BACKGROUND", None) == "1":
 
 from wasmgroup.worker.main import main  # noqa: E402
 
-sys.exit(main())
+code = main()
+# Told to leave: nothing is left to save, and the coordinator waits for this exit (the
+# interpreter's teardown of a worker's objects takes milliseconds).
+for stream in (sys.stdout, sys.stderr):
+    with contextlib.suppress(OSError, ValueError):
+        stream.flush()
+os._exit(code)

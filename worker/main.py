@@ -44,6 +44,7 @@ from wasmgroup.shared.plan import (
     state_to_wire,
 )
 from wasmgroup.shared.wasm import FuncType
+from wasmgroup.worker import perturb
 from wasmgroup.worker.epoch import STOP_MESSAGE
 from wasmgroup.worker.group import (
     WASM_ERRORS,
@@ -92,6 +93,15 @@ class Worker:
         self._artefacts: dict[str, str] = {}
         self._fds: list[int] = []
         self._ids: dict[int, int] = {}  # PendingOperation -> the coordinator's operation id
+        # Between an `assign` frame and the group being built, operations broadcast after
+        # the coordinator took that group's snapshot of the log are held here, then applied
+        # before the group runs anything (the coordinator does not wait for the build).
+        self._building = False
+        self._held: list[PendingOperation] = []
+        self._perturb: dict[str, Any] | None = None  # the assignment's perturbation, if any
+        # Frames for the idle loop that came while it waited for a reply (below).
+        self._deferred: list[tuple[dict[str, Any], list[int]]] = []
+        self.in_entry = False  # the main thread runs guest code (not the idle loop)
 
     # ------------------------------------------------------------------ threads
     def read_frames(self) -> None:
@@ -108,7 +118,14 @@ class Worker:
                 elif kind == "stop":
                     self._stop.set()
                     self._wake()
+                elif kind == "shutdown":
+                    # Leave from here: the coordinator is closing and waits for this exit
+                    # (a hand-over to the main thread cost milliseconds on a loaded machine).
+                    _leave()
                 else:
+                    if kind == "assign":
+                        with self._group_lock:
+                            self._building = True
                     self.inbox.put((message, fds))
         except protocol.ConnectionClosed:
             os._exit(0)  # the coordinator is gone: nothing here is worth keeping
@@ -125,6 +142,10 @@ class Worker:
         pending_id = message["id"]
         with self._group_lock:
             group = self.group
+            if self._building:
+                self._ids[id(pending)] = pending_id
+                self._held.append(pending)
+                return
             if group is not None:
                 self._ids[id(pending)] = pending_id
                 group.post(pending)
@@ -175,7 +196,8 @@ class Worker:
         while True:
             if stop_aware and self._stop.is_set():
                 raise ProgramStopping()
-            item = self.inbox.get()
+            item = self._deferred.pop(0) if self._deferred and not stop_aware \
+                else self.inbox.get()
             if item is None:
                 if safe_point and self.group is not None:
                     self.group.service_pending()
@@ -199,6 +221,9 @@ class Worker:
             elif kind == "run":
                 if self.group is not None:
                     self.group.thread_id = message["thread"]  # a standby group gets its id
+                    if self.group.perturbation is not None:  # and the delays of that id
+                        self.group.perturbation = perturb.from_config(
+                            self._perturb, message["thread"])
                 self._run(message["entry"], message["args"])
             elif kind == "reply":
                 pass  # to a request the program's stop cut short
@@ -219,6 +244,15 @@ class Worker:
             self._retire()
             self.conn.send("assigned", error=str(err).strip())
             return
+        with self._group_lock:
+            self._building = False
+            held, self._held = self._held, []
+            group = self.group
+            assert group is not None
+            for pending in held:
+                group.post(pending)
+        if held:
+            group.service_pending()
         self.conn.send("assigned", error=None)
         if config["entry"] is not None:
             entry, args = config["entry"]
@@ -243,6 +277,8 @@ class Worker:
         with self._group_lock:
             self.group = group
         group.program_id = config["program_id"]
+        self._perturb = config.get("perturb")
+        group.perturbation = perturb.from_config(self._perturb, thread)
         if region is None and config.get("max_memory") is not None:
             # A memory of the module's own grows inside wasmtime: bound it there (a shared
             # region's logical size is bounded by the coordinator).
@@ -274,10 +310,13 @@ class Worker:
         if group is None:
             ending = {"how": "failed", "code": 0, "message": "no group to run"}
         else:
+            self.in_entry = True
             try:
                 group.call_entry(entry, *args)
             except Exception as err:
                 ending = _ending(err)
+            finally:
+                self.in_entry = False
         self._retire()
         self.conn.send("exited", **ending)
 
@@ -285,6 +324,10 @@ class Worker:
         """The group is done: answer what it will never apply, release it and its fds."""
         with self._group_lock:
             group, self.group = self.group, None
+            self._building = False
+            held, self._held = self._held, []
+        for pending in held:
+            self._ack(pending, gone=True)
         if group is not None:
             for pending in group.drain_pending():
                 if pending.on_done is not None:  # a purge has no one to answer
@@ -294,6 +337,13 @@ class Worker:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._fds = []
+
+
+def _leave() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(0)
 
 
 def _ending(err: Exception) -> dict[str, Any]:
@@ -335,11 +385,20 @@ class WorkerService:
 
     def _call_with_fds(self, name: str, *args: Any, safe_point: bool = True
                        ) -> tuple[Any, list[int]]:
+        if safe_point:
+            group = self.worker.group
+            if group is not None and group.perturbation is not None:
+                group.perturbation.pause()  # before a link request races others' for the lock
         self.worker.conn.send("call", name=name, args=list(args))
         while True:
             message, fds = self.worker.next_message(stop_aware=True, safe_point=safe_point)
             if message["t"] == "shutdown":
                 os._exit(0)  # the coordinator is closing down while this group was building
+            if message["t"] == "run" and not self.worker.in_entry:
+                # An idle group applying an operation (its TLS set-up asks for an arena) as
+                # the coordinator starts its thread: the run waits for the idle loop.
+                self.worker._deferred.append((message, fds))
+                continue
             if message["t"] != "reply":
                 for fd in fds:
                     os.close(fd)

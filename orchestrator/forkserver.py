@@ -1,0 +1,188 @@
+"""The coordinator's side of the fork server (worker/zygote.py): worker processes in about a
+millisecond instead of a Python start and a wasmtime import (~60-120 ms) each.
+
+`wasmgroup run` forks the server from itself right after its imports (`fork_early`), before
+anything has compiled and while it has one thread; the first worker pool of the process takes
+it (`claim_early`). A pool without one starts the server as a fresh process (`start`). The
+pool that holds a server closes it with itself: the server leaves when its socket closes, as
+it does when the coordinator dies. Its workers are children of the coordinator (clone with
+CLONE_PARENT), reaped through `ForkedProcess`, and leave when their own socket closes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+from wasmgroup.shared.errors import WasmgroupError
+from wasmgroup.worker import zygote
+
+log = logging.getLogger("wasmgroup")
+ZYGOTE_COMMAND = (sys.executable, "-m", "wasmgroup.worker.zygote")
+ANSWER_TIMEOUT = 60.0  # seconds: a started server imports wasmtime before it answers
+CLOSE_GRACE = 1.0  # seconds the server gets to leave once its socket is closed
+
+
+class ForkServerError(WasmgroupError):
+    """The fork server could not start a worker (the message says why)."""
+
+
+class ForkedProcess:
+    """A worker forked by the server: a child of this process, with the subset of
+    subprocess.Popen that WorkerProcess uses (pid, returncode, poll, wait, kill)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self._lock = threading.Lock()
+
+    def poll(self) -> int | None:
+        with self._lock:
+            if self.returncode is None:
+                try:
+                    pid, status = os.waitpid(self.pid, os.WNOHANG)
+                except ChildProcessError:  # reaped by someone else: nothing to tell
+                    pid, status = self.pid, 0
+                if pid:
+                    self.returncode = os.waitstatus_to_exitcode(status)
+            return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.0002
+        while (code := self.poll()) is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout or 0.0)
+            time.sleep(pause)
+            pause = min(pause * 2, 0.01)
+        return code
+
+    def kill(self) -> None:
+        if self.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+
+
+class ForkServer:
+    def __init__(self, sock: socket.socket, process: subprocess.Popen[bytes] | ForkedProcess
+                 ) -> None:
+        self.sock = sock
+        self.process = process
+        self.pid = process.pid
+        self._lock = threading.Lock()
+        self.broken: str | None = None  # why spawn fails from now on
+        self.closed = False
+
+    @classmethod
+    def start(cls) -> ForkServer | None:
+        """A server in a fresh process (None where clone is not available)."""
+        if not zygote.supported():
+            return None
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        # As for workers (workers.py): SIGINT blocked until the server ignores it.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            process = subprocess.Popen([*ZYGOTE_COMMAND, str(theirs.fileno())],
+                                       pass_fds=[theirs.fileno()], close_fds=True)
+        except OSError as err:
+            ours.close()
+            log.info("no fork server: %s", err)
+            return None
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            theirs.close()
+        return cls(ours, process)
+
+    @classmethod
+    def fork_here(cls) -> ForkServer | None:
+        """A server forked from this process, which must have one thread and must not have
+        compiled anything yet (see worker/zygote.py); None when that cannot be."""
+        if not zygote.supported() or threading.active_count() != 1:
+            return None
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            pid = os.fork()
+        except OSError:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            ours.close()
+            theirs.close()
+            return None
+        if pid == 0:  # the server: never returns
+            code = 0
+            try:
+                ours.detach()
+                zygote.close_other_fds({0, 1, 2, theirs.fileno()})
+                zygote.prepare()
+                zygote.serve(theirs)
+            except BaseException:
+                code = 1
+            finally:
+                os._exit(code)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        theirs.close()
+        return cls(ours, ForkedProcess(pid))
+
+    def spawn(self, worker_sock: socket.socket) -> int:
+        """Fork a worker that serves `worker_sock` (the caller closes its copy); its pid."""
+        with self._lock:
+            if self.broken is not None:
+                raise ForkServerError(self.broken)
+            try:
+                socket.send_fds(self.sock, [b"\0"], [worker_sock.fileno()])
+                answer = b""
+                self.sock.settimeout(ANSWER_TIMEOUT)
+                while len(answer) < 4:
+                    chunk = self.sock.recv(4 - len(answer))
+                    if not chunk:
+                        raise ConnectionError("the fork server left")
+                    answer += chunk
+            except OSError as err:
+                self.broken = f"fork server {self.pid}: {err or 'no answer'}"
+                raise ForkServerError(self.broken) from None
+        pid = int.from_bytes(answer, "little", signed=True)
+        if pid < 0:
+            raise ForkServerError(f"fork server {self.pid}: cannot fork: {os.strerror(-pid)}")
+        return pid
+
+    def close(self) -> None:
+        """The server leaves (its socket closed); reaped, or killed after a grace period.
+        Waits for a spawn under way: the worker it forks is then its caller's to stop."""
+        with self._lock:
+            self.closed = True
+            self.broken = self.broken or "the fork server is closed"
+            with contextlib.suppress(OSError):
+                self.sock.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=CLOSE_GRACE)
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+_early: ForkServer | None = None
+
+
+def fork_early() -> None:
+    """For a command line run: fork the server now, while this process is still fit to be
+    forked; the first worker pool takes it."""
+    global _early
+    if _early is None:
+        _early = ForkServer.fork_here()
+
+
+def claim_early() -> ForkServer | None:
+    """The server `fork_early` made, once: its taker owns (and closes) it."""
+    global _early
+    server, _early = _early, None
+    return server
+
+
+__all__ = ["ForkServer", "ForkServerError", "ForkedProcess", "claim_early", "fork_early"]

@@ -1,0 +1,132 @@
+"""The fork server: workers forked from it are the coordinator's children, hold no descriptor
+but their socket and stdio, are reaped, and nothing outlives the coordinator, killed or not."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+import wasmtime
+from leaks import assert_nothing_left, open_fds, processes_marked
+
+from wasmgroup.orchestrator.program import run_program
+from wasmgroup.orchestrator.workers import WorkerPool
+
+# Forks the server from a fresh interpreter as `wasmgroup run` does (one thread, after the
+# imports, before any compile), with a stray descriptor open, then reports on two workers.
+EARLY_FORK = """
+import json, os, sys
+import psutil
+from wasmgroup.orchestrator import forkserver
+from wasmgroup.orchestrator.workers import WorkerPool
+stray = os.open(sys.argv[1], os.O_RDONLY)  # inheritable: a fork keeps it, exec or not
+os.set_inheritable(stray, True)
+forkserver.fork_early()
+pool = WorkerPool(0)
+server = pool.fork_server
+workers = [pool.take() for _ in range(2)]
+report = {"me": os.getpid(), "server": server.pid if server else None,
+          "server_parent": psutil.Process(server.pid).ppid() if server else None,
+          "server_command": psutil.Process(server.pid).cmdline() if server else None,
+          "workers": [{"pid": w.pid, "parent": psutil.Process(w.pid).ppid(),
+                       "fds": sorted(os.readlink(f"/proc/{w.pid}/fd/{fd}")
+                                     for fd in os.listdir(f"/proc/{w.pid}/fd"))}
+                      for w in workers],
+          "stray": os.readlink(f"/proc/self/fd/{stray}")}
+pool.close()
+report["left"] = [p.pid for p in psutil.Process().children(recursive=True)]
+print(json.dumps(report))
+"""
+
+
+def test_early_fork_server_workers_are_our_children_with_only_their_socket(
+        tmp_path: Path) -> None:
+    stray = tmp_path / "stray.txt"
+    stray.write_text("not for workers")
+    done = subprocess.run([sys.executable, "-c", EARLY_FORK, str(stray)], capture_output=True,
+                          text=True, timeout=120, check=True)
+    report = json.loads(done.stdout)
+    assert report["server"] is not None, "no fork server was forked"
+    assert report["server_parent"] == report["me"]
+    assert "wasmgroup.worker.zygote" not in report["server_command"]  # forked, not started
+    for worker in report["workers"]:
+        assert worker["parent"] == report["me"]  # clone(CLONE_PARENT): ours to reap
+        assert str(stray) not in worker["fds"]
+        # stdio (whatever the test runner gave) and the worker's own socket, nothing else
+        sockets = [f for f in worker["fds"] if f.startswith("socket:")]
+        assert len(worker["fds"]) - len(sockets) <= 3, worker["fds"]
+        assert 1 <= len(sockets) <= 4, worker["fds"]  # its socket (+ stdio sockets)
+    assert report["left"] == []
+
+
+def test_a_pool_and_its_fork_server_leave_nothing_behind() -> None:
+    fds = open_fds()
+    pool = WorkerPool(2)
+    assert pool.fork_server is not None
+    server = pool.fork_server.pid
+    workers = [pool.take() for _ in range(3)]  # two from the pool, one forked on demand
+    assert {psutil.Process(w.pid).ppid() for w in workers} == {os.getpid()}
+    os.kill(workers[0].pid, signal.SIGKILL)  # one dies: still reaped, no zombie
+    pool.close()
+    assert not psutil.pid_exists(server) or psutil.Process(server).status() != "zombie"
+    assert_nothing_left(fds)
+
+
+def test_a_dead_fork_server_falls_back_to_starting_workers(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The server killed (the OOM killer, a stray kill): workers are started the slow way,
+    with one warning naming what happened."""
+    fds = open_fds()
+    pool = WorkerPool(0)
+    assert pool.fork_server is not None
+    pool.fork_server.process.kill()
+    pool.fork_server.process.wait()
+    with caplog.at_level(logging.WARNING, logger="wasmgroup"):
+        worker = pool.take()
+    assert worker.process.poll() is None
+    assert any("fork server" in r.message and "starting workers without it" in r.message
+               for r in caplog.records), caplog.records
+    pool.close()
+    assert_nothing_left(fds)
+
+
+def test_a_threaded_program_runs_on_forked_workers(guests: Path) -> None:
+    fds = open_fds()
+    result = run_program(str(guests / "threads" / "pthreads.wasm"), pool_size=0)
+    assert result.exit_code == 0, result.error
+    assert_nothing_left(fds)
+
+
+def test_nothing_outlives_a_killed_coordinator(tmp_path: Path) -> None:
+    """SIGKILL `wasmgroup run` while its threads run: the fork server and every worker
+    (spinning, idle, or a standby group) leave on their own."""
+    prog = tmp_path / "spin.wasm"
+    prog.write_bytes(wasmtime.wat2wasm(
+        '(module (import "wasi" "thread-spawn" (func (param i32) (result i32)))'
+        ' (memory (export "memory") 1) (func (export "_start") (loop (br 0))))'))
+    mark = uuid.uuid4().hex
+    coordinator = psutil.Popen([sys.executable, "-m", "wasmgroup.orchestrator.cli", "run",
+                                str(prog)], env={**os.environ, "WASMGROUP_TEST_MARK": mark})
+    try:
+        deadline = time.monotonic() + 60
+        while len(coordinator.children()) < 3:  # the server, the main worker, idle ones
+            assert time.monotonic() < deadline, "the program's processes never started"
+            time.sleep(0.05)
+        assert len(processes_marked(mark)) >= 4
+    finally:
+        coordinator.kill()
+        coordinator.wait()
+    deadline = time.monotonic() + 15
+    while processes_marked(mark) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert processes_marked(mark) == []
+    assert not [n for n in os.listdir("/dev/shm") if "wasmgroup" in n]
