@@ -59,7 +59,15 @@ from wasmgroup.shared.closure import MAX_VALUES, VALUE_SIZES, trampoline_module
 from wasmgroup.shared.cpus import usable_cpus
 from wasmgroup.shared.errors import LinkError, WasmgroupError
 from wasmgroup.shared.memory import MAX_PAGES_32, PAGE, SharedRegion
-from wasmgroup.shared.plan import ClosurePlan, LoadPlan, ModulePlan, state_from_wire, to_wire
+from wasmgroup.shared.plan import (
+    ClosurePlan,
+    LoadPlan,
+    ModulePlan,
+    SlotAssignment,
+    SymbolAddress,
+    state_from_wire,
+    to_wire,
+)
 from wasmgroup.shared.wasm import FuncType, Limits, WasmModule, parse_module
 
 EXIT_TRAP = 134
@@ -687,8 +695,9 @@ class Program:
         if name == "dlopen":
             return self.dlopen(worker, args[0], args[1])
         if name == "dlsym":
-            address = self.dlsym(worker, args[0], args[1])
-            return [address.kind, address.value, address.handle]
+            address, own = self.dlsym(worker, args[0], args[1])
+            return [address.kind, address.value, address.handle,
+                    None if own is None else to_wire(own)]
         if name == "is_side_module":
             return self.is_side_module(args[0])
         if name == "resolve_stub":
@@ -838,19 +847,28 @@ class Program:
                 **_apply_times(others), verify_ms=ms(verify_seconds))
             return outcome.names[name]
 
-    def dlsym(self, worker: WorkerProcess, handle: int, name: str) -> Any:
+    def dlsym(self, worker: WorkerProcess, handle: int, name: str
+              ) -> tuple[SymbolAddress, SlotAssignment | None]:
+        """The address; and a new slot the caller's group fills itself before its guest goes
+        on (every other group has filled it when this returns), or None. With
+        --verify-groups the caller's group fills it here too, so that the check sees it."""
         started = time.perf_counter()
         with self._topology_lock(worker) as waited:
             address, assignment = self.linker.dlsym(handle, name)
+            own = None
             if assignment is not None:
-                others = self._broadcast(to_wire(assignment))
+                # One op frame and its ack fewer on the caller's path: the slot comes back
+                # with the answer.
+                own = None if self.options.verify_groups else assignment
+                others = self._broadcast(to_wire(assignment),
+                                         exclude=None if own is None else worker)
                 broadcast = time.perf_counter()
                 verify_seconds = self._verify(f"dlsym {name}")
                 self._trace_op("dlsym", worker, started, name=name, ok=True,
                                slot=assignment.slot, lock_wait_ms=ms(waited),
                                broadcast_ms=ms(broadcast - started - waited),
                                **_apply_times(others), verify_ms=ms(verify_seconds))
-            return address
+            return address, own
 
     def closure_allocate(self, worker: WorkerProcess) -> int:
         """A closure slot; a new block of them, in every group, when none is free."""

@@ -39,6 +39,10 @@ class Reader:
         return out
 
     def u32(self, what: str = "u32") -> int:
+        pos = self.pos
+        if pos < self.end and self.data[pos] < 0x80:  # most numbers in a module: one byte
+            self.pos = pos + 1
+            return self.data[pos]
         return self._uleb(32, what)
 
     def u64(self, what: str = "u64") -> int:
@@ -49,7 +53,10 @@ class Reader:
         max_bytes = (bits + 6) // 7
         result = shift = 0
         for i in range(max_bytes):
-            b = self.byte(f"LEB128 {what}")
+            if self.pos >= self.end:
+                raise self.fail(f"LEB128 {what}, found end of input")
+            b = self.data[self.pos]
+            self.pos += 1
             if i == max_bytes - 1 and b >> (bits - 7 * i) != 0:
                 # The last byte may only carry the bits that remain, and no continuation.
                 raise self.fail(f"LEB128 {what} of at most {bits} bits (overlong or too large)",

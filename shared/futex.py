@@ -10,10 +10,15 @@ import ctypes
 import errno
 import os
 import platform
+import time
 
 _SYS_FUTEX = {"x86_64": 202, "aarch64": 98}.get(platform.machine())
+_SYS_FUTEX_WAITV = {"x86_64": 449, "aarch64": 449}.get(platform.machine())  # Linux 5.16+
 FUTEX_WAIT = 0
 FUTEX_WAKE = 1
+FUTEX_PRIVATE_FLAG = 128
+FUTEX2_SIZE_U32 = 0x02
+CLOCK_MONOTONIC = 1
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -46,6 +51,71 @@ def futex_wait(address: int, expected: int, timeout_ns: int | None) -> str:
         return "timeout"
     if err == errno.EINTR:
         return "woken"
+    raise OSError(err, os.strerror(err))
+
+
+class _Waiter(ctypes.Structure):  # struct futex_waitv
+    _fields_ = [("val", ctypes.c_uint64), ("uaddr", ctypes.c_uint64),
+                ("flags", ctypes.c_uint32), ("reserved", ctypes.c_uint32)]
+
+
+class WakeWord:
+    """A futex of this process's own, to wake one thread out of `futex_wait_or_wake`
+    without waking everyone else waiting on the guest's futex (in every process)."""
+
+    def __init__(self) -> None:
+        self._word = ctypes.c_uint32(0)
+        self.address = ctypes.addressof(self._word)
+
+    @property
+    def value(self) -> int:
+        return int(self._word.value)
+
+    def wake(self) -> None:
+        """Change the word and wake its waiter (a change before it sleeps stops the sleep)."""
+        self._word.value = (self._word.value + 1) & 0xFFFFFFFF
+        if _SYS_FUTEX is not None:
+            _libc.syscall(_SYS_FUTEX, ctypes.c_void_p(self.address),
+                          FUTEX_WAKE | FUTEX_PRIVATE_FLAG, ctypes.c_int(1), None, None, 0)
+
+
+_waitv_works = _SYS_FUTEX_WAITV is not None
+
+
+def futex_waitv_works() -> bool:
+    """Whether `futex_wait_or_wake` waits on both words (not known to fail so far)."""
+    return _waitv_works
+
+
+def futex_wait_or_wake(address: int, expected: int, wake: WakeWord, wake_seen: int,
+                       timeout_ns: int | None) -> str:
+    """`futex_wait` on the shared u32 at `address` that also ends when `wake` changes from
+    `wake_seen` or is woken: then it returns "wake". Falls back to `futex_wait` (where
+    `wake.wake()` cannot reach it) on kernels without futex_waitv."""
+    global _waitv_works
+    if not _waitv_works:
+        return futex_wait(address, expected, timeout_ns)
+    waiters = (_Waiter * 2)(_Waiter(expected & 0xFFFFFFFF, address, FUTEX2_SIZE_U32, 0),
+                            _Waiter(wake_seen, wake.address,
+                                    FUTEX2_SIZE_U32 | FUTEX_PRIVATE_FLAG, 0))
+    ts = None
+    if timeout_ns is not None:
+        deadline = time.clock_gettime_ns(time.CLOCK_MONOTONIC) + timeout_ns
+        ts = ctypes.byref(_Timespec(deadline // 1_000_000_000, deadline % 1_000_000_000))
+    rc = _libc.syscall(_SYS_FUTEX_WAITV, waiters, ctypes.c_uint(2), ctypes.c_uint(0), ts,
+                       ctypes.c_int(CLOCK_MONOTONIC))
+    if rc >= 0:
+        return "wake" if rc == 1 else "woken"
+    err = ctypes.get_errno()
+    if err == errno.EAGAIN:  # a value differed: the wake word's, or the guest's
+        return "wake" if wake.value != wake_seen else "mismatch"
+    if err == errno.ETIMEDOUT:
+        return "timeout"
+    if err == errno.EINTR:
+        return "woken"
+    if err == errno.ENOSYS:
+        _waitv_works = False
+        return futex_wait(address, expected, timeout_ns)
     raise OSError(err, os.strerror(err))
 
 

@@ -25,8 +25,8 @@ import wasmtime
 
 from wasmgroup.shared.closure import CLOSURE_EXPORT
 from wasmgroup.shared.errors import LinkError
-from wasmgroup.shared.futex import futex_wait, futex_wake
-from wasmgroup.shared.hostabi import HELPER_MODULE
+from wasmgroup.shared.futex import WakeWord, futex_wait_or_wake, futex_waitv_works, futex_wake
+from wasmgroup.shared.hostabi import HELPER_MODULE, abi_signature
 from wasmgroup.shared.memory import SharedRegion
 from wasmgroup.shared.plan import (
     B_CONST,
@@ -67,7 +67,7 @@ from wasmgroup.worker.host.wasix import (
 )
 from wasmgroup.worker.memview import GuestMemory
 from wasmgroup.worker.perturb import Perturbation
-from wasmgroup.worker.wasmtime_compat import host_func
+from wasmgroup.worker.wasmtime_compat import host_func, table_grow, table_set
 
 wasmtime_compat.apply()
 
@@ -184,6 +184,7 @@ class InstanceGroup:
         self.table: wasmtime.Table | None = None
         self.stack_pointer: wasmtime.Global | None = None
         self._tags: dict[str, wasmtime.Tag] = {}
+        self._host_funcs: dict[tuple[str, str], wasmtime.Func] = {}
         self.instances: dict[int, wasmtime.Instance] = {}
         self._plans: dict[int, ModulePlan] = {}
         # The committed link state as far as this group has applied it, for answering
@@ -198,6 +199,7 @@ class InstanceGroup:
         self.closures: dict[int, ClosurePlan] = {}  # closure slot -> what was prepared there
         self._closure_labels: dict[int, str] = {}  # function identity -> label (describe)
         self._waiting_on: int | None = None  # host address this group's futex_wait sleeps on
+        self._wake_word = WakeWord()  # what nudge() wakes it with
         # Seeded delays at safe points and before acknowledgements (`wasmgroup stress`);
         # None, and so no work anywhere, unless the program was started with a seed.
         self.perturbation: Perturbation | None = None
@@ -433,7 +435,7 @@ class InstanceGroup:
             # The grown slots stay (tables cannot shrink) but hold nothing, as in every other
             # group, which never saw this load.
             for index in range(length_before, table.size(self.store)):
-                table.set(self.store, index, None)
+                table_set(self.store, table, index, None)
             if isinstance(err, LinkError):
                 raise
             raise LinkError(_trap_text(err)) from None
@@ -443,7 +445,7 @@ class InstanceGroup:
         assert table is not None
         self._grow_table_to(slot.slot + 1)
         func = self.export(slot.handle, slot.export)
-        table.set(self.store, slot.slot, func)
+        table_set(self.store, table, slot.slot, func)
         if slot.dlsym_handle >= 0:
             self._dlsym_known[(slot.dlsym_handle, slot.export)] = SymbolAddress(
                 "function", slot.slot, slot.handle)
@@ -481,7 +483,7 @@ class InstanceGroup:
         func = instance.exports(self.store)[CLOSURE_EXPORT]
         assert isinstance(func, wasmtime.Func)
         self._grow_table_to(plan.slot + 1)
-        table.set(self.store, plan.slot, func)
+        table_set(self.store, table, plan.slot, func)
         self.closures[plan.slot] = plan
         self._closure_labels[_func_identity(func)] = plan.label
 
@@ -490,7 +492,7 @@ class InstanceGroup:
         assert table is not None
         current = table.size(self.store)
         if length > current:
-            table.grow(self.store, length - current, None)
+            table_grow(self.store, table, length - current)
 
     def _initialise(self, handles: list[int]) -> None:
         """Data relocations and TLS relocations for all, then constructors (side modules),
@@ -529,7 +531,7 @@ class InstanceGroup:
             raise LinkError(f"{plan.name}: the compiled module does not match its plan")
         imports = [self._import_value(plan, binding, imp)
                    for binding, imp in zip(plan.bindings, wanted, strict=False)]
-        imports += [host_func(self.store, imp.type, self._memory_helpers[str(imp.name)])
+        imports += [self._helper(str(imp.name), imp.type)
                     for imp in helpers if isinstance(imp.type, wasmtime.FuncType)]
         try:
             self.instances[plan.handle] = wasmtime.Instance(self.store, module, imports)
@@ -570,8 +572,7 @@ class InstanceGroup:
                 value += self.tls_base(binding.source)
             val = wasmtime.Val.i64(value) if str(ty.content) == "i64" else wasmtime.Val.i32(
                 value if value < 1 << 31 else value - (1 << 32))
-            created = wasmtime.Global(self.store, wasmtime.GlobalType(ty.content, ty.mutable),
-                                      val)
+            created = wasmtime.Global(self.store, ty, val)  # the type is copied, not kept
             if binding.module.startswith("GOT.") and how == B_CONST:
                 self._got[f"{plan.name}:{binding.module}.{binding.name}"] = created
             return created
@@ -611,7 +612,25 @@ class InstanceGroup:
 
         return wasmtime.Func(self.store, ty, call)
 
+    def _helper(self, name: str, ty: wasmtime.FuncType) -> wasmtime.Func:
+        """A host helper the load-time rewrite imports (one type per name): made once per
+        group, shared by every module that imports it."""
+        key = (HELPER_MODULE, name)
+        func = self._host_funcs.get(key)
+        if func is None:
+            func = self._host_funcs[key] = host_func(self.store, ty, self._memory_helpers[name])
+        return func
+
     def _host_function(self, module: str, name: str, ty: wasmtime.FuncType) -> Any:
+        """A WASI/WASIX call, made once per group and shared by every module that imports it
+        (the linker let each import it only with the ABI's signature)."""
+        key = (module, name)
+        func = self._host_funcs.get(key)
+        if func is None:
+            func = self._host_funcs[key] = self._make_host_function(module, name, ty)
+        return func
+
+    def _make_host_function(self, module: str, name: str, ty: wasmtime.FuncType) -> Any:
         function: Callable[..., Any] | None
         if module in WASI_MODULES:
             function = (self._clocks.get(name) if name in CLOCK_FUNCTIONS
@@ -621,7 +640,9 @@ class InstanceGroup:
             function = self._wasi[name]
         else:
             function = {"wasix_32v1": self._wasix, "wasi": self._wasi_threads}[module].get(name)
-        return host_func(self.store, ty, function or make_unimplemented(module, name))
+        signature = abi_signature(module, name)
+        names = None if signature is None else (signature.params, signature.results)
+        return host_func(self.store, ty, function or make_unimplemented(module, name), names)
 
     # ------------------------------------------------------------------ blocking and threads
     def post(self, pending: PendingOperation) -> None:
@@ -630,12 +651,15 @@ class InstanceGroup:
         self.nudge()
 
     def nudge(self) -> None:
-        """Parked in futex_wait: wake it now (a spurious wake-up, which futex users
-        tolerate) rather than at the end of its wait slice; asleep: wake it too."""
+        """Parked in futex_wait: wake it now rather than at the end of its wait slice (this
+        thread alone, through its wake word; where the kernel lacks futex_waitv, everyone on
+        the guest's futex: a spurious wake-up, which futex users tolerate); asleep: wake it
+        too."""
         self._wakeup.set()
         poll.nudge()  # a blocking read or poll
+        self._wake_word.wake()
         waiting_on = self._waiting_on
-        if waiting_on is not None:
+        if waiting_on is not None and not futex_waitv_works():
             futex_wake(waiting_on, 0x7FFFFFFF)
 
     def has_pending(self) -> bool:
@@ -652,11 +676,10 @@ class InstanceGroup:
 
     def service_pending(self) -> None:
         """A safe point: apply every operation other groups are waiting on, in order."""
-        while True:
-            try:
-                pending = self._pending.get_nowait()
-            except queue.Empty:
-                return
+        # Only this group's thread takes from the queue: once it is not empty, get_nowait
+        # succeeds (and every host call passes here, so the empty case costs no exception).
+        while not self._pending.empty():
+            pending = self._pending.get_nowait()
             perturbation = self.perturbation if pending.on_done is not None else None
             if perturbation is not None:
                 perturbation.pause()  # before applying: other groups run on meanwhile
@@ -699,15 +722,20 @@ class InstanceGroup:
                 slice_ns = min(slice_ns, deadline - time.monotonic_ns())
                 if slice_ns <= 0:
                     return "timeout"
+            wake_seen = self._wake_word.value  # before the check: a later post changes it
             self._waiting_on = address
             try:
                 if not self._pending.empty():
                     continue  # posted between the check above and now: apply it first
-                outcome = futex_wait(address, expected, slice_ns)
+                outcome = futex_wait_or_wake(address, expected, self._wake_word, wake_seen,
+                                             slice_ns)
             finally:
                 self._waiting_on = None
-            # A wake-up for a link operation reaches the guest as a spurious one, which every
-            # futex user re-checks; the operation is applied at the guest's next safe point.
+            if outcome == "wake":
+                continue  # an operation or a stop for this group: the guest sleeps on after
+            # Without futex_waitv, a wake-up for a link operation reaches the guest as a
+            # spurious one, which every futex user re-checks; the operation is applied at the
+            # guest's next safe point.
             if outcome != "timeout":
                 return outcome
 

@@ -528,7 +528,17 @@ class WorkerService:
         return int(self._call("dlopen", name, ld_library_path))
 
     def dlsym(self, group: InstanceGroup, handle: int, name: str) -> SymbolAddress:
-        kind, value, source = self._call("dlsym", handle, name)
+        kind, value, source, own = self._call("dlsym", handle, name)
+        if own is not None:
+            # A new slot, which every other group has filled by now: this group fills it
+            # before its guest goes on (program.py, Program.dlsym).
+            slot = from_wire(own)
+            if not isinstance(slot, SlotAssignment):
+                raise protocol.ProtocolError(f"a dlsym answer came with {type(slot).__name__}")
+            try:
+                group.apply_slot(slot)
+            except LinkError as err:
+                raise RuntimeError(f"could not apply a link operation: {err}") from None
         return SymbolAddress(kind, value, source)
 
     def is_side_module(self, handle: int) -> bool:

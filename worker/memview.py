@@ -10,6 +10,8 @@ import struct
 
 import wasmtime
 
+_U32 = ctypes.c_uint32  # unaligned access is fine on every host wasmtime runs on here
+
 
 class GuestFault(Exception):
     """A guest pointer outside linear memory (the host call returns EFAULT/MEMVIOLATION)."""
@@ -25,6 +27,8 @@ class GuestMemory:
         # than most host calls.
         self._fixed_extent = fixed
         self._fixed: tuple[int, int] | None = None
+        if fixed:
+            self._base_and_len()
 
     def _base_and_len(self) -> tuple[int, int]:
         if self._fixed is not None:
@@ -40,7 +44,7 @@ class GuestMemory:
         return extent
 
     def _check(self, addr: int, size: int) -> int:
-        base, length = self._base_and_len()
+        base, length = self._fixed or self._base_and_len()
         if addr < 0 or size < 0 or addr + size > length:
             raise GuestFault(f"guest range [{addr:#x}, +{size}) outside memory of {length} bytes")
         return base + addr
@@ -61,14 +65,15 @@ class GuestMemory:
         ctypes.memmove(self._check(addr, len(data)), data, len(data))
 
     def read_u32(self, addr: int) -> int:
-        value: int = struct.unpack("<I", self.read(addr, 4))[0]
+        value: int = _U32.from_address(self._check(addr, 4)).value
         return value
 
     def write_u32(self, addr: int, value: int) -> None:
-        self.write(addr, struct.pack("<I", value & 0xFFFFFFFF))
+        _U32.from_address(self._check(addr, 4)).value = value & 0xFFFFFFFF
 
     def read_str(self, addr: int, size: int) -> str:
-        return self.read(addr, size).decode("utf-8", errors="replace")
+        return ctypes.string_at(self._check(addr, size), size).decode("utf-8",
+                                                                      errors="replace")
 
     def read_cstr(self, addr: int, limit: int = 4096) -> str:
         out = bytearray()

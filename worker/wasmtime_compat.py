@@ -22,6 +22,8 @@ for an (i32) -> i32 function).
 from __future__ import annotations
 
 import ctypes
+import functools
+import struct
 import threading
 from collections.abc import Callable
 from ctypes import c_void_p, cast
@@ -138,50 +140,124 @@ def _maybe_raise_last_exn() -> None:
         raise exception
 
 
-# A raw value's field for each wasm value type a host function may take or return.
-_RAW_FIELDS = {"i32": "i32", "i64": "i64", "f32": "f32", "f64": "f64"}
-# env index -> (callable, parameter fields, result fields)
-_RAW_FUNCTIONS: Slab[tuple[Callable[..., Any], list[str], list[str]]] = Slab()
+# Each wasm value type a host function may take or return: its bytes in a 16-byte raw value
+# (as struct format) and the ctypes type that writes a result there (truncating like a field).
+_RAW_PARAM = {"i32": "i12x", "i64": "q8x", "f32": "f12x", "f64": "d8x"}
+_RAW_RESULT: dict[str, Any] = {"i32": ctypes.c_int32, "i64": ctypes.c_int64,
+                               "f32": ctypes.c_float, "f64": ctypes.c_double}
+_RAW_SIZE = 16  # sizeof(wasmtime_val_raw_t)
+# env index -> the function's call on its raw values array
+_RAW_FUNCTIONS: Slab[Callable[[int], None]] = Slab()
+# The unchecked callback, declared with plain addresses: ctypes then hands the trampoline ints
+# instead of building pointer objects for the caller and the values on every call.
+_RAW_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_size_t, c_void_p, c_void_p, c_void_p, ctypes.c_size_t)
+_FINALIZER = ctypes.CFUNCTYPE(None, c_void_p)
+_func_new_unchecked = ffi.dll["wasmtime_func_new_unchecked"]  # a prototype of our own
+_func_new_unchecked.restype = None
+_func_new_unchecked.argtypes = [ctypes.POINTER(ffi.wasmtime_context_t),
+                                ctypes.POINTER(ffi.wasm_functype_t), _RAW_CALLBACK, c_void_p,
+                                _FINALIZER, ctypes.POINTER(ffi.wasmtime_func_t)]
 
 
-@ffi.wasmtime_func_unchecked_callback_t  # type: ignore[untyped-decorator]
-def _raw_trampoline(env: Any, caller: Any, values: Any, count: int) -> Any:
+@_RAW_CALLBACK  # type: ignore[untyped-decorator]
+def _raw_trampoline(env: int | None, caller: int | None, values: int | None, count: int) -> int:
     try:
-        func, params, results = _RAW_FUNCTIONS.get(env or 0)
-        outcome = func(*[getattr(values[i], field) for i, field in enumerate(params)])
-        if len(results) == 1:
-            setattr(values[0], results[0], outcome)
-        elif results:
-            for i, (field, value) in enumerate(zip(results, outcome, strict=True)):
-                setattr(values[i], field, value)
-        elif outcome is not None:
-            raise wasmtime.WasmtimeError("callback produced results when it shouldn't")
+        _RAW_FUNCTIONS.get(env or 0)(values or 0)
         return 0
     except BaseException as e:
         _LOCAL.exception = e
         trap = wasmtime.Trap("python exception")._consume()
-        return cast(trap, c_void_p).value
+        return cast(trap, c_void_p).value or 0
 
 
-@ctypes.CFUNCTYPE(None, c_void_p)  # type: ignore[untyped-decorator]
+@_FINALIZER  # type: ignore[untyped-decorator]
 def _raw_finalize(env: Any) -> None:
     _RAW_FUNCTIONS.deallocate(env or 0)
 
 
-def host_func(store: wasmtime.Store, ty: wasmtime.FuncType, func: Callable[..., Any]
-              ) -> wasmtime.Func:
+@functools.lru_cache(maxsize=256)
+def _unpacker(params: tuple[str, ...]) -> Callable[[bytes], tuple[Any, ...]]:
+    return struct.Struct("<" + "".join(_RAW_PARAM[p] for p in params)).unpack
+
+
+def _raw_call(func: Callable[..., Any], params: list[str], results: list[str]
+              ) -> Callable[[int], None]:
+    """`func` called on a raw values array: the arguments read with one unpack, the results
+    written over the first values."""
+    unpack = _unpacker(tuple(params))
+    size = _RAW_SIZE * len(params)
+    string_at = ctypes.string_at
+    writers = [_RAW_RESULT[r].from_address for r in results]
+
+    def args(values: int) -> tuple[Any, ...]:
+        return unpack(string_at(values, size)) if size else ()
+
+    if len(writers) == 1 and size:  # most WASI/WASIX calls: the short way
+        write = writers[0]
+
+        def call_one(values: int) -> None:
+            write(values).value = func(*unpack(string_at(values, size)))
+        return call_one
+
+    def call(values: int) -> None:
+        outcome = func(*args(values))
+        if len(writers) == 1:
+            writers[0](values).value = outcome
+            return
+        if not writers:
+            if outcome is not None:
+                raise wasmtime.WasmtimeError("callback produced results when it shouldn't")
+            return
+        for i, (write, value) in enumerate(zip(writers, outcome, strict=True)):
+            write(values + _RAW_SIZE * i).value = value
+    return call
+
+
+def host_func(store: wasmtime.Store, ty: wasmtime.FuncType, func: Callable[..., Any],
+              names: tuple[tuple[str, ...], tuple[str, ...]] | None = None) -> wasmtime.Func:
     """A host function `func(*args)` of type `ty` (numbers only), as `wasmtime.Func` would
     make it, but called without building `Val`s. Falls back to `wasmtime.Func` for types with
-    reference values."""
-    names = [value_type_name(t) for t in ty.params], [value_type_name(t) for t in ty.results]
-    if not all(n in _RAW_FIELDS for n in names[0] + names[1]):
+    reference values. `names`, the value types of `ty` (params, results) when the caller
+    knows them already, spares asking wasmtime for them one by one."""
+    if names is None:
+        names = (tuple(value_type_name(t) for t in ty.params),
+                 tuple(value_type_name(t) for t in ty.results))
+    params, results = list(names[0]), list(names[1])
+    if not all(n in _RAW_PARAM for n in params + results):
         return wasmtime.Func(store, ty, func)
-    index = _RAW_FUNCTIONS.allocate((func, [_RAW_FIELDS[n] for n in names[0]],
-                                     [_RAW_FIELDS[n] for n in names[1]]))
+    index = _RAW_FUNCTIONS.allocate(_raw_call(func, params, results))
     raw = ffi.wasmtime_func_t()
-    ffi.wasmtime_func_new_unchecked(store._context(), ty.ptr(), _raw_trampoline, index,
-                                    _raw_finalize, ctypes.byref(raw))
+    _func_new_unchecked(store._context(), ty.ptr(), _raw_trampoline, index, _raw_finalize,
+                        ctypes.byref(raw))
     return wasmtime.Func._from_raw(raw)
+
+
+def table_set(store: wasmtime.Store, table: wasmtime.Table, index: int,
+              func: wasmtime.Func | None) -> None:
+    """`table.set(store, index, func)` for a funcref table (None: a null entry), without the
+    bindings' conversion, which makes a TableType and compares ValTypes on every call (~20 µs
+    a slot, paid per slot by every group)."""
+    value = ffi.wasmtime_val_t(kind=ffi.WASMTIME_FUNCREF.value)
+    if isinstance(func, wasmtime.Func):
+        value.of.funcref = func._func
+    elif func is not None:
+        raise TypeError(f"don't know how to convert {func!r} to funcref")
+    error = ffi.wasmtime_table_set(store._context(), ctypes.byref(table._table), index,
+                                   ctypes.byref(value))
+    if error:
+        raise wasmtime.WasmtimeError._from_ptr(error)
+
+
+def table_grow(store: wasmtime.Store, table: wasmtime.Table, delta: int) -> int:
+    """`table.grow(store, delta, None)` for a funcref table, the same way: the old size."""
+    value = ffi.wasmtime_val_t(kind=ffi.WASMTIME_FUNCREF.value)
+    previous = ctypes.c_uint64(0)
+    error = ffi.wasmtime_table_grow(store._context(), ctypes.byref(table._table),
+                                    ctypes.c_uint64(delta), ctypes.byref(value),
+                                    ctypes.byref(previous))
+    if error:
+        raise wasmtime.WasmtimeError._from_ptr(error)
+    return int(previous.value)
 
 
 _KNOWN: list[tuple[str, Any]] = []  # (name, owned wasm_valtype_t pointer), made once

@@ -6,10 +6,11 @@
  * Usage: bench.wasm IDLE OPENS PINGPONG
  *   spawns IDLE threads (timing each spawn to the thread's entry), parks them in the host
  *   futex_wait, then for k < OPENS: dlopen libpt<k>.so, dlsym of a function (a new table slot),
- *   dlsym of data, dlopen of the same name again; then, with the idle threads released, PINGPONG
+ *   dlsym of data, dlopen of the same name again, dlsym of the function again (its slot is
+ *   known); then, with the idle threads released, PINGPONG
  *   round trips between main and one more thread over host futexes.
  * Output lines, one figure each:  spawn K ns=..  open K ns=..  sym K ns=..  symdata K ns=..
- *   reopen K ns=..  pingpong N ns=..  and last "bench: ok" (exit 0) or "bench: FAIL ..." (exit 1).
+ *   reopen K ns=..  symagain K ns=..  pingpong N ns=..  and last "bench: ok" (exit 0) or "bench: FAIL ..." (exit 1).
  */
 #include "pt.h"
 
@@ -143,12 +144,17 @@ void _start(void) {
                          io_strlen(ld_path), &again) || again != handle)
             fail("dlopen again");
         unsigned long long t4 = now_ns();
+        io_u32 fn_again = 0;
+        if (wasix_dlsym(handle, "side_fn", 7, err, sizeof err, &fn_again) || fn_again != fn)
+            fail("dlsym side_fn again");
+        unsigned long long t5 = now_ns();
         if (((int (*)(int))fn)(5) != 5 * (k + 2) + 1000 + k || *(int *)data != 1000 + k)
             fail("results");
         line("open", k, t1 - t0);
         line("sym", k, t2 - t1);
         line("symdata", k, t3 - t2);
         line("reopen", k, t4 - t3);
+        line("symagain", k, t5 - t4);
     }
     __atomic_store_n(&quit, 1, __ATOMIC_SEQ_CST);
     wake(&quit);
