@@ -21,6 +21,7 @@ import wasmtime
 from conftest import ROOT
 from leaks import assert_nothing_left, open_fds
 
+from wasmgroup.orchestrator import descriptors
 from wasmgroup.orchestrator.descriptors import DescriptorTable
 from wasmgroup.orchestrator.locate import GuestFilesystem
 from wasmgroup.orchestrator.program import run_program
@@ -134,6 +135,35 @@ def test_path_calls_stay_inside_the_mapping(guests: Path, tmp_path: Path) -> Non
         "escape: refused", "symlink escape: Capabilities insufficient", "unlink: 0 0", "rmdir: 0",
         "stat gone: No such file or directory", "bad fd: Bad file descriptor"]
     assert sorted(os.listdir(root)) == ["d-escape"]
+
+
+def test_path_calls_take_no_round_trip(guests: Path, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """stat, mkdir, rmdir, unlink, rename, symlink and readlink are served by the worker
+    itself, beneath descriptors of the mappings it fetched once (every mapping: here a
+    second one); only opening a path still asks the coordinator, whose table gives the
+    number."""
+    served: list[str] = []
+    real_serve = descriptors.serve
+
+    def counting(table: DescriptorTable, name: str, args: list[object]) -> object:
+        served.append(name)
+        return real_serve(table, name, args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(descriptors, "serve", counting)
+    root = tmp_path / "root"
+    root.mkdir()
+    other = tmp_path / "other"
+    other.mkdir()
+    (root / "d-escape").symlink_to(tmp_path)
+    result = run_program(str(guests / "fdtable" / "fdshare.wasm"), ["fs"],
+                         dirs=[f"{root}::/", f"{other}::/elsewhere"])
+    assert (result.exit_code, result.error) == (0, None), result.stderr
+    assert "escape: refused" in result.stdout.decode().splitlines()
+    assert "path_call" not in served
+    assert served.count("fs_mapping") == 3  # two mappings, then the end of the list
+    assert sorted(os.listdir(root)) == ["d-escape"]
+    assert os.listdir(other) == []
 
 
 def _with_plugin(guests: Path, tmp_path: Path) -> Path:

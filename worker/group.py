@@ -648,6 +648,8 @@ class InstanceGroup:
 
     def service_pending(self) -> None:
         """A safe point: apply every operation other groups are waiting on, in order."""
+        if self._pending.empty():
+            return  # the common case (most host calls), without raising queue.Empty
         while True:
             try:
                 pending = self._pending.get_nowait()
