@@ -248,7 +248,9 @@ class GuestFilesystem:
         mapping = self.mapping_of(path)
         if mapping is None:
             raise OSError(errno.ENOENT, "no mapped directory shows this path")
-        rel = posixpath.relpath(path, mapping.guest)
+        # `path` is normalised and inside the mapping: the rest of it, without relpath's two
+        # getcwd calls (this is on every path call's way).
+        rel = path[len(mapping.guest.rstrip("/")):].lstrip("/") or "."
         return self._open_in(mapping.host, rel, flags, mode)
 
     def is_mapping_point(self, guest_path: str) -> bool:
