@@ -98,7 +98,10 @@ class DescriptorCache:
                         if os_fd is not None:
                             os.close(os_fd)
                         break
-                    host, guest = answer[1], answer[2]
+                    host, guest = answer[1:3] if len(answer) == 3 else (None, None)
+                    if not isinstance(host, str) or not isinstance(guest, str):
+                        os.close(os_fd)
+                        raise WasiError(wasi.EIO)  # not the coordinator's answer
                     mappings.append(Mapping(host, guest))
                     if host in fds:
                         os.close(os_fd)  # one host directory mapped under two names
