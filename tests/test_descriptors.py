@@ -72,6 +72,24 @@ def test_parallel_compressor_matches_the_native_build(guests: Path, native_compr
     assert_nothing_left(before)
 
 
+def test_parallel_compressor_lz_mode_matches_the_native_build(guests: Path,
+                                                              native_compress: Path,
+                                                              tmp_path: Path) -> None:
+    """The mode scripts/bench-scaling times: LZ77 on 64 KiB chunks, workers' compute first."""
+    (tmp_path / "in.bin").write_bytes(_input_bytes(400_000))
+    args = ["2", "lz", "65536"]
+    native = subprocess.run([str(native_compress), str(tmp_path / "in.bin"),
+                             str(tmp_path / "native.out"), *args],
+                            capture_output=True, text=True, check=True)
+    result = run_program(str(guests / "fdtable" / "compress.wasm"),
+                         ["/in.bin", "/out.bin", *args], dirs=[f"{tmp_path}::/"])
+    assert (result.exit_code, result.error, result.stderr) == (0, None, b"")
+    assert result.stdout.decode() == native.stdout
+    assert native.stdout.startswith("chunks=7 in=400000 ")
+    assert (tmp_path / "out.bin").read_bytes() == (tmp_path / "native.out").read_bytes()
+    assert (tmp_path / "out.bin").stat().st_size < 400_000  # it does compress
+
+
 def _fdshare(guests: Path, root: Path, scenario: str, **options: object) -> list[str]:
     result = run_program(str(guests / "fdtable" / "fdshare.wasm"), [scenario],
                          dirs=[f"{root}::/"], **options)  # type: ignore[arg-type]
