@@ -22,6 +22,7 @@ import os
 import re
 import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
 from importlib.metadata import version
 from pathlib import Path
@@ -32,6 +33,9 @@ EXIT_BROKEN_PIPE = 128 + 13  # SIGPIPE
 WASMGROUP_VERSION = version("wasmgroup")
 WASMTIME_VERSION = version("wasmtime")
 MAX_POOL = 64  # idle workers: beyond this a typo, not a wish (each is a Python process)
+MAX_RUNS = 1_000_000
+MAX_SEED = 2**63 - 1
+MAX_DELAY = 1.0  # seconds: a longer perturbation delay is a typo, not a short delay
 VERBOSITY_FLAGS = ("-v", "-vv", "-vvv", "--verbose", "-q", "--quiet")
 VERSION_TEXT = f"wasmgroup {WASMGROUP_VERSION} (wasmtime {WASMTIME_VERSION})"
 log = logging.getLogger("wasmgroup")
@@ -84,6 +88,45 @@ def parse_pool(text: str) -> int:
     if not 0 <= size <= MAX_POOL:
         raise argparse.ArgumentTypeError(f"{size} is not between 0 and {MAX_POOL}")
     return size
+
+
+def _whole_number(text: str, least: int, most: int) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not least <= number <= most:
+        raise argparse.ArgumentTypeError(f"{number} is not between {least} and {most}")
+    return number
+
+
+def parse_runs(text: str) -> int:
+    return _whole_number(text, 1, MAX_RUNS)
+
+
+def parse_jobs(text: str) -> int:
+    return _whole_number(text, 1, MAX_POOL)
+
+
+def parse_seed(text: str) -> int:
+    return _whole_number(text, 0, MAX_SEED)
+
+
+def parse_delay(text: str) -> float:
+    """A perturbation delay: a duration of at most MAX_DELAY seconds."""
+    seconds = parse_duration(text)
+    if seconds > MAX_DELAY:
+        raise argparse.ArgumentTypeError(f"{text!r} is more than {MAX_DELAY:g} s")
+    return seconds
+
+
+def parse_expect(text: str) -> bytes:
+    """The expected output: a file's bytes."""
+    try:
+        with open(text, "rb") as f:
+            return f.read()
+    except OSError as err:
+        raise argparse.ArgumentTypeError(f"cannot read {text!r}: {err.strerror}") from None
 
 
 def parse_dir(text: str) -> str:
@@ -205,13 +248,12 @@ def _inspect(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return status
 
 
-def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def _guest_view(args: argparse.Namespace, parser: argparse.ArgumentParser
+                ) -> tuple[dict[str, str], list[str]]:
+    """The guest's environment and directory mappings from --env/--dir/--mapdir/--volume;
+    checks (and defaults to /) --cwd."""
     from wasmgroup.orchestrator.locate import GuestFilesystem
-    from wasmgroup.orchestrator.program import EXIT_RUNTIME_ERROR, run_program
-    from wasmgroup.shared.errors import WasmgroupError
 
-    if args.program is None:
-        parser.error("the program to run is missing: wasmgroup run [OPTIONS] PROG.wasm [ARGS]")
     env: dict[str, str] = {}
     for key, value in args.env:
         if value is None:
@@ -232,7 +274,21 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if not visible:
             parser.error(f"argument --cwd: {args.cwd!r} is not a directory the guest can see "
                          "(map one with --dir HOST::GUEST)")
-    program_args = args.args[1:] if args.args[:1] == ["--"] else args.args
+    return env, dirs
+
+
+def _program_args(args: argparse.Namespace) -> list[str]:
+    return list(args.args[1:] if args.args[:1] == ["--"] else args.args)
+
+
+def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from wasmgroup.orchestrator.program import EXIT_RUNTIME_ERROR, run_program
+    from wasmgroup.shared.errors import WasmgroupError
+
+    if args.program is None:
+        parser.error("the program to run is missing: wasmgroup run [OPTIONS] PROG.wasm [ARGS]")
+    env, dirs = _guest_view(args, parser)
+    program_args = _program_args(args)
     wasmtime_options = dict(args.wasmtime_options)
     timeout = args.timeout or wasmtime_options.get("timeout")
     max_memory = args.max_memory or wasmtime_options.get("max-memory-size")
@@ -255,6 +311,100 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     elif result.verify_summary and not args.quiet:
         print(f"wasmgroup run: {result.verify_summary}", file=sys.stderr)
     return result.exit_code
+
+
+def _stress(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import secrets
+
+    from wasmgroup.orchestrator.program import DEFAULT_PERTURB_MAX_DELAY
+    from wasmgroup.orchestrator.stress import (
+        Outcome,
+        ReferenceFailed,
+        StressPlan,
+        StressReport,
+        failure_text,
+        run_stress,
+        summary_lines,
+    )
+
+    if args.program is None:
+        parser.error("the program to stress is missing: wasmgroup stress [OPTIONS] PROG.wasm "
+                     "[-- ARGS]")
+    if not os.path.isfile(args.program):
+        parser.error(f"{args.program!r} is not a file")
+    env, dirs = _guest_view(args, parser)
+    seed = args.seed if args.seed is not None else secrets.randbelow(1_000_000)
+    options: dict[str, object] = {"env": env, "dirs": dirs, "lib_paths": args.lib_path,
+                                  "cwd": args.cwd}
+    if args.max_memory is not None:
+        options["memory_limit"] = args.max_memory
+    plan = StressPlan(args.program, tuple(_program_args(args)), runs=args.runs, seed=seed,
+                      jobs=args.jobs, timeout=args.timeout, expect=args.expect,
+                      max_delay=args.max_delay or DEFAULT_PERTURB_MAX_DELAY,
+                      run_options=options)
+    progress = _Progress(plan.runs, enabled=not args.quiet)
+    if not args.quiet:
+        last = f"..{seed + plan.runs - 1}" if plan.runs > 1 else ""
+        print(f"stress: {plan.runs} runs of {plan.program} (seeds {seed}{last}, {plan.jobs} at "
+              f"once); expected output: "
+              f"{'from --expect' if plan.expect is not None else 'a reference run first'}",
+              flush=True)
+
+    def on_outcome(outcome: Outcome, report: StressReport) -> None:
+        if outcome.kind is not None:
+            progress.clear()
+            print(f"run {outcome.index} (seed {outcome.seed}): {outcome.kind}: "
+                  f"{failure_text(outcome, report)}; replay: --seed {outcome.seed} --runs 1",
+                  flush=True)
+        elif args.verbose:
+            progress.clear()
+            print(f"run {outcome.index} (seed {outcome.seed}): passed in "
+                  f"{outcome.result.wall_s:.2f} s", flush=True)
+        progress.update(len(report.outcomes), len(report.failures))
+
+    try:
+        report = run_stress(plan, on_outcome=on_outcome)
+    except ReferenceFailed as err:
+        print(f"wasmgroup stress: {err}", file=sys.stderr)
+        return 1
+    finally:
+        progress.clear()
+    print("\n".join(summary_lines(report)), flush=True)
+    return 1 if report.failures else 0
+
+
+class _Progress:
+    """Runs done and failed on stderr: one line rewritten on a terminal, else a line about
+    every tenth of the runs."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total = total
+        self.enabled = enabled
+        self.terminal = sys.stderr.isatty()
+        self.started = time.monotonic()
+        self.shown = False
+        self.step = max(1, total // 10)
+
+    def update(self, done: int, failed: int) -> None:
+        if not self.enabled or (not self.terminal and done % self.step and done != self.total):
+            return
+        elapsed = time.monotonic() - self.started
+        rate = done / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - done) / rate if rate else 0.0
+        line = (f"stress: {done}/{self.total} runs, {failed} failed, {rate:.2f} runs/s, "
+                f"ETA {eta:.0f} s")
+        if self.terminal:
+            sys.stderr.write("\r\033[K" + line)
+            self.shown = True
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    def clear(self) -> None:
+        if self.shown:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+            self.shown = False
 
 
 def _cache(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -298,6 +448,41 @@ def _trace(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
+def _batch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from wasmgroup.orchestrator.batch import BatchError, Progress, default_results_path, run_batch
+    from wasmgroup.orchestrator.batch_jobs import JobFileError
+    from wasmgroup.orchestrator.batch_results import ResultsFileError
+
+    if args.jobs_file is None:
+        if not isinstance(args.ray, str):
+            parser.error("the job file is missing: wasmgroup batch [OPTIONS] JOBS.jsonl")
+        args.jobs_file, args.ray = Path(args.ray), True  # `--ray JOBS.jsonl`: no address
+    results = args.results or default_results_path(args.jobs_file)
+    progress = Progress(0, quiet=args.quiet, every=args.progress_every)
+    try:
+        summary = run_batch(args.jobs_file, results, jobs=args.jobs, output_dir=args.output_dir,
+                            inline_limit=args.inline_limit, resume=args.resume,
+                            timeout=args.timeout, memory_limit=args.memory_limit,
+                            ray=args.ray, per_node=args.per_node, progress=progress)
+    except JobFileError as err:
+        print(f"wasmgroup batch: {args.jobs_file} {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except (ResultsFileError, BatchError) as err:
+        print(f"wasmgroup batch: {err}", file=sys.stderr)
+        return getattr(err, "status", EXIT_USAGE)
+    except KeyboardInterrupt:
+        # Every finished job's result is written; the programs still running would only be
+        # waited for: leave now (their workers leave with this process's sockets).
+        print(f"wasmgroup batch: interrupted (results so far in {results}; --resume runs the "
+              "rest)", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_INTERRUPTED)
+    if not args.quiet:
+        print("\n".join(summary.lines(results)))
+    return 0 if summary.all_ok else 1
+
+
 def _completion(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from wasmgroup.orchestrator.completion import completion_script
 
@@ -315,6 +500,27 @@ def _verbosity() -> argparse.ArgumentParser:
     return common
 
 
+def _add_guest_options(parser: argparse.ArgumentParser) -> None:
+    """What the guest sees: directories, environment, libraries, working directory."""
+    parser.add_argument("--dir", action="append", default=[], type=parse_dir,
+                        metavar="HOST::GUEST",
+                        help="map host directory HOST at guest path GUEST (plain HOST: same "
+                             "name)")
+    parser.add_argument("--mapdir", action="append", default=[], type=parse_mapdir,
+                        metavar="GUEST:HOST", help="wasmer's form of --dir HOST::GUEST")
+    parser.add_argument("--volume", action="append", default=[], type=parse_volume,
+                        metavar="HOST:GUEST", help="wasmer's other form of --dir HOST::GUEST")
+    parser.add_argument("--env", action="append", default=[], type=parse_env,
+                        metavar="KEY[=VALUE]",
+                        help="set a guest environment variable; KEY alone passes the host's "
+                             "value (LD_LIBRARY_PATH is honoured)")
+    parser.add_argument("--lib-path", action="append", default=[], type=parse_lib_path,
+                        metavar="DIR",
+                        help="host directory searched for libraries after the guest's own")
+    parser.add_argument("--cwd", metavar="GUEST_DIR",
+                        help="the guest's working directory (default /)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wasmgroup",
@@ -330,22 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
              "run)",
         description="Run a WebAssembly program (.wasm or .wat). The guest sees only the "
                     "directories given with --dir; libraries are looked up inside that view.")
-    run.add_argument("--dir", action="append", default=[], type=parse_dir,
-                     metavar="HOST::GUEST",
-                     help="map host directory HOST at guest path GUEST (plain HOST: same name)")
-    run.add_argument("--mapdir", action="append", default=[], type=parse_mapdir,
-                     metavar="GUEST:HOST", help="wasmer's form of --dir HOST::GUEST")
-    run.add_argument("--volume", action="append", default=[], type=parse_volume,
-                     metavar="HOST:GUEST", help="wasmer's other form of --dir HOST::GUEST")
-    run.add_argument("--env", action="append", default=[], type=parse_env,
-                     metavar="KEY[=VALUE]",
-                     help="set a guest environment variable; KEY alone passes the host's "
-                          "value (LD_LIBRARY_PATH is honoured)")
-    run.add_argument("--lib-path", action="append", default=[], type=parse_lib_path,
-                     metavar="DIR",
-                     help="host directory searched for libraries after the guest's own")
-    run.add_argument("--cwd", metavar="GUEST_DIR",
-                     help="the guest's working directory (default /)")
+    _add_guest_options(run)
     run.add_argument("--timeout", type=parse_duration, metavar="SECONDS",
                      help="stop every thread after this long (10, 2.5s, 500ms, 1m); status 124")
     run.add_argument("--max-memory", type=parse_size, metavar="SIZE",
@@ -374,6 +565,44 @@ def build_parser() -> argparse.ArgumentParser:
                      help="arguments for the program (after an optional --)")
     run.set_defaults(handler=_run)
 
+    batch = commands.add_parser(
+        "batch", parents=common,
+        help="run the jobs of a JSON-lines file, results to a file (status 0 all ok, 1 some "
+             "failed, 2 bad job file)",
+        description="Run every job of JOBS.jsonl (one JSON object per line: id, program, args, "
+                    "env, dirs, lib_paths, cwd, stdin or stdin_file, timeout, memory_limit; "
+                    "paths relative to the job file's directory), several at once, writing one "
+                    "JSON line per finished job to the results file as each finishes.")
+    batch.add_argument("jobs_file", type=Path, nargs="?", metavar="JOBS.jsonl")
+    batch.add_argument("-j", "--jobs", type=parse_jobs, metavar="N",
+                       help="programs at once (default: the usable CPUs; under Ray: per node, "
+                            "the node's CPUs)")
+    batch.add_argument("--results", type=parse_output, metavar="FILE",
+                       help="where the results go (default: JOBS.results.jsonl beside the job "
+                            "file); it must not hold results unless --resume")
+    batch.add_argument("--resume", action="store_true",
+                       help="skip the jobs already in the results file, append the rest")
+    batch.add_argument("--output-dir", type=Path, metavar="DIR",
+                       help="write outputs longer than --inline-limit to DIR/ID.stdout and "
+                            "DIR/ID.stderr (else they are cut at the limit)")
+    batch.add_argument("--inline-limit", type=lambda t: parse_size(t, minimum=0),
+                       default=16 * 1024, metavar="SIZE",
+                       help="bytes of stdout and of stderr kept in the results line (default 16K)")
+    batch.add_argument("--timeout", type=parse_duration, metavar="SECONDS",
+                       help="for jobs that give none: stop the program after this long")
+    batch.add_argument("--memory-limit", type=parse_size, metavar="SIZE",
+                       help="for jobs that give none: the most the linear memory may grow to")
+    batch.add_argument("--ray", nargs="?", const=True, default=False, metavar="ADDRESS",
+                       help="run the jobs on a Ray cluster (ADDRESS, else RAY_ADDRESS, else a new "
+                            "local Ray), one runtime per node; programs and directories must be "
+                            "on a filesystem every node sees (needs wasmgroup[ray])")
+    batch.add_argument("--per-node", type=parse_jobs, metavar="N",
+                       help="with --ray: jobs sent ahead to each node (default: twice its CPUs)")
+    batch.add_argument("--progress-every", type=parse_duration, metavar="SECONDS",
+                       help="seconds between progress lines (default: 10 when stderr is not a "
+                            "terminal; a bar redrawn in place when it is)")
+    batch.set_defaults(handler=_batch)
+
     inspect = commands.add_parser(
         "inspect", parents=common,
         help="show what modules are and what they need (dylink.0, imports, exports)")
@@ -390,6 +619,37 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--plot", type=parse_output, metavar="OUT.png",
                        help="draw a timeline (needs matplotlib: pip install wasmgroup[plot])")
     trace.set_defaults(handler=_trace)
+
+    stress = commands.add_parser(
+        "stress", parents=common,
+        help="rerun a program many times under perturbed schedules, with --verify-groups; "
+             "report each failing run's seed (status 1 if any failed)",
+        description="Rerun a program many times with --verify-groups, each run with random "
+                    "short delays at safe points and before acknowledgements, drawn from a "
+                    "seed: run i uses seed S+i, and --seed S+i --runs 1 replays it. Failures: "
+                    "wrong output, verify difference, hang (--timeout), trap, exit status. "
+                    "Status 0 when every run passed, 1 otherwise, 2 for bad usage.")
+    _add_guest_options(stress)
+    stress.add_argument("--runs", type=parse_runs, default=100, metavar="N",
+                        help="how many perturbed runs (default 100)")
+    stress.add_argument("--seed", type=parse_seed, metavar="S",
+                        help="the first run's seed (default: a random one, printed)")
+    stress.add_argument("--jobs", type=parse_jobs, default=1, metavar="N",
+                        help="runs at once (default 1: the least noise from other runs)")
+    stress.add_argument("--timeout", type=parse_duration, metavar="SECONDS",
+                        help="a run taking longer is stopped and counted as a hang (default: "
+                             "10 times the reference run, at least 10 s; 60 s with --expect)")
+    stress.add_argument("--expect", type=parse_expect, metavar="FILE",
+                        help="the expected standard output (and status 0); default: the "
+                             "output of a reference run without perturbation, made first")
+    stress.add_argument("--max-delay", type=parse_delay, metavar="DURATION",
+                        help="the longest perturbation delay (default 20ms, at most 1s)")
+    stress.add_argument("--max-memory", type=parse_size, metavar="SIZE",
+                        help="the most the linear memory may grow to, as for run")
+    stress.add_argument("program", nargs="?", metavar="PROG.wasm")
+    stress.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS",
+                        help="arguments for the program (after an optional --)")
+    stress.set_defaults(handler=_stress)
 
     cache = commands.add_parser(
         "cache", parents=common, help="the compile cache: where, how big; empty it",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-DIRECTORY_OPTIONS = ("--dir", "--lib-path", "--mapdir", "--volume")
+DIRECTORY_OPTIONS = ("--dir", "--lib-path", "--mapdir", "--volume", "--output-dir")
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

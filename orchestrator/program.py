@@ -69,6 +69,8 @@ EXIT_TRAP = 134
 EXIT_RUNTIME_ERROR = 125
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 EXIT_TIMEOUT = 124  # as timeout(1)
+VERIFY_FAILURE = "--verify-groups: "  # how a program stopped by a difference's error begins
+DEFAULT_PERTURB_MAX_DELAY = 0.02  # seconds: the longest perturbation delay (stress)
 EAGAIN = 6
 ENOTCAPABLE = 76
 SPAWN_IMPORTS = {("wasi", "thread-spawn"), ("wasix_32v1", "thread_spawn_v2")}
@@ -110,6 +112,10 @@ class ProgramOptions:
     timeout: float | None = None  # seconds: then stop every thread, status 124
     max_memory: int | None = None  # bytes the linear memory may reach (memory.grow fails)
     stdin_fd: int | None = 0  # host descriptor the guest's fd 0 duplicates (None: closed)
+    # `wasmgroup stress`: seeded random delays in every group at safe points and before
+    # acknowledgements (worker/perturb.py), each at most perturb_max_delay seconds; None: off.
+    perturb_seed: int | None = None
+    perturb_max_delay: float = DEFAULT_PERTURB_MAX_DELAY
 
 
 log = logging.getLogger("wasmgroup")
@@ -313,6 +319,8 @@ class Program:
             "entry": None,  # [name, args]: run it as soon as the group exists
             "program_id": os.getpid(),  # the guest's process id, in every thread
             "max_memory": self.options.max_memory,  # bytes, for a memory the module defines
+            "perturb": None if self.options.perturb_seed is None else {
+                "seed": self.options.perturb_seed, "max_delay": self.options.perturb_max_delay},
         }
         return config, fds
 
@@ -645,7 +653,7 @@ class Program:
         states = [state_from_wire(f.state) for f in answers.values() if f.state is not None]
         difference = first_difference(sorted(states, key=lambda s: s.thread_id))
         if difference is not None:
-            self.finish(EXIT_RUNTIME_ERROR, f"--verify-groups: after {after}: {difference}")
+            self.finish(EXIT_RUNTIME_ERROR, f"{VERIFY_FAILURE}after {after}: {difference}")
             raise CallStopped()
         self.verify_checks += 1
         self._verified_groups.update(s.thread_id for s in states)

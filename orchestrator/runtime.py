@@ -25,6 +25,7 @@ from typing import IO, Any
 
 from wasmgroup.orchestrator.cache import DEFAULT_MAX_MODULE_SIZE
 from wasmgroup.orchestrator.program import (
+    DEFAULT_PERTURB_MAX_DELAY,
     EXIT_RUNTIME_ERROR,
     EXIT_TIMEOUT,
     Program,
@@ -56,6 +57,10 @@ class RunRequest:
     capture_output: bool = True  # else the program writes to this process's stdout/stderr
     verify_groups: bool = False
     trace: Path | None = None
+    # Seeded schedule perturbation (`wasmgroup stress`): random delays of at most
+    # perturb_max_delay seconds at safe points and before acknowledgements; None: off.
+    perturb_seed: int | None = None
+    perturb_max_delay: float = DEFAULT_PERTURB_MAX_DELAY
 
 
 def _check_request(program: object, args: object, options: dict[str, Any]) -> RunRequest:
@@ -78,7 +83,10 @@ def _check_request(program: object, args: object, options: dict[str, Any]) -> Ru
     if env is not None and not (isinstance(env, Mapping) and all(
             isinstance(k, str) and isinstance(v, str) for k, v in env.items())):
         raise UsageError("env must map strings to strings")
-    for name in ("timeout", "memory_limit"):
+    seed = options.get("perturb_seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise UsageError(f"perturb_seed must be a non-negative integer, not {seed!r}")
+    for name in ("timeout", "memory_limit", "perturb_max_delay"):
         value = options.get(name)
         if value is not None and (not isinstance(value, int | float) or value <= 0):
             raise UsageError(f"{name} must be a positive number, not {value!r}")
@@ -129,7 +137,8 @@ def _run_request(request: RunRequest, cache_dir: Path | None, max_module_size: i
             capture_output=request.capture_output, cache_dir=cache_dir,
             verify_groups=request.verify_groups, trace=request.trace, pool_size=pool_size,
             max_module_size=max_module_size, timeout=request.timeout,
-            max_memory=request.memory_limit, stdin_fd=stdin.fd)
+            max_memory=request.memory_limit, stdin_fd=stdin.fd,
+            perturb_seed=request.perturb_seed, perturb_max_delay=request.perturb_max_delay)
         program = Program(request.program, options)
         result = program.run()
         if result.error is None:

@@ -66,6 +66,7 @@ from wasmgroup.worker.host.wasix import (
     make_wasix_functions,
 )
 from wasmgroup.worker.memview import GuestMemory
+from wasmgroup.worker.perturb import Perturbation
 from wasmgroup.worker.wasmtime_compat import host_func
 
 wasmtime_compat.apply()
@@ -197,6 +198,9 @@ class InstanceGroup:
         self.closures: dict[int, ClosurePlan] = {}  # closure slot -> what was prepared there
         self._closure_labels: dict[int, str] = {}  # function identity -> label (describe)
         self._waiting_on: int | None = None  # host address this group's futex_wait sleeps on
+        # Seeded delays at safe points and before acknowledgements (`wasmgroup stress`);
+        # None, and so no work anywhere, unless the program was started with a seed.
+        self.perturbation: Perturbation | None = None
         self._wakeup = threading.Event()  # set by nudge(): a sleeping thread has work to do
         self._epoch_hooks = epoch.install(self.store, self._on_tick)
 
@@ -655,6 +659,9 @@ class InstanceGroup:
                 pending = self._pending.get_nowait()
             except queue.Empty:
                 return
+            perturbation = self.perturbation if pending.on_done is not None else None
+            if perturbation is not None:
+                perturbation.pause()  # before applying: other groups run on meanwhile
             started = time.perf_counter()
             try:
                 if isinstance(pending.op, SlotAssignment):
@@ -673,6 +680,8 @@ class InstanceGroup:
                 pending.error = str(err)
             finally:
                 pending.seconds = time.perf_counter() - started
+                if perturbation is not None:
+                    perturbation.pause()  # before acknowledging: the instigator waits on
                 pending.finish()
 
     def _on_tick(self) -> bool:

@@ -44,6 +44,7 @@ from wasmgroup.shared.plan import (
     state_to_wire,
 )
 from wasmgroup.shared.wasm import FuncType
+from wasmgroup.worker import perturb
 from wasmgroup.worker.epoch import STOP_MESSAGE
 from wasmgroup.worker.group import (
     WASM_ERRORS,
@@ -92,6 +93,7 @@ class Worker:
         self._artefacts: dict[str, str] = {}
         self._fds: list[int] = []
         self._ids: dict[int, int] = {}  # PendingOperation -> the coordinator's operation id
+        self._perturb: dict[str, Any] | None = None  # the assignment's perturbation, if any
 
     # ------------------------------------------------------------------ threads
     def read_frames(self) -> None:
@@ -199,6 +201,9 @@ class Worker:
             elif kind == "run":
                 if self.group is not None:
                     self.group.thread_id = message["thread"]  # a standby group gets its id
+                    if self.group.perturbation is not None:  # and the delays of that id
+                        self.group.perturbation = perturb.from_config(
+                            self._perturb, message["thread"])
                 self._run(message["entry"], message["args"])
             elif kind == "reply":
                 pass  # to a request the program's stop cut short
@@ -243,6 +248,8 @@ class Worker:
         with self._group_lock:
             self.group = group
         group.program_id = config["program_id"]
+        self._perturb = config.get("perturb")
+        group.perturbation = perturb.from_config(self._perturb, thread)
         if region is None and config.get("max_memory") is not None:
             # A memory of the module's own grows inside wasmtime: bound it there (a shared
             # region's logical size is bounded by the coordinator).
@@ -335,6 +342,10 @@ class WorkerService:
 
     def _call_with_fds(self, name: str, *args: Any, safe_point: bool = True
                        ) -> tuple[Any, list[int]]:
+        if safe_point:
+            group = self.worker.group
+            if group is not None and group.perturbation is not None:
+                group.perturbation.pause()  # before a link request races others' for the lock
         self.worker.conn.send("call", name=name, args=list(args))
         while True:
             message, fds = self.worker.next_message(stop_aware=True, safe_point=safe_point)
