@@ -23,15 +23,15 @@ import contextlib
 import errno
 import fcntl
 import os
-import posixpath
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from wasmgroup.orchestrator.locate import PATH_MAX, GuestFilesystem
 from wasmgroup.shared import wasi
 from wasmgroup.shared.fdtable import MAX_DESCRIPTORS, GenerationPage
+from wasmgroup.shared.guestfs import GuestFilesystem
+from wasmgroup.shared.pathcalls import PathCalls, resolve_guest_path
 from wasmgroup.shared.wasi import WasiError
 
 
@@ -60,6 +60,7 @@ class DescriptorTable:
         self._entries: dict[int, Entry] = {}
         self._lock = threading.Lock()
         self._on_close = on_close
+        self.paths = PathCalls(fs, self._resolve)
         try:
             for number, host_fd in enumerate(stdio):
                 if host_fd is not None:
@@ -125,13 +126,15 @@ class DescriptorTable:
         if closed:
             self._on_close()
 
-    def fetch(self, fd: int) -> tuple[list[int], int]:
-        """[errno, generation, filetype, rights_base, rights_inheriting] and a duplicate of
-        the OS descriptor (the caller sends then closes it)."""
+    def fetch(self, fd: int) -> tuple[list[Any], int]:
+        """[errno, generation, filetype, rights_base, rights_inheriting, guest path of a
+        directory or None] and a duplicate of the OS descriptor (the caller sends then
+        closes it)."""
         with self._lock:
             entry = self._entry(fd)
             return ([wasi.ESUCCESS, self.generations.get(fd), entry.filetype,
-                     entry.rights_base, entry.rights_inheriting], os.dup(entry.os_fd))
+                     entry.rights_base, entry.rights_inheriting, entry.guest_path],
+                    os.dup(entry.os_fd))
 
     def fd_close(self, fd: int) -> list[int]:
         with self._lock:
@@ -206,22 +209,9 @@ class DescriptorTable:
     def _resolve(self, dirfd: int, path: str) -> str:
         """The absolute guest path `path` names relative to directory descriptor `dirfd`;
         it must stay inside that directory's mapping."""
-        if "\0" in path:
-            raise WasiError(wasi.EINVAL)
-        if len(path.encode()) > PATH_MAX:
-            raise WasiError(wasi.ENAMETOOLONG)
         with self._lock:
             entry = self._entry(dirfd)
-        if entry.guest_path is None:
-            raise WasiError(wasi.ENOTDIR)
-        # wasix-libc passes paths under the `/` preopen with their leading slash.
-        resolved = posixpath.normpath(posixpath.join(entry.guest_path, path.lstrip("/")))
-        resolved = "/" + resolved.lstrip("/")
-        base = self.fs.mapping_of(entry.guest_path)
-        if base is None or self.fs.mapping_of(resolved) is None or not (
-                resolved == base.guest or resolved.startswith(base.guest.rstrip("/") + "/")):
-            raise WasiError(wasi.ENOTCAPABLE)
-        return resolved
+        return resolve_guest_path(self.fs, entry.guest_path, path)
 
     def path_open(self, dirfd: int, lookup: int, path: str, oflags: int, rights_base: int,
                   rights_inheriting: int, fdflags: int) -> list[int]:
@@ -241,10 +231,10 @@ class DescriptorTable:
         host_flags = wasi.fdflags_to_host(fdflags)
         flags |= host_flags & ~os.O_NONBLOCK
         try:
-            fd = self._open(guest, flags)
+            fd = self.paths.open(guest, flags)
         except OSError as err:
             if err.errno == errno.EISDIR and not writes and flags & os.O_ACCMODE:
-                fd = self._open(guest, (flags & ~os.O_ACCMODE) | os.O_RDONLY)
+                fd = self.paths.open(guest, (flags & ~os.O_ACCMODE) | os.O_RDONLY)
             else:
                 raise
         try:
@@ -260,137 +250,14 @@ class DescriptorTable:
             os.close(fd)
             raise
 
-    def path_call(self, name: str, dirfd: int, path: str, extra: list[Any]) -> list[Any]:
-        """A path call other than path_open (`PATH_CALLS`)."""
-        handler = PATH_CALLS.get(name)
-        if handler is None:
-            raise WasiError(wasi.ENOSYS)
-        try:
-            return handler(self, self._resolve(dirfd, path), *extra)
-        except TypeError:
-            raise WasiError(wasi.EINVAL) from None
-
-    def _open(self, guest: str, flags: int) -> int:
-        """`fs.open`; a path that leads out of its mapping (through a symlink) is
-        ENOTCAPABLE, like one that does so by name."""
-        try:
-            return self.fs.open(guest, flags)
-        except OSError as err:
-            if err.errno == errno.EXDEV:
-                raise WasiError(wasi.ENOTCAPABLE) from None
-            raise
-
-    def _parent(self, guest: str) -> tuple[int, str]:
-        try:
-            return self.fs.open_parent(guest)
-        except OSError as err:
-            if err.errno == errno.EXDEV:
-                raise WasiError(wasi.ENOTCAPABLE) from None
-            raise
-
-    def _second_path(self, dirfd: Any, path: Any) -> str:
-        if not isinstance(dirfd, int) or not isinstance(path, str):
-            raise WasiError(wasi.EINVAL)
-        return self._resolve(dirfd, path)
-
-    def _on_parent(self, guest: str, action: Callable[[int, str], Any]) -> Any:
-        parent, name = self._parent(guest)
-        try:
-            return action(parent, name)
-        finally:
-            os.close(parent)
-
-    def _on_target(self, guest: str, action: Callable[[str], Any]) -> Any:
-        """`action` on the file a guest path leads to, symlinks followed beneath its mapping
-        (through this process's own descriptor of it)."""
-        fd = self._open(guest, os.O_PATH)
-        try:
-            return action(f"/proc/self/fd/{fd}")
-        finally:
-            os.close(fd)
-
-    def _stat(self, guest: str, lookup: int) -> os.stat_result:
-        if lookup & wasi.LOOKUP_SYMLINK_FOLLOW or self.fs.is_mapping_point(guest):
-            st: os.stat_result = self._on_target(guest, os.stat)
-            return st
-        st = self._on_parent(guest, lambda d, n: os.stat(n, dir_fd=d, follow_symlinks=False))
-        return st
-
-    def _filestat_get(self, guest: str, lookup: int) -> list[Any]:
-        return [wasi.ESUCCESS, *wasi.filestat_fields(self._stat(guest, lookup))]
-
-    def _filestat_set_times(self, guest: str, lookup: int, atim: int, mtim: int,
-                            fst: int) -> list[Any]:
-        times = wasi.utime_ns(atim, mtim, fst, lambda: self._stat(guest, lookup))
-        if times is None:
-            raise WasiError(wasi.EINVAL)
-        if lookup & wasi.LOOKUP_SYMLINK_FOLLOW:
-            self._on_target(guest, lambda p: os.utime(p, ns=times))
-        else:
-            self._on_parent(guest, lambda d, n: os.utime(n, ns=times, dir_fd=d,
-                                                         follow_symlinks=False))
-        return [wasi.ESUCCESS]
-
-    def _create_directory(self, guest: str) -> list[Any]:
-        if self.fs.is_mapping_point(guest):
-            raise WasiError(wasi.EEXIST)
-        self._on_parent(guest, lambda d, n: os.mkdir(n, 0o777, dir_fd=d))
-        return [wasi.ESUCCESS]
-
-    def _remove_directory(self, guest: str) -> list[Any]:
-        self._on_parent(guest, lambda d, n: os.rmdir(n, dir_fd=d))
-        return [wasi.ESUCCESS]
-
-    def _unlink_file(self, guest: str) -> list[Any]:
-        self._on_parent(guest, lambda d, n: os.unlink(n, dir_fd=d))
-        return [wasi.ESUCCESS]
-
-    def _readlink(self, guest: str) -> list[Any]:
-        target = self._on_parent(guest, lambda d, n: os.readlink(n, dir_fd=d))
-        return [wasi.ESUCCESS, os.fsencode(target)]
-
-    def _symlink(self, guest: str, target: Any) -> list[Any]:
-        if not isinstance(target, str) or "\0" in target:
-            raise WasiError(wasi.EINVAL)
-        self._on_parent(guest, lambda d, n: os.symlink(target, n, dir_fd=d))
-        return [wasi.ESUCCESS]
-
-    def _rename(self, guest: str, new_dirfd: Any, new_path: Any) -> list[Any]:
-        new = self._second_path(new_dirfd, new_path)
-        parent, name = self._parent(guest)
-        try:
-            self._on_parent(new, lambda d, n: os.rename(name, n, src_dir_fd=parent,
-                                                        dst_dir_fd=d))
-        finally:
-            os.close(parent)
-        return [wasi.ESUCCESS]
-
-    def _link(self, guest: str, lookup: int, new_dirfd: Any, new_path: Any) -> list[Any]:
-        new = self._second_path(new_dirfd, new_path)
-        if lookup & wasi.LOOKUP_SYMLINK_FOLLOW:
-            self._on_target(guest, lambda source: self._on_parent(
-                new, lambda d, n: os.link(source, n, dst_dir_fd=d, follow_symlinks=True)))
-        else:
-            parent, name = self._parent(guest)
-            try:
-                self._on_parent(new, lambda d, n: os.link(
-                    name, n, src_dir_fd=parent, dst_dir_fd=d, follow_symlinks=False))
-            finally:
-                os.close(parent)
-        return [wasi.ESUCCESS]
-
-
-PATH_CALLS: dict[str, Callable[..., list[Any]]] = {
-    "path_filestat_get": DescriptorTable._filestat_get,
-    "path_filestat_set_times": DescriptorTable._filestat_set_times,
-    "path_create_directory": DescriptorTable._create_directory,
-    "path_remove_directory": DescriptorTable._remove_directory,
-    "path_unlink_file": DescriptorTable._unlink_file,
-    "path_readlink": DescriptorTable._readlink,
-    "path_symlink": DescriptorTable._symlink,
-    "path_rename": DescriptorTable._rename,
-    "path_link": DescriptorTable._link,
-}
+    def fs_mapping(self, index: int) -> tuple[list[Any], int]:
+        """[errno, host directory, guest name] of mapping `index` and a descriptor of the
+        directory (O_PATH), for a worker to open guest paths beneath it itself."""
+        if not 0 <= index < len(self.fs.mappings):
+            raise WasiError(wasi.ENOENT)
+        mapping = self.fs.mappings[index]
+        return ([wasi.ESUCCESS, mapping.host, mapping.guest],
+                self.fs.open(mapping.guest, os.O_PATH | os.O_DIRECTORY))
 
 
 def serve(table: DescriptorTable, name: str, args: list[Any]) -> tuple[list[Any], int | None]:
@@ -399,6 +266,8 @@ def serve(table: DescriptorTable, name: str, args: list[Any]) -> tuple[list[Any]
     try:
         if name == "fd_fetch":
             return table.fetch(*args)
+        if name == "fs_mapping":
+            return table.fs_mapping(*args)
         method = getattr(table, name)
         return method(*args), None
     except WasiError as err:
@@ -411,5 +280,6 @@ def serve(table: DescriptorTable, name: str, args: list[Any]) -> tuple[list[Any]
 REQUESTS: dict[str, tuple[type, ...]] = {
     "fd_fetch": (int,), "fd_close": (int,), "fd_renumber": (int, int), "fd_dup": (int, int),
     "fd_pipe": (), "fd_fdstat_set_rights": (int, int, int), "fd_prestat": (int,),
-    "path_open": (int, int, str, int, int, int, int), "path_call": (str, int, str, list),
+    "path_open": (int, int, str, int, int, int, int),
+    "fs_mapping": (int,),
 }

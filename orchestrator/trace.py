@@ -1,6 +1,8 @@
 """`--trace FILE`: one JSON line per link operation, with the time spent in each phase.
 
-The first line is a header: `op: "trace"`, `wasmgroup` and `wasmtime` versions, `program`.
+The first line is a header: `op: "trace"`, `wasmgroup` and `wasmtime` versions, `program`,
+`monotonic_s` (the host's CLOCK_MONOTONIC at `at_ms` 0, to line the trace up with the clocks
+of other processes, as scripts/bench-scaling does).
 Link operations: `op` (start, dlopen, dlsym, spawn), `thread` (instigator), `groups` (live
 groups), `ok`, and per phase in milliseconds: `lock_wait_ms` (waiting for the topology lock
 behind other link operations), `plan_ms` (locate, parse, resolve, place; includes
@@ -34,7 +36,7 @@ class Tracer:
         self._lock = threading.Lock()
         self._origin = time.monotonic()
         self.record(op="trace", wasmgroup=WASMGROUP_VERSION, wasmtime=WASMTIME_VERSION,
-                    program=program)
+                    program=program, monotonic_s=self._origin)
 
     @property
     def enabled(self) -> bool:

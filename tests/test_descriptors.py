@@ -21,6 +21,7 @@ import wasmtime
 from conftest import ROOT
 from leaks import assert_nothing_left, open_fds
 
+from wasmgroup.orchestrator import descriptors
 from wasmgroup.orchestrator.descriptors import DescriptorTable
 from wasmgroup.orchestrator.locate import GuestFilesystem
 from wasmgroup.orchestrator.program import run_program
@@ -69,6 +70,24 @@ def test_parallel_compressor_matches_the_native_build(guests: Path, native_compr
     assert native.stdout.startswith(f"chunks={-(-len(data) // 4000)} in={len(data)} ")
     assert (tmp_path / "out.bin").read_bytes() == (tmp_path / "native.out").read_bytes()
     assert_nothing_left(before)
+
+
+def test_parallel_compressor_lz_mode_matches_the_native_build(guests: Path,
+                                                              native_compress: Path,
+                                                              tmp_path: Path) -> None:
+    """The mode scripts/bench-scaling times: LZ77 on 64 KiB chunks, workers' compute first."""
+    (tmp_path / "in.bin").write_bytes(_input_bytes(400_000))
+    args = ["2", "lz", "65536"]
+    native = subprocess.run([str(native_compress), str(tmp_path / "in.bin"),
+                             str(tmp_path / "native.out"), *args],
+                            capture_output=True, text=True, check=True)
+    result = run_program(str(guests / "fdtable" / "compress.wasm"),
+                         ["/in.bin", "/out.bin", *args], dirs=[f"{tmp_path}::/"])
+    assert (result.exit_code, result.error, result.stderr) == (0, None, b"")
+    assert result.stdout.decode() == native.stdout
+    assert native.stdout.startswith("chunks=7 in=400000 ")
+    assert (tmp_path / "out.bin").read_bytes() == (tmp_path / "native.out").read_bytes()
+    assert (tmp_path / "out.bin").stat().st_size < 400_000  # it does compress
 
 
 def _fdshare(guests: Path, root: Path, scenario: str, **options: object) -> list[str]:
@@ -134,6 +153,35 @@ def test_path_calls_stay_inside_the_mapping(guests: Path, tmp_path: Path) -> Non
         "escape: refused", "symlink escape: Capabilities insufficient", "unlink: 0 0", "rmdir: 0",
         "stat gone: No such file or directory", "bad fd: Bad file descriptor"]
     assert sorted(os.listdir(root)) == ["d-escape"]
+
+
+def test_path_calls_take_no_round_trip(guests: Path, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """stat, mkdir, rmdir, unlink, rename, symlink and readlink are served by the worker
+    itself, beneath descriptors of the mappings it fetched once (every mapping: here a
+    second one); only opening a path still asks the coordinator, whose table gives the
+    number."""
+    served: list[str] = []
+    real_serve = descriptors.serve
+
+    def counting(table: DescriptorTable, name: str, args: list[object]) -> object:
+        served.append(name)
+        return real_serve(table, name, args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(descriptors, "serve", counting)
+    root = tmp_path / "root"
+    root.mkdir()
+    other = tmp_path / "other"
+    other.mkdir()
+    (root / "d-escape").symlink_to(tmp_path)
+    result = run_program(str(guests / "fdtable" / "fdshare.wasm"), ["fs"],
+                         dirs=[f"{root}::/", f"{other}::/elsewhere"])
+    assert (result.exit_code, result.error) == (0, None), result.stderr
+    assert "escape: refused" in result.stdout.decode().splitlines()
+    assert "path_call" not in served
+    assert served.count("fs_mapping") == 3  # two mappings, then the end of the list
+    assert sorted(os.listdir(root)) == ["d-escape"]
+    assert os.listdir(other) == []
 
 
 def _with_plugin(guests: Path, tmp_path: Path) -> Path:

@@ -21,8 +21,8 @@ import pytest
 from leaks import assert_nothing_left, open_fds
 from wasm_bytes import custom, dylink, mem_info, module, section, uleb
 
-from wasmgroup.orchestrator import locate
 from wasmgroup.orchestrator.program import EXIT_RUNTIME_ERROR, RunResult, run_program
+from wasmgroup.shared import guestfs
 
 WASMGROUP = [sys.executable, "-m", "wasmgroup.orchestrator.cli"]
 RACE_ATTEMPTS = 1500  # a few seconds; scripts/race-locator runs longer races
@@ -40,9 +40,9 @@ def warm_runtime(guests: Path) -> None:
 def resolver(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """The coordinator runs in this process: the walk used where openat2 is missing is
     selected by its module switch."""
-    monkeypatch.setattr(locate, "use_openat2", request.param == "openat2")
+    monkeypatch.setattr(guestfs, "use_openat2", request.param == "openat2")
     yield request.param
-    assert locate.use_openat2 == (request.param == "openat2")
+    assert guestfs.use_openat2 == (request.param == "openat2")
 
 
 def run_bounded(guests: Path, args: list[str], **kw: object) -> RunResult:

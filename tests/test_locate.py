@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from wasmgroup.orchestrator import locate as locate_module
 from wasmgroup.orchestrator.locate import GuestFilesystem, Located, locate
+from wasmgroup.shared import guestfs
 from wasmgroup.shared.errors import LinkError, ModuleNotFound
 
 
@@ -36,11 +36,11 @@ def not_found(fs: GuestFilesystem, lib_name: str, **kw: object) -> ModuleNotFoun
 @pytest.fixture(params=["openat2", "walk"], autouse=True)
 def resolver(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """Every test runs with openat2 and with the O_NOFOLLOW walk used where it is missing."""
-    monkeypatch.setattr(locate_module, "use_openat2", request.param == "openat2")
+    monkeypatch.setattr(guestfs, "use_openat2", request.param == "openat2")
     yield request.param
     if request.param == "openat2":
         # This machine has openat2: the test really went through it, not the fallback.
-        assert locate_module.use_openat2
+        assert guestfs.use_openat2
 
 
 @pytest.fixture
@@ -370,13 +370,13 @@ def test_a_kernel_without_openat2_switches_to_the_walk(root: Path,
     lookup that met it still succeeds through the walk."""
     inside = touch(root / "lib" / "libk.so")
     os.symlink(root / "lib", root / "abslib")
-    monkeypatch.setattr(locate_module, "SYS_OPENAT2", 1_000_000)
-    monkeypatch.setattr(locate_module, "use_openat2", True)
+    monkeypatch.setattr(guestfs, "SYS_OPENAT2", 1_000_000)
+    monkeypatch.setattr(guestfs, "use_openat2", True)
     with fs_at(root) as fs:
         assert find(fs, "/abslib/libk.so").host_path == str(inside)
-        assert not locate_module.use_openat2
-    monkeypatch.setattr(locate_module, "SYS_OPENAT2", 437)
-    monkeypatch.setattr(locate_module, "use_openat2", True)  # what the fixture checks after
+        assert not guestfs.use_openat2
+    monkeypatch.setattr(guestfs, "SYS_OPENAT2", 437)
+    monkeypatch.setattr(guestfs, "use_openat2", True)  # what the fixture checks after
 
 
 def test_names_over_path_max_are_refused(root: Path) -> None:

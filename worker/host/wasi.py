@@ -303,7 +303,7 @@ def make_wasi_functions(group: InstanceGroup) -> dict[str, Callable[..., int | N
     def path_call(name: str, dirfd: int, path_ptr: int, path_len: int, *extra: Any
                   ) -> list[Any]:
         group.service_pending()
-        return fds.call("path_call", name, dirfd, path(path_ptr, path_len), list(extra))
+        return fds.path_call(name, dirfd, path(path_ptr, path_len), list(extra))
 
     @errnos
     def path_filestat_get(dirfd: int, lookup: int, ptr: int, length: int, ret: int) -> int:
