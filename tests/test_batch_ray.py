@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,12 +86,23 @@ def test_a_batch_over_the_nodes(cluster: Cluster, job_dir: Path) -> None:
 
 
 def test_the_python_equivalent(cluster: Cluster, job_dir: Path) -> None:
-    from wasmgroup.orchestrator.batch import run_batch
-
+    # In a process of its own: ray.init installs Ray's fatal-signal handlers over wasmtime's
+    # trap handlers, so a later in-process wasm trap (other tests run wasm in this process)
+    # would kill the test runner with SIGILL. A coordinator never runs wasm itself.
     jobs = write_jobs(job_dir, [{"id": f"p{i}", "args": ["echo", str(i)]} for i in range(4)])
-    summary = run_batch(jobs, job_dir / "r.jsonl", ray=cluster.address, per_node=1)
-    assert (summary.ran, summary.ok, summary.all_ok) == (4, 4, True)
-    assert not ray.is_initialized()  # it connected, and left
+    script = f"""
+import json, ray
+from wasmgroup.orchestrator.batch import run_batch
+summary = run_batch({str(jobs)!r}, {str(job_dir / "r.jsonl")!r}, ray={cluster.address!r},
+                    per_node=1)
+print(json.dumps([summary.ran, summary.ok, summary.all_ok, ray.is_initialized()]))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=240)
+    assert done.returncode == 0, done.stderr
+    ran, ok, all_ok, still_connected = json.loads(done.stdout.splitlines()[-1])
+    assert (ran, ok, all_ok) == (4, 4, True)
+    assert not still_connected  # it connected, and left
     assert {k: v["stdout"] for k, v in results_of(job_dir / "r.jsonl").items()} == {
         f"p{i}": f"job {i}\n" for i in range(4)}
     no_workers_left()
