@@ -435,6 +435,10 @@ class WorkerPool:
         deadline = time.monotonic() + RESET_WAIT
         with self._cleaned_now:
             while True:
+                # Done as soon as any worker is ready (one whose reset was just answered),
+                # not once every reset is: in a busy Runtime some reset is always under way.
+                if any(w._ready.is_set() and w.lost is None for w in self._idle):
+                    break
                 resetting = [w for w in self._idle if w.resets and not w._ready.is_set()
                              and w.lost is None]
                 if not resetting:
@@ -498,6 +502,7 @@ class WorkerPool:
         with self._lock:
             if worker in self._idle:
                 self._idle.remove(worker)
+            self._cleaned_now.notify_all()  # a waiter stops waiting for this one
         self._retire(worker)
         self._top_up()
 
