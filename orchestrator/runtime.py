@@ -20,7 +20,6 @@ type) raises, always `UsageError`.
 from __future__ import annotations
 
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -115,12 +114,19 @@ class _StdinSource:
     def __init__(self, stdin: Stdin) -> None:
         self._owned: int | None = None
         self.fd: int | None
-        if stdin is None or isinstance(stdin, bytes):
+        if stdin is None or stdin == b"":
+            self._owned = os.open(os.devnull, os.O_RDONLY)  # as a shell's `< /dev/null`
+        elif isinstance(stdin, bytes):
             # A file of the bytes, as a shell's `< file`: reads see them, then end-of-file.
-            with tempfile.TemporaryFile() as data:
-                data.write(stdin or b"")
-                data.flush()
-                self._owned = os.open(f"/proc/self/fd/{data.fileno()}", os.O_RDONLY)
+            # In memory (a memfd), opened again read-only for the guest.
+            data = os.memfd_create("wasmgroup-stdin", os.MFD_CLOEXEC)
+            try:
+                view = memoryview(stdin)
+                while view:
+                    view = view[os.write(data, view):]
+                self._owned = os.open(f"/proc/self/fd/{data}", os.O_RDONLY)
+            finally:
+                os.close(data)
         elif isinstance(stdin, str | os.PathLike):
             self._owned = os.open(stdin, os.O_RDONLY)
         else:
