@@ -69,7 +69,9 @@ _drainer: _Drainer | None = None
 _drainer_lock = threading.Lock()
 
 
-def _the_drainer() -> _Drainer:
+def drainer() -> _Drainer:
+    """The process's drainer, started on first use; it lives as long as the process (its
+    thread, a selector and a wake-up pipe: three descriptors)."""
     global _drainer
     with _drainer_lock:
         if _drainer is None:
@@ -82,7 +84,7 @@ class PipeCapture:
         self._read_fd, self._write_fd = os.pipe()
         self._chunks: list[bytes] = []
         self._ended = threading.Event()
-        self._drainer = _the_drainer()
+        self._drainer = drainer()
         self._drainer.watch(self._read_fd, self._take)
 
     @property
