@@ -449,9 +449,7 @@ class Program:
                 if not self._stop.is_set():  # interrupted while the coordinator started
                     self.start()
             except (WasmgroupError, OSError) as err:
-                message = (f"{err.filename or self.path}: {err.strerror}"
-                           if isinstance(err, OSError) else str(err))
-                self.finish(EXIT_RUNTIME_ERROR, f"cannot start: {message}")
+                self.finish(EXIT_RUNTIME_ERROR, cannot_start(err, self.path))
             except CallStopped:
                 pass  # the outcome is already set (the main group exited in a constructor)
             if self._stop.is_set():
@@ -1130,6 +1128,12 @@ def private_bytes(pid: int) -> int | None:
     except OSError:
         return None
     return (int(fields[1]) - int(fields[2])) * PAGE_SIZE
+
+
+def cannot_start(err: WasmgroupError | OSError, path: str) -> str:
+    """Why a program could not start, as its result's error says it."""
+    message = f"{err.filename or path}: {err.strerror}" if isinstance(err, OSError) else str(err)
+    return f"cannot start: {message}"
 
 
 def _valid_fd(fd: int) -> int | None:

@@ -36,6 +36,7 @@ from wasmgroup.orchestrator.program import (
     Program,
     ProgramOptions,
     RunResult,
+    cannot_start,
 )
 from wasmgroup.orchestrator.runtime_parts import RuntimeParts
 from wasmgroup.shared.cpus import usable_cpus
@@ -163,9 +164,8 @@ def _run_request(request: RunRequest, cache_dir: Path | None, max_module_size: i
         if result.error is None:
             result.verify_summary = program.verify_summary()
     except (WasmgroupError, OSError) as err:
-        message = (f"{err.filename or request.program}: {err.strerror}"
-                   if isinstance(err, OSError) else str(err))
-        result = RunResult(EXIT_RUNTIME_ERROR, error=f"cannot start: {message}".splitlines()[0])
+        result = RunResult(EXIT_RUNTIME_ERROR,
+                           error=cannot_start(err, request.program).splitlines()[0])
     finally:
         if program is not None:
             program.close()
