@@ -67,7 +67,15 @@ from wasmgroup.worker.host.wasix import (
 )
 from wasmgroup.worker.memview import GuestMemory
 from wasmgroup.worker.perturb import Perturbation
-from wasmgroup.worker.wasmtime_compat import host_func, table_grow, table_set
+from wasmgroup.worker.wasmtime_compat import (
+    const_global,
+    host_func,
+    instance_export,
+    module_imports,
+    new_instance,
+    table_grow,
+    table_set,
+)
 
 wasmtime_compat.apply()
 
@@ -96,6 +104,22 @@ class LinkService(Protocol):
     def stopping(self) -> bool: ...
     def cwd(self) -> str: ...
     def change_directory(self, path: str) -> bool: ...
+
+
+class CompiledModule:
+    """A compiled module as a worker keeps it: the module, and what instantiating it needs
+    to know of its imports (worked out once per worker, not once per group and load)."""
+
+    def __init__(self, module: wasmtime.Module) -> None:
+        self.module = module
+        self._imports: list[tuple[str, str, Any, bool]] | None = None
+
+    @property
+    def imports(self) -> list[tuple[str, str, Any, bool]]:
+        """(module, name, type, whether a global import is an i64) per import, in order."""
+        if self._imports is None:
+            self._imports = module_imports(self.module)
+        return self._imports
 
 
 class DescribeRequest:
@@ -159,7 +183,7 @@ def _our_functype(t: wasmtime.FuncType) -> FuncType:
 
 
 class InstanceGroup:
-    def __init__(self, engine: wasmtime.Engine, load_module: Callable[[str], wasmtime.Module],
+    def __init__(self, engine: wasmtime.Engine, load_module: Callable[[str], CompiledModule],
                  service: LinkService, descriptors: DescriptorCache,
                  args: list[str], env: list[tuple[str, str]], thread_id: int = 1) -> None:
         self.engine = engine
@@ -186,6 +210,7 @@ class InstanceGroup:
         self._tags: dict[str, wasmtime.Tag] = {}
         self._host_funcs: dict[tuple[str, str], wasmtime.Func] = {}
         self.instances: dict[int, wasmtime.Instance] = {}
+        self._exports: dict[tuple[int, str], Any] = {}  # (handle, name) -> export, as found
         self._plans: dict[int, ModulePlan] = {}
         # The committed link state as far as this group has applied it, for answering
         # read-only queries without a round trip: handles in order, loaded names, and every
@@ -214,13 +239,24 @@ class InstanceGroup:
         return self._memory
 
     def export(self, handle: int, name: str) -> Any:
-        instance = self.instances.get(handle)
-        if instance is None:
+        value = self._exports.get((handle, name))
+        if value is not None:
+            return value
+        if handle not in self.instances:
             raise LinkError(f"module {handle} is not instantiated in this group")
-        value = instance.exports(self.store).get(name)
+        value = self.find_export(handle, name)
         if value is None:
             plan = self._plans.get(handle)
             raise LinkError(f"{plan.name if plan else handle} does not export {name}")
+        return value
+
+    def find_export(self, handle: int, name: str) -> Any:
+        """Export `name` of instantiated module `handle`, or None."""
+        value = self._exports.get((handle, name))
+        if value is None:
+            value = instance_export(self.store, self.instances[handle], name)
+            if value is not None:
+                self._exports[(handle, name)] = value
         return value
 
     def program_table(self, shared_only: bool = False) -> wasmtime.Table | None:
@@ -234,7 +270,7 @@ class InstanceGroup:
             return self.table
         if shared_only or MAIN_HANDLE not in self.instances:
             return None
-        own = self.instances[MAIN_HANDLE].exports(self.store).get("__indirect_function_table")
+        own = self.find_export(MAIN_HANDLE, "__indirect_function_table")
         return own if isinstance(own, wasmtime.Table) else None
 
     def tls_base(self, handle: int) -> int:
@@ -364,21 +400,21 @@ class InstanceGroup:
         exports its TLS layout, the block comes from the coordinator's allocator instead and
         only the lock-free `__wasm_init_tls` (and `__wasm_apply_tls_relocs`) run in the guest.
         """
-        exports = self.instances[plan.handle].exports(self.store)
-        size, align = exports.get("__tls_size"), exports.get("__tls_align")
-        init = exports.get("__wasm_init_tls")
+        size, align = (self.find_export(plan.handle, "__tls_size"),
+                       self.find_export(plan.handle, "__tls_align"))
+        init = self.find_export(plan.handle, "__wasm_init_tls")
         try:
             if isinstance(size, wasmtime.Global) and isinstance(align, wasmtime.Global) \
                     and isinstance(init, wasmtime.Func):
                 block = self._allocate_tls(int(size.value(self.store)),
                                            max(int(align.value(self.store)), 4))
                 init(self.store, block)
-                relocs = exports.get("__wasm_apply_tls_relocs")
+                relocs = self.find_export(plan.handle, "__wasm_apply_tls_relocs")
                 if isinstance(relocs, wasmtime.Func):
                     relocs(self.store)
                 self._tls_bases[plan.handle] = block
                 return
-            wasix_init = exports.get("__wasix_init_tls")
+            wasix_init = self.find_export(plan.handle, "__wasix_init_tls")
             if isinstance(wasix_init, wasmtime.Func):
                 self._tls_bases[plan.handle] = int(wasix_init(self.store))
         except WASM_ERRORS as err:
@@ -425,6 +461,8 @@ class InstanceGroup:
         except (*WASM_ERRORS, LinkError) as err:
             for handle in new:
                 self.instances.pop(handle, None)
+                for key in [k for k in self._exports if k[0] == handle]:
+                    del self._exports[key]
                 self._tls_bases.pop(handle, None)
                 prefix = f"{self._plans[handle].name}:"
                 for key in [k for k in self._got if k.startswith(prefix)]:
@@ -477,7 +515,7 @@ class InstanceGroup:
                    wasmtime.Global(self.store, const, wasmtime.Val.i32(_signed32(plan.backing))),
                    wasmtime.Global(self.store, const, wasmtime.Val.i32(_signed32(plan.env)))]
         try:
-            instance = wasmtime.Instance(self.store, self._load_module(plan.module), imports)
+            instance = new_instance(self.store, self._load_module(plan.module).module, imports)
         except WASM_ERRORS as err:
             raise LinkError(f"{plan.label}: cannot instantiate: {_trap_text(err)}") from None
         func = instance.exports(self.store)[CLOSURE_EXPORT]
@@ -507,7 +545,7 @@ class InstanceGroup:
             self._call_init(MAIN_HANDLE, "_initialize")
 
     def _call_init(self, handle: int, name: str) -> None:
-        func = self.instances[handle].exports(self.store).get(name)
+        func = self.find_export(handle, name)
         if func is None:
             return
         plan = self._plans[handle]
@@ -522,33 +560,33 @@ class InstanceGroup:
             raise LinkError(f"{plan.name}: {name} failed: {_trap_text(err)}") from None
 
     def _instantiate(self, plan: ModulePlan) -> None:
-        module = self._load_module(plan.host_path)
-        wanted = module.imports
+        compiled = self._load_module(plan.host_path)
+        wanted = compiled.imports
         # The plan covers the module's own imports; the load-time rewrite appends host
         # helpers (orchestrator/rewrite.py) after them.
         helpers = wanted[len(plan.bindings):]
-        if any(imp.module != HELPER_MODULE for imp in helpers):
+        if any(module != HELPER_MODULE for module, _, _, _ in helpers):
             raise LinkError(f"{plan.name}: the compiled module does not match its plan")
-        imports = [self._import_value(plan, binding, imp)
-                   for binding, imp in zip(plan.bindings, wanted, strict=False)]
-        imports += [self._helper(str(imp.name), imp.type)
-                    for imp in helpers if isinstance(imp.type, wasmtime.FuncType)]
+        imports = [self._import_value(plan, binding, ty, is_i64)
+                   for binding, (_, _, ty, is_i64) in zip(plan.bindings, wanted, strict=False)]
+        imports += [self._helper(name, ty)
+                    for _, name, ty, _ in helpers if isinstance(ty, wasmtime.FuncType)]
         try:
-            self.instances[plan.handle] = wasmtime.Instance(self.store, module, imports)
+            self.instances[plan.handle] = new_instance(self.store, compiled.module, imports)
         except WASM_ERRORS as err:
             raise LinkError(f"{plan.name}: cannot instantiate: {_trap_text(err)}") from None
         if plan.handle == MAIN_HANDLE and self._memory is None:
             # A main that defines its own memory (one group only): host calls use that.
-            own = self.instances[plan.handle].exports(self.store).get("memory")
+            own = self.find_export(plan.handle, "memory")
             if isinstance(own, (wasmtime.Memory, wasmtime.SharedMemory)):
                 self.memory_object = own
                 self._memory = GuestMemory(own, self.store)
         if plan.handle == MAIN_HANDLE and self.stack_pointer is None:
-            sp = self.instances[plan.handle].exports(self.store).get("__stack_pointer")
+            sp = self.find_export(plan.handle, "__stack_pointer")
             if isinstance(sp, wasmtime.Global):
                 self.stack_pointer = sp
 
-    def _import_value(self, plan: ModulePlan, binding: Any, imp: wasmtime.ImportType) -> Any:
+    def _import_value(self, plan: ModulePlan, binding: Any, ty: Any, is_i64: bool) -> Any:
         how = binding.how
         if how == B_MEMORY:
             return self.memory_object
@@ -565,18 +603,17 @@ class InstanceGroup:
                     self.store, wasmtime.TagType(wasmtime.FuncType([wasmtime.ValType.i32()], [])))
             return self._tags[binding.name]
         if how in (B_CONST, B_TLS):
-            ty = imp.type
-            assert isinstance(ty, wasmtime.GlobalType)
+            if not isinstance(ty, wasmtime.GlobalType):
+                raise LinkError(f"{plan.name}: {binding.module}.{binding.name} is not a global")
             value = binding.value
             if how == B_TLS:
                 value += self.tls_base(binding.source)
-            val = wasmtime.Val.i64(value) if str(ty.content) == "i64" else wasmtime.Val.i32(
-                value if value < 1 << 31 else value - (1 << 32))
-            created = wasmtime.Global(self.store, ty, val)  # the type is copied, not kept
+            if not is_i64:
+                value = _signed32(value)
+            created = const_global(self.store, ty, is_i64, value)  # the type is copied
             if binding.module.startswith("GOT.") and how == B_CONST:
                 self._got[f"{plan.name}:{binding.module}.{binding.name}"] = created
             return created
-        ty = imp.type
         assert isinstance(ty, wasmtime.FuncType)
         if how == B_FUNC:
             if binding.source in self.instances:
@@ -803,6 +840,7 @@ class InstanceGroup:
         last reference to the wasmtime memory) and this group's cached descriptors. Only once
         its thread has left wasm; the group is unusable afterwards."""
         self.instances.clear()
+        self._exports.clear()
         self._plans.clear()
         self._got.clear()
         self._tags.clear()

@@ -57,6 +57,7 @@ from wasmgroup.worker import perturb
 from wasmgroup.worker.epoch import STOP_MESSAGE
 from wasmgroup.worker.group import (
     WASM_ERRORS,
+    CompiledModule,
     DescribeRequest,
     InstanceGroup,
     PendingOperation,
@@ -161,7 +162,7 @@ class Worker:
         self._tick = threading.Event()
         # Compiled modules by artefact path (one content each for the coordinator's cache's
         # life, which outlives this worker); the program's names for them by host path.
-        self._modules: dict[str, wasmtime.Module] = {}
+        self._modules: dict[str, CompiledModule] = {}
         self._artefacts: dict[str, str] = {}
         self.baseline: Baseline | None = None
         self._fds: list[int] = []
@@ -393,13 +394,13 @@ class Worker:
         assert self.baseline is not None
         return self.baseline.problem()
 
-    def _module(self, host_path: str) -> wasmtime.Module:
+    def _module(self, host_path: str) -> CompiledModule:
         artefact = self._artefacts.get(host_path)
         if artefact is None:
             raise LinkError(f"{host_path}: the coordinator sent no compiled module")
         module = self._modules.pop(artefact, None)
         if module is None:
-            module = wasmtime.Module.deserialize_file(self.engine, artefact)
+            module = CompiledModule(wasmtime.Module.deserialize_file(self.engine, artefact))
         self._modules[artefact] = module  # last: the most recently used
         return module
 

@@ -32,6 +32,7 @@ from typing import Any
 import wasmtime
 from wasmtime import _ffi as ffi  # the bindings' own ctypes layer
 from wasmtime import _func
+from wasmtime._extern import wrap_extern
 from wasmtime._slab import Slab
 
 _LOCAL = threading.local()
@@ -258,6 +259,99 @@ def table_grow(store: wasmtime.Store, table: wasmtime.Table, delta: int) -> int:
     if error:
         raise wasmtime.WasmtimeError._from_ptr(error)
     return int(previous.value)
+
+
+def new_instance(store: wasmtime.Store, module: wasmtime.Module, imports: list[Any]
+                 ) -> wasmtime.Instance:
+    """`wasmtime.Instance(store, module, imports)` without the bindings' per-import type
+    dispatch (each import imports the wasmtime package again to test its class)."""
+    externs = (ffi.wasmtime_extern_t * len(imports))()
+    for i, value in enumerate(imports):
+        externs[i] = value._as_extern()
+    instance = ffi.wasmtime_instance_t()
+    with _func.enter_wasm(store) as trap:
+        error = ffi.wasmtime_instance_new(store._context(), module.ptr(), externs,
+                                          len(imports), ctypes.byref(instance), trap)
+        if error:
+            raise wasmtime.WasmtimeError._from_ptr(error)
+    return wasmtime.Instance._from_raw(instance)
+
+
+def module_imports(module: wasmtime.Module) -> list[tuple[str, str, Any, bool]]:
+    """(module, name, type, whether a global is an i64) per import of `module`, in order;
+    the type is a `wasmtime.GlobalType` or `FuncType` for globals and functions, else None
+    (what instantiating needs). Read through the C API: the bindings' `Module.imports` wraps
+    every import, its names and its type in objects (~20 µs an import)."""
+    owner = _ImportTypeList()
+    ffi.wasmtime_module_imports(module.ptr(), ctypes.byref(owner.vec))
+    found = []
+    for i in range(owner.vec.size):
+        item = owner.vec.data[i]
+        names = [ffi.wasm_importtype_module(item).contents, ffi.wasm_importtype_name(item)]
+        module_name = ctypes.string_at(names[0].data, names[0].size).decode()
+        name = names[1].contents
+        extern = ffi.wasm_importtype_type(item)
+        ty: Any = None
+        is_i64 = False
+        global_type = ffi.wasm_externtype_as_globaltype(extern)
+        if global_type:
+            ty = wasmtime.GlobalType._from_ptr(global_type, owner)
+            is_i64 = value_type_name(ty.content) == "i64"
+        else:
+            func_type = ffi.wasm_externtype_as_functype(extern)
+            if func_type:
+                ty = wasmtime.FuncType._from_ptr(func_type, owner)
+        found.append((module_name, ctypes.string_at(name.data, name.size).decode(), ty, is_i64))
+    return found
+
+
+class _ImportTypeList:
+    """Owns an import type vector (the types read from it refer to it)."""
+
+    def __init__(self) -> None:
+        self.vec = ffi.wasm_importtype_vec_t(0, None)
+
+    def __del__(self) -> None:
+        ffi.wasm_importtype_vec_delete(ctypes.byref(self.vec))
+
+
+_EXTERN_CLASSES: dict[int, Any] = {}
+
+
+def instance_export(store: wasmtime.Store, instance: wasmtime.Instance, name: str) -> Any:
+    """One export of `instance` by name, or None, without wrapping every other export (as
+    `instance.exports(store)` does the first time)."""
+    item = ffi.wasmtime_extern_t()
+    encoded = name.encode()
+    if not ffi.wasmtime_instance_export_get(store._context(), ctypes.byref(instance._instance),
+                                            encoded, len(encoded), ctypes.byref(item)):
+        return None
+    if not _EXTERN_CLASSES:
+        _EXTERN_CLASSES.update({
+            ffi.WASMTIME_EXTERN_FUNC.value: lambda i: wasmtime.Func._from_raw(i.of.func),
+            ffi.WASMTIME_EXTERN_GLOBAL.value: lambda i: wasmtime.Global._from_raw(i.of.global_),
+            ffi.WASMTIME_EXTERN_TABLE.value: lambda i: wasmtime.Table._from_raw(i.of.table)})
+    wrap = _EXTERN_CLASSES.get(item.kind)
+    return wrap(item) if wrap is not None else wrap_extern(item)
+
+
+def const_global(store: wasmtime.Store, ty: wasmtime.GlobalType, is_i64: bool, value: int
+                 ) -> wasmtime.Global:
+    """`wasmtime.Global(store, ty, Val.i32/i64(value))` for an integer global, without the
+    bindings' conversion through `Val` (which asks the type for its content each time)."""
+    raw = ffi.wasmtime_val_t()
+    if is_i64:
+        raw.kind = _I64
+        raw.of.i64 = value
+    else:
+        raw.kind = _I32
+        raw.of.i32 = value
+    made = ffi.wasmtime_global_t()
+    error = ffi.wasmtime_global_new(store._context(), ty.ptr(), ctypes.byref(raw),
+                                    ctypes.byref(made))
+    if error:
+        raise wasmtime.WasmtimeError._from_ptr(error)
+    return wasmtime.Global._from_raw(made)
 
 
 _KNOWN: list[tuple[str, Any]] = []  # (name, owned wasm_valtype_t pointer), made once
