@@ -2,8 +2,11 @@
 
 Entries are keyed by the module's SHA-256, the wasmtime version and the engine settings, so a
 stale entry (another version or configuration) is never looked up. Each artefact is stored
-with the SHA-256 of its own bytes; an entry whose bytes do not match (truncated, corrupt) or
-that wasmtime refuses is deleted and rebuilt, never trusted. Writes are atomic (rename).
+with the SHA-256 of its own bytes; an entry whose bytes do not match (truncated, corrupt) is
+deleted and rebuilt, never trusted. Writes are atomic (rename). The coordinator never runs a
+module, so a hit costs no deserialize here (workers deserialize the artefact, once each);
+beside each artefact, `KEY.parsed` keeps what the wasm reader found in the module (a hit
+parses nothing; a missing or unreadable one is parsed again).
 
 Location: `$WASMGROUP_CACHE`, else `$XDG_CACHE_HOME/wasmgroup`, else `~/.cache/wasmgroup`.
 Artefacts are mmapped while in use: replace or unlink entries (as this module does), never
@@ -14,9 +17,11 @@ entries are evicted until the cache holds at most `$WASMGROUP_CACHE_SIZE` bytes 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import os
+import pickle
 import stat
 import tempfile
 import threading
@@ -94,7 +99,7 @@ def cache_info(directory: Path) -> CacheInfo:
 
 
 def _remove(artefact: Path) -> None:
-    for path in (artefact, artefact.with_suffix(".sha256")):
+    for path in (artefact, artefact.with_suffix(".sha256"), artefact.with_suffix(".parsed")):
         path.unlink(missing_ok=True)
 
 
@@ -127,7 +132,6 @@ def evict(directory: Path, limit: int, keep: set[Path]) -> int:
 class CachedModule:
     key: str
     parsed: WasmModule
-    module: wasmtime.Module
     artefact: Path  # the serialized module in the cache directory
     # The same file through a descriptor this cache holds open: what worker processes are
     # given, so that eviction or `cache clean` by another program cannot pull it away.
@@ -161,22 +165,44 @@ class ModuleCache:
         key = hashlib.sha256(self._salt.encode() + b"\0" + data).hexdigest()
         entry = self._by_key.get(key)
         if entry is None:
-            parsed = parse_module(data, source=name)
-            # Validated and rewritten only on a miss: a hit was validated when compiled.
+            # Parsed once per cache entry (the same bytes parse the same), and validated and
+            # rewritten only on a miss: a hit was validated when compiled.
+            stored = self._parsed_before(key)
+            parsed = stored or parse_module(data, source=name)
             entry = self._entry(key, parsed,
-                                lambda: runnable_bytes(self.engine, data, parsed, name), name)
+                                lambda: runnable_bytes(self.engine, data, parsed, name), name,
+                                keep_parsed=stored is None)
         self._by_path[host_path] = entry
         return entry
 
-    def _entry(self, key: str, parsed: WasmModule, prepare: Callable[[], bytes], name: str
-               ) -> CachedModule:
-        """The entry of `key`, compiled (or deserialized) once however many programs ask."""
+    def _parsed_before(self, key: str) -> WasmModule | None:
+        """What parsing the module of `key` gave when its entry was made (by any process of
+        this version), or None."""
+        try:
+            stored = pickle.loads((self.directory / f"{key}.parsed").read_bytes())
+        except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError,
+                TypeError, ValueError, IndexError):
+            return None
+        if not (isinstance(stored, tuple) and len(stored) == 2
+                and stored[0] == WASMGROUP_VERSION and isinstance(stored[1], WasmModule)):
+            return None
+        return stored[1]
+
+    def _entry(self, key: str, parsed: WasmModule, prepare: Callable[[], bytes], name: str,
+               keep_parsed: bool = False) -> CachedModule:
+        """The entry of `key`, compiled once however many programs ask. This process never
+        runs it (workers deserialize it), so a hit only checks the artefact's checksum.
+        With `keep_parsed`, `parsed` (just parsed) is stored beside it for the next process."""
         with self._lock:
             if key not in self._by_key:
-                module, artefact = self._compiled(key, prepare, name)
+                artefact = self._compiled(key, prepare, name)
                 held = os.open(artefact, os.O_RDONLY | os.O_CLOEXEC)
                 self._held.append(held)
-                self._by_key[key] = CachedModule(key, parsed, module, artefact,
+                if keep_parsed:
+                    with contextlib.suppress(OSError):
+                        _atomic_write(self.directory / f"{key}.parsed",
+                                      pickle.dumps((WASMGROUP_VERSION, parsed)))
+                self._by_key[key] = CachedModule(key, parsed, artefact,
                                                  f"/proc/{os.getpid()}/fd/{held}")
             return self._by_key[key]
 
@@ -224,8 +250,8 @@ class ModuleCache:
             os.close(fd)
         self._held.clear()
 
-    def _compiled(self, key: str, prepare: Callable[[], bytes], name: str
-                  ) -> tuple[wasmtime.Module, Path]:
+    def _compiled(self, key: str, prepare: Callable[[], bytes], name: str) -> Path:
+        """The artefact of `key`: the cached one if its checksum holds, else compiled now."""
         self.directory.mkdir(parents=True, exist_ok=True)
         artefact = self.directory / f"{key}.cwasm"
         checksum = self.directory / f"{key}.sha256"
@@ -233,11 +259,10 @@ class ModuleCache:
             try:
                 if hashlib.sha256(artefact.read_bytes()).hexdigest() == checksum.read_text():
                     os.utime(artefact)  # its last use, for eviction
-                    return wasmtime.Module.deserialize_file(self.engine, str(artefact)), artefact
-            except (OSError, wasmtime.WasmtimeError):
-                pass  # unreadable or refused: rebuild below
-            for stale in (artefact, checksum):
-                stale.unlink(missing_ok=True)
+                    return artefact
+            except OSError:
+                pass  # unreadable: rebuild below
+            _remove(artefact)
         runnable = prepare()
         started = time.perf_counter()
         module = compile_module(self.engine, runnable, name)
@@ -247,7 +272,7 @@ class ModuleCache:
         _atomic_write(artefact, serialized)
         _atomic_write(checksum, hashlib.sha256(serialized).hexdigest().encode())
         evict(self.directory, self.limit, {m.artefact for m in self._by_key.values()} | {artefact})
-        return module, artefact
+        return artefact
 
 
 def read_module(fd: int, name: str, limit: int) -> bytes:
