@@ -48,13 +48,16 @@ from wasmgroup.orchestrator.trace import Tracer, ms
 from wasmgroup.orchestrator.verify import first_difference
 from wasmgroup.orchestrator.workers import (
     SHUTDOWN_GRACE,
+    AckCount,
     CallFailed,
     CallStopped,
     OperationFuture,
+    ServeElsewhere,
     WithDescriptor,
     WorkerProcess,
     WorkerStartError,
 )
+from wasmgroup.shared import protocol
 from wasmgroup.shared.closure import MAX_VALUES, VALUE_SIZES, trampoline_module
 from wasmgroup.shared.cpus import usable_cpus
 from wasmgroup.shared.errors import LinkError, WasmgroupError
@@ -429,7 +432,7 @@ class Program:
         future = worker.post(self._load_op(pending.plan), initialise=True)
         self._loading = worker
         try:
-            self._await(future)
+            self._await(future, own=future)
         except CallStopped:
             self.linker.abort(pending)
             raise
@@ -681,7 +684,7 @@ class Program:
             # A file changed under a lookup (a guest renaming while another thread loads):
             # the request fails; the message names no host path.
             raise CallFailed(f"{name} failed: {err.strerror or err}") from None
-        except (CallFailed, CallStopped):
+        except (CallFailed, CallStopped, ServeElsewhere):
             raise
         except Exception as err:  # a bug must end the program, not kill this thread
             self.finish(EXIT_RUNTIME_ERROR, f"internal error serving {name!r} for thread "
@@ -735,9 +738,14 @@ class Program:
             yield 0.0
             return
         started = time.perf_counter()
-        while not self._topology.acquire(timeout=WAIT_SLICE):
-            if self._stop.is_set():
-                raise CallStopped()
+        if requester is not None and WorkerProcess.reading_here() is requester:
+            # On the requester's reader thread, which must never wait for another group.
+            if not self._topology.acquire(blocking=False):
+                raise ServeElsewhere()
+        else:
+            while not self._topology.acquire(timeout=WAIT_SLICE):
+                if self._stop.is_set():
+                    raise CallStopped()
         self._topology_holder = requester
         try:
             yield time.perf_counter() - started
@@ -745,7 +753,13 @@ class Program:
             self._topology_holder = None
             self._topology.release()
 
-    def _await(self, future: OperationFuture) -> None:
+    def _await(self, future: OperationFuture | AckCount, own: OperationFuture | None = None
+               ) -> None:
+        """Until `future` is done. `own`: a future of the worker whose reader thread this may
+        be (serving its request), which then reads that worker's frames itself meanwhile."""
+        reader = WorkerProcess.reading_here()
+        if own is not None and reader is not None:
+            reader.pump(own.done, self._stop.is_set)
         while not future.done.wait(WAIT_SLICE):
             if self._stop.is_set():
                 raise CallStopped()
@@ -754,15 +768,20 @@ class Program:
                    ) -> dict[int, OperationFuture]:
         """Every live group (but `exclude`) applies `op` before this returns. Returns what
         each group reported (timings, and its state for a describe)."""
+        packed = protocol.pack_op(op)  # once, for every group
         with self._groups_lock:
             targets = {tid: w for tid, w in self.groups.items() if w is not exclude}
             # Standby groups run no guest code: nothing waits for them here; a spawn that
             # takes one first waits for what it still has to apply.
             for standby in self._standby:
-                self._standby_pending.setdefault(standby, []).append(standby.post(op))
-            posted = {tid: w.post(op) for tid, w in targets.items()}  # see finish()
+                self._standby_pending.setdefault(standby, []).append(standby.post(packed))
+            count = AckCount(len(targets))
+            posted = {tid: w.post(packed, count=count)  # see finish()
+                      for tid, w in targets.items()}
+        reader = WorkerProcess.reading_here()
+        own = next((posted[tid] for tid, w in targets.items() if w is reader), None)
+        self._await(count, own)  # one wake-up, when the last group has acknowledged
         for tid, future in posted.items():
-            self._await(future)
             if future.error is not None:
                 self.finish(EXIT_RUNTIME_ERROR,
                             f"thread {tid} could not apply a link operation: {future.error}")

@@ -24,6 +24,7 @@ import itertools
 import logging
 import os
 import queue
+import select
 import signal
 import socket
 import subprocess
@@ -45,12 +46,19 @@ from wasmgroup.shared.errors import WasmgroupError
 # the topology lock) makes them nested in that request, so they must not queue behind it.
 IMMEDIATE_CALLS = frozenset({"grow", "tls_arena", "cwd", "chdir", "is_side_module",
                              *DESCRIPTOR_REQUESTS})
+# Link operations are served on the reader thread too, when the topology lock is free (one
+# thread hand-over fewer each way): while it waits for its own group's ack it reads the
+# socket itself (`pump`); when the lock is held, the listener raises ServeElsewhere and the
+# request goes to the request thread, so that no reader ever blocks on another group.
+LINK_CALLS = frozenset({"dlopen", "dlsym", "resolve_stub", "closure_allocate",
+                        "closure_prepare", "closure_free"})
 READY_TIMEOUT = 60.0  # seconds for a new worker to import wasmtime and create its engine
 log = logging.getLogger("wasmgroup")
 SHUTDOWN_GRACE = 2.0  # seconds a worker gets to leave on its own before it is killed
 READY_SLICE = 0.05  # seconds between checks for a cancelled wait for a worker
 RESET_TIMEOUT = 5.0  # seconds an idle worker gets to answer a reset before it is retired
 RESET_WAIT = 1.0  # seconds take() waits for a reset under way rather than start a worker
+READ_SLICE = 0.05  # seconds between checks for a stopping program while a request pumps
 
 
 class WorkerStartError(WasmgroupError):
@@ -71,6 +79,14 @@ class CallStopped(Exception):
     """The program is ending: the requesting guest thread must stop."""
 
 
+class ServeElsewhere(Exception):
+    """Raised by the listener for a request on a reader thread that would have to wait for
+    another request: it is served on the worker's request thread instead."""
+
+
+_READING = threading.local()  # .worker: the worker whose reader thread this is
+
+
 @dataclass
 class WithDescriptor:
     """A request's answer with an OS descriptor that travels beside it (SCM_RIGHTS); the
@@ -78,6 +94,25 @@ class WithDescriptor:
 
     value: Any
     fd: int
+
+
+class AckCount:
+    """The acks one broadcast still waits for: the reader thread that completes the last
+    sets `done`, so the waiting thread wakes once, not once per group."""
+
+    def __init__(self, count: int) -> None:
+        self._left = count
+        self._lock = threading.Lock()
+        self.done = threading.Event()
+        if count <= 0:
+            self.done.set()
+
+    def one_done(self) -> None:
+        with self._lock:
+            self._left -= 1
+            last = self._left == 0
+        if last:
+            self.done.set()
 
 
 @dataclass
@@ -89,6 +124,12 @@ class OperationFuture:
     seconds: float = 0.0
     state: list[Any] | None = None
     gone: bool = False  # the group ended (or the worker died) before applying it
+    count: AckCount | None = None  # the broadcast it belongs to, told when it completes
+
+    def complete(self) -> None:
+        self.done.set()
+        if self.count is not None:
+            self.count.one_done()
 
 
 def describe_exit(returncode: int | None) -> str:
@@ -139,6 +180,7 @@ class WorkerProcess:
         self._futures_lock = threading.Lock()
         self._requests: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
         self.lost: str | None = None  # why the worker is gone, once it is
+        self._read_ended = False  # the connection ended while a request pumped frames
         self._busy = False  # a request of this worker is being served
         self._closing = False
         # Told when a reset is answered (clean or not, with the problem) and when the worker
@@ -180,16 +222,22 @@ class WorkerProcess:
             if lease is _ANY or self.listener is lease:
                 protocol.send(self.sock, frame, fds)
 
-    def post(self, op: dict[str, Any], initialise: bool = False) -> OperationFuture:
-        future = OperationFuture()
+    def post(self, op: dict[str, Any] | bytes, initialise: bool = False,
+             count: AckCount | None = None) -> OperationFuture:
+        """Send a link operation (a dict, or bytes `protocol.pack_op` made of it once for
+        a broadcast); its ack completes the future (and counts down `count`)."""
+        future = OperationFuture(count=count)
+        packed = op if isinstance(op, bytes) else protocol.pack_op(op)
         with self._futures_lock:
             if self.lost is not None:
                 future.gone = True
-                future.done.set()
+                future.complete()
                 return future
             op_id = next(self._ids)
             self._futures[op_id] = future
-        self.send("op", id=op_id, op=op, initialise=initialise)
+        frame = protocol.encode_op(op_id, packed, initialise)
+        with self._send_lock, contextlib.suppress(protocol.ConnectionClosed, OSError):
+            protocol.send(self.sock, frame)  # a lost connection is noticed by the reader
         return future
 
     def wait_ready(self, timeout: float = READY_TIMEOUT,
@@ -208,38 +256,80 @@ class WorkerProcess:
             raise WorkerStartError(f"worker process {self.pid} did not start: {reason}")
 
     # ------------------------------------------------------------------ reading
+    @staticmethod
+    def reading_here() -> WorkerProcess | None:
+        """The worker whose reader thread the caller runs on, if any."""
+        worker: WorkerProcess | None = getattr(_READING, "worker", None)
+        return worker
+
     def _read(self) -> None:
-        reason = "closed its connection"
+        _READING.worker = self
+        reason = self._receive(None, None)
+        if not self._read_ended:  # else a request pumping frames saw the end, and said so
+            self._end(reason or "closed its connection")
+
+    def pump(self, until: threading.Event, stopping: Callable[[], bool]) -> None:
+        """On this worker's reader thread, serving one of its requests: read and handle its
+        frames until `until` is set (its ack came), the connection ends, or `stopping()`."""
+        reason = self._receive(until, stopping)
+        if reason is not None and not self._read_ended:
+            self._read_ended = True
+            self._end(reason)
+
+    def _receive(self, until: threading.Event | None, stopping: Callable[[], bool] | None
+                 ) -> str | None:
+        """Read and dispatch frames (until `until` is set, if given); why the connection
+        ended, or None."""
         try:
-            while True:
-                message = protocol.receive(self.sock)
-                kind = message["t"]
-                if kind == "ready":
-                    self._ready.set()
-                elif kind == "ack":
-                    self._complete(message)
-                elif kind == "call" and message["name"] in IMMEDIATE_CALLS:
-                    self._answer(message)
-                elif kind == "call" and self._busy:
-                    # Made while the worker's own request is under way (a constructor's dlsym
-                    # during its dlopen): answered beside it, or neither could finish.
-                    threading.Thread(target=self._answer, args=(message,), daemon=True).start()
-                elif kind == "call":
-                    self._busy = True
-                    self._requests.put(message)
-                elif kind in ("assigned", "exited") and self.listener is not None:
-                    self.listener.worker_message(self, message)
-                elif kind == "clean" and self.on_clean is not None:
-                    self.on_clean(self, message["ok"], message["problem"])
-                else:
-                    raise protocol.ProtocolError(f"unexpected message {kind!r} from worker "
-                                                 f"{self.pid}")
+            while not self._read_ended:
+                if until is not None:
+                    if until.is_set() or (stopping is not None and stopping()):
+                        return None
+                    if not select.select([self.sock], [], [], READ_SLICE)[0]:
+                        continue
+                self._dispatch(protocol.receive(self.sock))
         except protocol.ConnectionClosed:
-            pass
+            return "closed its connection"
         except protocol.ProtocolError as err:
-            reason = f"broke the protocol: {err}"
-        except OSError as err:
-            reason = f"connection failed: {err}"
+            return f"broke the protocol: {err}"
+        except (OSError, ValueError) as err:  # ValueError: select on a closed socket
+            return f"connection failed: {err}"
+        return None
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        kind = message["t"]
+        if kind == "ready":
+            self._ready.set()
+        elif kind == "ack":
+            self._complete(message)
+        elif kind == "call" and message["name"] in IMMEDIATE_CALLS:
+            self._answer(message)
+        elif kind == "call" and self._busy:
+            # Made while the worker's own request is under way (a constructor's dlsym
+            # during its dlopen): answered beside it, or neither could finish.
+            threading.Thread(target=self._answer, args=(message,), daemon=True).start()
+        elif kind == "call" and message["name"] in LINK_CALLS:
+            self._busy = True
+            try:
+                if not self._answer(message, inline=True):
+                    self._requests.put(message)  # the request thread clears _busy
+                    return
+            except BaseException:
+                self._busy = False
+                raise
+            self._busy = False
+        elif kind == "call":
+            self._busy = True
+            self._requests.put(message)
+        elif kind in ("assigned", "exited") and self.listener is not None:
+            self.listener.worker_message(self, message)
+        elif kind == "clean" and self.on_clean is not None:
+            self.on_clean(self, message["ok"], message["problem"])
+        else:
+            raise protocol.ProtocolError(f"unexpected message {kind!r} from worker "
+                                         f"{self.pid}")
+
+    def _end(self, reason: str) -> None:
         if not self._closing:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=1.0)
@@ -254,7 +344,7 @@ class WorkerProcess:
             raise protocol.ProtocolError(f"ack for unknown operation {message['id']}")
         future.error, future.seconds = message["error"], message["seconds"]
         future.state, future.gone = message["state"], message["gone"]
-        future.done.set()
+        future.complete()
 
     def _lose(self, reason: str) -> None:
         with self._futures_lock:
@@ -262,7 +352,7 @@ class WorkerProcess:
             futures, self._futures = self._futures, {}
         for future in futures.values():
             future.gone = True
-            future.done.set()
+            future.complete()
         self._ready.set()
         self._requests.put(None)
         listener = self.listener
@@ -282,17 +372,23 @@ class WorkerProcess:
             finally:
                 self._busy = False
 
-    def _answer(self, message: dict[str, Any]) -> None:
+    def _answer(self, message: dict[str, Any], inline: bool = False) -> bool:
         """Serve one request and always reply (the listener turns every failure into
         CallFailed or CallStopped), unless the worker went back to a pool meanwhile (the
         reply then belongs to no one: its thread is gone); a lost connection is the reader's
-        to notice."""
+        to notice. `inline` (on the reader thread): False, and no reply, when the listener
+        says it must be served elsewhere."""
         listener = self.listener
         fds: list[int] = []
         try:
             if listener is None:
                 raise CallFailed("this worker hosts no thread")
-            value = listener.worker_call(self, message["name"], message["args"])
+            try:
+                value = listener.worker_call(self, message["name"], message["args"])
+            except ServeElsewhere:
+                if inline:
+                    return False
+                raise CallFailed("internal error: a request bounced twice") from None
             if isinstance(value, WithDescriptor):
                 value, fds = value.value, [value.fd]
             reply: dict[str, Any] = {"ok": True, "value": value, "error": None}
@@ -310,6 +406,7 @@ class WorkerProcess:
             for fd in fds:
                 with contextlib.suppress(OSError):
                     os.close(fd)
+        return True
 
     # ------------------------------------------------------------------ ending
     def kill(self) -> None:
@@ -548,9 +645,11 @@ class WorkerPool:
 
 
 __all__ = [
+    "AckCount",
     "CallFailed",
     "CallStopped",
     "OperationFuture",
+    "ServeElsewhere",
     "WithDescriptor",
     "WorkerPool",
     "WorkerProcess",

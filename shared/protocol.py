@@ -87,6 +87,30 @@ def encode(kind: str, **fields: Any) -> bytes:
     return _HEADER.pack(len(body)) + body
 
 
+def pack_op(op: dict[str, Any]) -> bytes:
+    """A link operation packed once, for `encode_op` to put in each group's frame (a
+    broadcast sends the same operation to every group, under a different id)."""
+    try:
+        return bytes(msgpack.packb(op, use_bin_type=True))
+    except (OverflowError, ValueError, TypeError) as err:
+        raise ProtocolError(f"message 'op' cannot be encoded: {err}") from None
+
+
+_OP_HEAD = msgpack.packb({"v": PROTOCOL_VERSION, "t": "op"})[1:]  # the map's first 2 pairs
+
+
+def encode_op(op_id: int, packed: bytes, initialise: bool) -> bytes:
+    """The frame `encode("op", id=op_id, op=..., initialise=initialise)` would make, around
+    an operation `pack_op` packed (a map, so the frame is valid as `decode` reads it)."""
+    is_map = bool(packed) and (packed[0] & 0xF0 == 0x80 or packed[0] in (0xDE, 0xDF))
+    if type(op_id) is not int or not is_map:
+        raise ProtocolError("message 'op': fields 'id' and 'op' must be int and dict")
+    body = b"".join((b"\x85", _OP_HEAD, msgpack.packb("id"), msgpack.packb(op_id),
+                     msgpack.packb("op"), packed, msgpack.packb("initialise"),
+                     msgpack.packb(initialise)))
+    return _HEADER.pack(len(body)) + body
+
+
 def validate(message: object) -> dict[str, Any]:
     if not isinstance(message, dict):
         raise ProtocolError(f"a frame must be a map, not {type(message).__name__}")

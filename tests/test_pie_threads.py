@@ -14,6 +14,7 @@ import pytest
 from leaks import assert_nothing_left, open_fds
 
 from wasmgroup.orchestrator.program import EXIT_RUNTIME_ERROR, Program, run_program
+from wasmgroup.orchestrator.workers import ServeElsewhere
 
 WAITS = ("futex", "atomic", "spin", "sleep")
 
@@ -86,8 +87,15 @@ def test_read_only_link_queries_take_no_round_trip(guests: Path, idle: int,
     serve = Program.worker_call
 
     def counting(self: Program, worker: object, name: str, args: list) -> object:
+        try:
+            value = serve(self, worker, name, args)  # type: ignore[arg-type]
+        except ServeElsewhere:  # the same request, served on the request thread instead
+            raise
+        except Exception:
+            asked.append(name)
+            raise
         asked.append(name)
-        return serve(self, worker, name, args)  # type: ignore[arg-type]
+        return value
 
     monkeypatch.setattr(Program, "worker_call", counting)
     folder = guests / "pie_threads"

@@ -22,6 +22,8 @@ from wasmgroup.shared.protocol import (
     ProtocolError,
     decode,
     encode,
+    encode_op,
+    pack_op,
     receive,
     send,
     validate,
@@ -111,6 +113,20 @@ def test_integer_past_64_bits_is_a_protocol_error() -> None:
     # A table base of 2^(2^32-1) from a bad module used to escape as OverflowError (a hang).
     with pytest.raises(ProtocolError, match=r"message 'op' cannot be encoded: Integer value"):
         encode("op", id=1, op={"table_base": 1 << 64}, initialise=False)
+
+
+@pytest.mark.parametrize("op_id", [1, 200, 1 << 20])
+def test_an_operation_packed_once_makes_the_frames_encode_would(op_id: int) -> None:
+    op = {"op": "load_modules", "modules": [{"name": "lib.so", "bindings": [[1, "x"]]}],
+          **{f"k{i}": i for i in range(20)}}  # past 15 keys: a map16
+    for initialise in (False, True):
+        frame = encode_op(op_id, pack_op(op), initialise)
+        assert frame == encode("op", id=op_id, op=op, initialise=initialise)
+        assert decode(body(frame))["op"] == op
+    with pytest.raises(ProtocolError, match=r"message 'op': fields 'id' and 'op'"):
+        encode_op(1, pack_op([1, 2]), False)  # type: ignore[arg-type]
+    with pytest.raises(ProtocolError, match=r"message 'op' cannot be encoded: Integer value"):
+        pack_op({"table_base": 1 << 64})
 
 
 def test_other_protocol_version() -> None:

@@ -6,11 +6,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 
 from wasmgroup.orchestrator.program import EXIT_RUNTIME_ERROR, Program, ProgramOptions
 from wasmgroup.orchestrator.verify import first_difference
-from wasmgroup.orchestrator.workers import OperationFuture, WorkerProcess
+from wasmgroup.orchestrator.workers import AckCount, OperationFuture, WorkerProcess
 from wasmgroup.shared.plan import GroupState
 
 
@@ -49,11 +50,12 @@ def test_verify_groups_catches_a_planted_difference(guests: Path,
     checker must stop the program naming the thread, the slot and both functions."""
     original = WorkerProcess.post
 
-    def planted(self: WorkerProcess, op: dict[str, Any], initialise: bool = False
-                ) -> OperationFuture:
-        if self.thread_id == 2 and op.get("export") == "mtplug_work":
-            op = {**op, "export": "mtplug_total"}
-        return original(self, op, initialise)
+    def planted(self: WorkerProcess, op: dict[str, Any] | bytes, initialise: bool = False,
+                count: AckCount | None = None) -> OperationFuture:
+        wire = msgpack.unpackb(op) if isinstance(op, bytes) else op  # a broadcast packs once
+        if self.thread_id == 2 and wire.get("export") == "mtplug_work":
+            op = {**wire, "export": "mtplug_total"}
+        return original(self, op, initialise, count)
 
     monkeypatch.setattr(WorkerProcess, "post", planted)
     program = Program(str(guests / "threads" / "dlopen_spin.wasm"), ProgramOptions(

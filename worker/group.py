@@ -699,6 +699,12 @@ class InstanceGroup:
         if waiting_on is not None and not futex_waitv_works():
             futex_wake(waiting_on, 0x7FFFFFFF)
 
+    def parked_in_futex(self) -> bool:
+        """Whether this group's thread sleeps in futex_wait: an operation posted now is
+        applied when its wake word wakes it, or before it returns to guest code, so it
+        needs no epoch tick."""
+        return self._waiting_on is not None
+
     def has_pending(self) -> bool:
         return not self._pending.empty()
 
@@ -774,6 +780,9 @@ class InstanceGroup:
             # spurious one, which every futex user re-checks; the operation is applied at the
             # guest's next safe point.
             if outcome != "timeout":
+                # Posted while this group was parked: no epoch tick came for it (see
+                # `parked_in_futex`), so apply it before the guest runs on.
+                self.service_pending()
                 return outcome
 
     def sleep_until(self, deadline_ns: int) -> None:

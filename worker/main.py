@@ -176,6 +176,7 @@ class Worker:
         # Frames for the idle loop that came while it waited for a reply (below).
         self._deferred: list[tuple[dict[str, Any], list[int]]] = []
         self.in_entry = False  # the main thread runs guest code (not the idle loop)
+        self._waiting_safely = False  # the main thread waits on its inbox at a safe point
 
     # ------------------------------------------------------------------ threads
     def read_frames(self) -> None:
@@ -226,7 +227,9 @@ class Worker:
         if group is None:
             self.conn.send("ack", id=pending_id, error=None, seconds=0.0, state=None, gone=True)
             return
-        self._wake()
+        # A thread waiting at a safe point applies it when woken; only guest code needs
+        # the epoch ticked (a ticker woken for nothing competes for the GIL and a CPU).
+        self._wake(tick=not (group.parked_in_futex() or self._waiting_safely))
 
     def _purge(self) -> None:
         with self._group_lock:
@@ -240,13 +243,14 @@ class Worker:
         self.conn.send("ack", id=self._ids.pop(id(pending)), error=pending.error,
                        seconds=float(pending.seconds), state=state, gone=gone)
 
-    def _wake(self) -> None:
+    def _wake(self, tick: bool = True) -> None:
         """Bring the main thread to a safe point: its inbox, its futex wait, guest code."""
         self.inbox.put(None)
         group = self.group
         if group is not None:
             group.nudge()
-        self._tick.set()
+        if tick:
+            self._tick.set()
 
     def tick(self) -> None:
         while True:
@@ -270,11 +274,19 @@ class Worker:
         while True:
             if stop_aware and self._stop.is_set():
                 raise ProgramStopping()
-            item = self._deferred.pop(0) if self._deferred and not stop_aware \
-                else self.inbox.get()
+            if self._deferred and not stop_aware:
+                item = self._deferred.pop(0)
+            else:
+                self._waiting_safely = safe_point
+                try:
+                    item = self.inbox.get()
+                finally:
+                    self._waiting_safely = False
+            if safe_point and self.group is not None:
+                # Also before a message: an operation posted while this thread waited came
+                # with no epoch tick (`_post`).
+                self.group.service_pending()
             if item is None:
-                if safe_point and self.group is not None:
-                    self.group.service_pending()
                 continue
             return item
 
