@@ -264,6 +264,34 @@ def test_dlopen_of_impossible_dylink_fields_fails_without_allocating(guests: Pat
     assert_nothing_left(fds)
 
 
+def test_constructors_of_another_type_or_that_trap_fail_the_dlopen(guests: Path,
+                                                                    tmp_path: Path) -> None:
+    """__wasm_call_ctors taking an argument, or trapping: the dlopen returns NULL saying so,
+    and the host goes on (the call is made through the C API, which checks the type)."""
+    def side_module(body: bytes, params: bytes) -> bytes:
+        return module(dylink(mem_info(0, 0, 0, 0)),
+                      section(1, uleb(1) + b"\x60" + uleb(len(params)) + params + b"\x00"),
+                      section(3, uleb(1) + uleb(0)),
+                      section(7, uleb(1) + name("__wasm_call_ctors") + b"\x00" + uleb(0)),
+                      section(10, uleb(1) + uleb(len(body) + 1) + b"\x00" + body))
+    plugins = plugin_dir(guests, tmp_path, {
+        "libargs.so": side_module(b"\x0b", b"\x7f"),  # (i32) -> ()
+        "libtrap.so": side_module(b"\x00\x0b", b""),  # unreachable
+    })
+    fds = open_fds()
+    result = run_program(str(guests / "plugins" / "host.wasm"), ["/plugins"],
+                         dirs=[f"{guests / 'plugins'}::/", f"{plugins}::/plugins"])
+    assert result.exit_code == 0, result.error
+    lines = result.stdout.decode().splitlines()
+    failed = {line.split(":")[0].split()[1]: line for line in lines if line.startswith("failed ")}
+    assert "/plugins/libargs.so: __wasm_call_ctors must be a function of type () -> ()" \
+        in failed["libargs.so"]
+    assert "/plugins/libtrap.so: __wasm_call_ctors failed: wasm trap: wasm `unreachable` " \
+        "instruction executed" in failed["libtrap.so"]
+    assert lines[-1] == "1 plugin(s), 2 failure(s)"
+    assert_nothing_left(fds)
+
+
 def test_control_characters_from_a_module_stay_escaped_in_one_line(guests: Path,
                                                                     tmp_path: Path) -> None:
     """Found by the fuzz test: a newline in a NEEDED entry made a two-line dlerror."""

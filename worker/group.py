@@ -68,6 +68,7 @@ from wasmgroup.worker.host.wasix import (
 from wasmgroup.worker.memview import GuestMemory
 from wasmgroup.worker.perturb import Perturbation
 from wasmgroup.worker.wasmtime_compat import (
+    call_nullary,
     const_global,
     host_func,
     instance_export,
@@ -549,14 +550,18 @@ class InstanceGroup:
         if func is None:
             return
         plan = self._plans[handle]
-        if not isinstance(func, wasmtime.Func) or func.type(self.store).params \
-                or func.type(self.store).results:
-            raise LinkError(f"{plan.name}: {name} must be a function of type () -> ()")
+        wrong_type = LinkError(f"{plan.name}: {name} must be a function of type () -> ()")
+        if not isinstance(func, wasmtime.Func):
+            raise wrong_type
         try:
-            func(self.store)
+            call_nullary(self.store, func)  # wasmtime checks the type
         except (GuestExit, wasmtime.ExitTrap):
             raise
         except WASM_ERRORS as err:
+            if not isinstance(err, wasmtime.Trap):
+                func_type = func.type(self.store)
+                if func_type.params or func_type.results:
+                    raise wrong_type from None
             raise LinkError(f"{plan.name}: {name} failed: {_trap_text(err)}") from None
 
     def _instantiate(self, plan: ModulePlan) -> None:

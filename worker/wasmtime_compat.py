@@ -315,6 +315,16 @@ class _ImportTypeList:
         ffi.wasm_importtype_vec_delete(ctypes.byref(self.vec))
 
 
+def call_nullary(store: wasmtime.Store, func: wasmtime.Func) -> None:
+    """`func(store)` for a function of type () -> (), without the type objects the bindings
+    make for every call; a function of another type raises WasmtimeError (wasmtime checks)."""
+    with _func.enter_wasm(store) as trap:
+        error = ffi.wasmtime_func_call(store._context(), ctypes.byref(func._func), None, 0,
+                                       None, 0, trap)
+        if error:
+            raise wasmtime.WasmtimeError._from_ptr(error)
+
+
 _EXTERN_CLASSES: dict[int, Any] = {}
 
 
