@@ -788,6 +788,15 @@ class Program:
                 raise CallStopped()
         return {tid: f for tid, f in posted.items() if not f.gone}
 
+    def _preload(self, modules: list[ModulePlan], exclude: WorkerProcess) -> None:
+        """Let every other group's worker deserialize the modules of a load while its
+        instigator applies it (fire and forget)."""
+        artefacts = self._artefacts(modules)
+        with self._groups_lock:  # see finish()
+            for worker in [*self.groups.values(), *self._standby]:
+                if worker is not exclude:
+                    worker.send("preload", artefacts=artefacts)
+
     def _verify(self, after: str) -> float:
         """With --verify-groups: stop the program if any group disagrees. Returns seconds."""
         if not self.options.verify_groups:
@@ -846,6 +855,7 @@ class Program:
                 self._trace_op("dlopen", worker, started, name=name, ok=True,
                                handles=[outcome], loaded=False)
                 return outcome
+            self._preload(outcome.plan.modules, exclude=worker)
             try:
                 self._apply_first(worker, outcome)
             except LinkError as err:

@@ -9,12 +9,13 @@ threads dlopen different libraries at once, call each other's dlsym'd pointers, 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from leaks import assert_nothing_left, open_fds
 
 from wasmgroup.orchestrator.program import EXIT_RUNTIME_ERROR, Program, run_program
-from wasmgroup.orchestrator.workers import ServeElsewhere
+from wasmgroup.orchestrator.workers import ServeElsewhere, WorkerProcess
 
 WAITS = ("futex", "atomic", "spin", "sleep")
 
@@ -74,6 +75,31 @@ def test_pie_main_defining_its_own_memory_is_refused(guests: Path) -> None:
                                  "its memory as env.memory (link it with --import-memory)")
     assert result.stdout == b""
     assert_nothing_left(fds)
+
+
+def test_other_groups_preload_what_a_dlopen_loads(guests: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the instigator applies a load, every other group's worker is told which
+    compiled modules are coming (it deserializes them on its reader thread meanwhile); the
+    instigator is not."""
+    sent: list[tuple[int, str, list[str]]] = []
+    send = WorkerProcess.send
+
+    def recording(self: WorkerProcess, kind: str, *args: Any, **fields: Any) -> None:
+        if kind == "preload":
+            sent.append((self.thread_id, kind, sorted(fields["artefacts"])))
+        send(self, kind, *args, **fields)
+
+    monkeypatch.setattr(WorkerProcess, "send", recording)
+    folder = guests / "pie_threads"
+    result = run_program(str(folder / "bench.wasm"), ["2", "3", "0"],
+                         env={"LD_LIBRARY_PATH": "/lib"}, dirs=[f"{folder}::/"])
+    assert result.exit_code == 0, (result.error, result.stdout)
+    threads = {tid for tid, _, _ in sent}
+    assert 1 not in threads and {2, 3} <= threads  # (a standby group, if any, is negative)
+    for k in range(3):
+        library = str(folder / "lib" / f"libpt{k}.so")
+        assert {tid for tid, _, names in sent if names == [library]} >= {2, 3}
 
 
 @pytest.mark.parametrize("idle", [0, 2])
