@@ -64,7 +64,9 @@ from wasmgroup.shared.errors import LinkError, WasmgroupError
 from wasmgroup.shared.memory import MAX_PAGES_32, PAGE, SharedRegion
 from wasmgroup.shared.plan import (
     ClosurePlan,
+    LoadCommit,
     LoadPlan,
+    LoadUndo,
     ModulePlan,
     SlotAssignment,
     SymbolAddress,
@@ -768,6 +770,16 @@ class Program:
                    ) -> dict[int, OperationFuture]:
         """Every live group (but `exclude`) applies `op` before this returns. Returns what
         each group reported (timings, and its state for a describe)."""
+        posted, count = self._post_all(op, exclude)
+        reader = WorkerProcess.reading_here()
+        own = next((f for tid, f in posted.items() if self.groups.get(tid) is reader), None)
+        self._await(count, own)  # one wake-up, when the last group has acknowledged
+        return self._acknowledged(posted)
+
+    def _post_all(self, op: dict[str, Any], exclude: WorkerProcess | None
+                  ) -> tuple[dict[int, OperationFuture], AckCount]:
+        """Send `op` to every live group but `exclude`, and to the standby groups; what the
+        live groups will acknowledge, and its count."""
         packed = protocol.pack_op(op)  # once, for every group
         with self._groups_lock:
             targets = {tid: w for tid, w in self.groups.items() if w is not exclude}
@@ -778,9 +790,11 @@ class Program:
             count = AckCount(len(targets))
             posted = {tid: w.post(packed, count=count)  # see finish()
                       for tid, w in targets.items()}
-        reader = WorkerProcess.reading_here()
-        own = next((posted[tid] for tid, w in targets.items() if w is reader), None)
-        self._await(count, own)  # one wake-up, when the last group has acknowledged
+        return posted, count
+
+    def _acknowledged(self, posted: dict[int, OperationFuture]) -> dict[int, OperationFuture]:
+        """The acks of an operation every group applied; a group that could not ends the
+        program. Returns what each group reported."""
         for tid, future in posted.items():
             if future.error is not None:
                 self.finish(EXIT_RUNTIME_ERROR,
@@ -788,14 +802,19 @@ class Program:
                 raise CallStopped()
         return {tid: f for tid, f in posted.items() if not f.gone}
 
-    def _preload(self, modules: list[ModulePlan], exclude: WorkerProcess) -> None:
-        """Let every other group's worker deserialize the modules of a load while its
-        instigator applies it (fire and forget)."""
-        artefacts = self._artefacts(modules)
-        with self._groups_lock:  # see finish()
-            for worker in [*self.groups.values(), *self._standby]:
-                if worker is not exclude:
-                    worker.send("preload", artefacts=artefacts)
+    def _undo_load(self, pending: PendingLoad, exclude: WorkerProcess) -> None:
+        """A load failed in its instigator after the other groups applied it provisionally:
+        they drop it, then its memory is zeroed again (a module's start function may have
+        run in any group) and the linker forgets it."""
+        try:
+            self._broadcast(to_wire(LoadUndo(tuple(pending.plan.handles))), exclude=exclude)
+        finally:
+            self.linker.abort(pending)
+            if self.region is not None:
+                for module in pending.plan.modules:
+                    if module.handle != MAIN_HANDLE and module.memory_size:
+                        os.pwrite(self.region.fd, bytes(module.memory_size),
+                                  module.memory_base)
 
     def _verify(self, after: str) -> float:
         """With --verify-groups: stop the program if any group disagrees. Returns seconds."""
@@ -855,15 +874,33 @@ class Program:
                 self._trace_op("dlopen", worker, started, name=name, ok=True,
                                handles=[outcome], loaded=False)
                 return outcome
-            self._preload(outcome.plan.modules, exclude=worker)
+            # The instigator runs data relocations and constructors while every other group
+            # instantiates beside it, provisionally: invisible to their read-only queries
+            # until committed, and undone if the instigator fails.
+            load_op = self._load_op(outcome.plan)
+            future = worker.post(load_op, initialise=True)
+            posted, count = self._post_all({**load_op, "provisional": True}, exclude=worker)
+            self._loading = worker
             try:
-                self._apply_first(worker, outcome)
-            except LinkError as err:
-                self._trace_op("dlopen", worker, started, name=name, ok=False, error=str(err))
+                self._await(future, own=future)
+                applied = time.perf_counter()
+                self._await(count)
+            except CallStopped:
+                self.linker.abort(outcome)
                 raise
-            applied = time.perf_counter()
-            others = self._broadcast(self._load_op(outcome.plan), exclude=worker)
+            finally:
+                self._loading = None
             broadcast = time.perf_counter()
+            if future.gone or future.error is not None:
+                self._undo_load(outcome, exclude=worker)
+                if future.gone:
+                    raise CallStopped()
+                self._trace_op("dlopen", worker, started, name=name, ok=False,
+                               error=future.error)
+                raise LinkError(future.error or "")
+            self.linker.commit(outcome)
+            self._post_all(to_wire(LoadCommit(tuple(outcome.plan.handles))), exclude=worker)
+            others = self._acknowledged(posted)
             verify_seconds = self._verify(f"dlopen {name}")
             self._trace_op(
                 "dlopen", worker, started, name=name, ok=True, loaded=True,

@@ -16,6 +16,9 @@ for (`SlotAssignment.dlsym_handle`), so that the same dlsym later finds its slot
   closure slots: the seed's `AllocateFunctionTable`).
 - `ClosurePlan`: instantiate the closure module `module` (a generated trampoline, keyed like
   a host path) with its backing slot and env pointer, and put its function at `slot`.
+- A dlopen reaches the other groups while its instigator still runs the constructors: they
+  apply it `provisional`ly (instantiated, not yet visible to their read-only queries), then
+  `LoadCommit` makes it visible, or `LoadUndo` (the instigator failed) drops it again.
 """
 
 from __future__ import annotations
@@ -125,13 +128,28 @@ class LoadPlan:
     slots: list[SlotAssignment]
     stack_low: int = 0
     stack_high: int = 0
+    provisional: bool = False  # applied beside the instigator: LoadCommit or LoadUndo follows
 
     @property
     def handles(self) -> list[int]:
         return [m.handle for m in self.modules]
 
 
-Operation = LoadPlan | SlotAssignment | TableGrowth | ClosurePlan
+@dataclass(frozen=True)
+class LoadCommit:
+    """The provisional load of `handles` succeeded in its instigator: it is linked."""
+
+    handles: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class LoadUndo:
+    """The provisional load of `handles` failed in its instigator: drop it."""
+
+    handles: tuple[int, ...]
+
+
+Operation = LoadPlan | SlotAssignment | TableGrowth | ClosurePlan | LoadCommit | LoadUndo
 
 
 def to_wire(obj: Operation) -> dict[str, Any]:
@@ -145,6 +163,9 @@ def to_wire(obj: Operation) -> dict[str, Any]:
     if isinstance(obj, SlotAssignment):
         return {"op": "resolve_function", "slot": obj.slot, "handle": obj.handle,
                 "export": obj.export, "dlsym_handle": obj.dlsym_handle}
+    if isinstance(obj, (LoadCommit, LoadUndo)):
+        return {"op": "commit_load" if isinstance(obj, LoadCommit) else "undo_load",
+                "handles": list(obj.handles)}
     return {
         "op": "load_modules",
         "modules": [{**{k: getattr(m, k) for k in ModulePlan.__dataclass_fields__
@@ -155,6 +176,7 @@ def to_wire(obj: Operation) -> dict[str, Any]:
         "slots": [[s.slot, s.handle, s.export, s.dlsym_handle] for s in obj.slots],
         "stack_low": obj.stack_low,
         "stack_high": obj.stack_high,
+        "provisional": obj.provisional,
     }
 
 
@@ -167,12 +189,16 @@ def from_wire(data: dict[str, Any]) -> Operation:
     if data["op"] == "resolve_function":
         return SlotAssignment(data["slot"], data["handle"], data["export"],
                               data.get("dlsym_handle", -1))
+    if data["op"] in ("commit_load", "undo_load"):
+        handles = tuple(int(h) for h in data["handles"])
+        return LoadCommit(handles) if data["op"] == "commit_load" else LoadUndo(handles)
     modules = [ModulePlan(**{**m, "bindings": [Binding(*b) for b in m["bindings"]]})
                for m in data["modules"]]
     return LoadPlan(modules=modules, table_length=data["table_length"],
                     slots=[SlotAssignment(*s) for s in data["slots"]],
                     stack_low=data["stack_low"],
-                    stack_high=data["stack_high"])
+                    stack_high=data["stack_high"],
+                    provisional=bool(data.get("provisional", False)))
 
 
 def state_to_wire(state: GroupState) -> list[Any]:

@@ -19,8 +19,6 @@ Messages, by direction (W = worker, C = coordinator):
   W→C call(name, args)                    a LinkService request (dlopen, dlsym, spawn, ...)
   C→W reply(ok, value, error)             its answer; `stopped` when the program is ending
   C→W op(id, op, initialise)              apply a link operation (or describe) at a safe point
-  C→W preload(artefacts)                  compiled modules a coming operation loads: the
-                                          worker may deserialize them now (no answer)
   W→C ack(id, error, seconds, state, gone)
   C→W purge()                             descriptor table entries changed: close cached
                                           copies of them (replies to descriptor requests
@@ -61,7 +59,6 @@ MESSAGES: dict[str, dict[str, tuple[type, ...]]] = {
     "op": {"id": (int,), "op": (dict,), "initialise": (bool,)},
     "ack": {"id": (int,), "error": (str, _NONE), "seconds": (float,), "state": (list, _NONE),
             "gone": (bool,)},
-    "preload": {"artefacts": (dict,)},
     "purge": {},
     "stop": {},
     "shutdown": {},

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import msgpack
@@ -32,7 +33,9 @@ from wasmgroup.shared.plan import (
     B_TABLE,
     B_TLS,
     Binding,
+    LoadCommit,
     LoadPlan,
+    LoadUndo,
     SlotAssignment,
     SymbolAddress,
     from_wire,
@@ -742,6 +745,9 @@ def test_load_plan_round_trips_through_msgpack(world: World) -> None:
     _, assignment = world.linker.dlsym(2, "wf")
     assert assignment is not None
     assert from_wire(msgpack.unpackb(msgpack.packb(to_wire(assignment)))) == assignment
+    provisional = replace(plan, provisional=True)
+    for op in (provisional, LoadCommit((2, 3)), LoadUndo((2,))):
+        assert from_wire(msgpack.unpackb(msgpack.packb(to_wire(op)))) == op
 
 
 def test_dlsym_during_a_pending_load_gets_a_slot_after_its_table(loaded: World) -> None:

@@ -8,14 +8,16 @@ threads dlopen different libraries at once, call each other's dlsym'd pointers, 
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 from leaks import assert_nothing_left, open_fds
+from wasm_bytes import dylink, mem_info, module, name, section, uleb
 
 from wasmgroup.orchestrator.program import EXIT_RUNTIME_ERROR, Program, run_program
-from wasmgroup.orchestrator.workers import ServeElsewhere, WorkerProcess
+from wasmgroup.orchestrator.workers import ServeElsewhere
 
 WAITS = ("futex", "atomic", "spin", "sleep")
 
@@ -77,29 +79,36 @@ def test_pie_main_defining_its_own_memory_is_refused(guests: Path) -> None:
     assert_nothing_left(fds)
 
 
-def test_other_groups_preload_what_a_dlopen_loads(guests: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    """While the instigator applies a load, every other group's worker is told which
-    compiled modules are coming (it deserializes them on its reader thread meanwhile); the
-    instigator is not."""
-    sent: list[tuple[int, str, list[str]]] = []
-    send = WorkerProcess.send
+def test_a_load_failing_in_its_instigator_is_undone_in_every_other_group(
+        guests: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The other groups apply a dlopen beside its instigator, provisionally; when the
+    instigator's constructor traps, they drop it again (checked by --verify-groups right
+    after the undo) and the guest gets NULL with the trap."""
+    folder = tmp_path / "pie_threads"
+    shutil.copytree(guests / "pie_threads", folder)
+    body = b"\x00\x0b"  # unreachable
+    (folder / "lib" / "libpt1.so").write_bytes(module(
+        dylink(mem_info(8, 2, 0, 0)), section(1, uleb(1) + b"\x60\x00\x00"),
+        section(3, uleb(1) + uleb(0)),
+        section(7, uleb(1) + name("__wasm_call_ctors") + b"\x00" + uleb(0)),
+        section(10, uleb(1) + uleb(len(body) + 1) + b"\x00" + body)))
+    undo = Program._undo_load
+    undone: list[list[int]] = []
 
-    def recording(self: WorkerProcess, kind: str, *args: Any, **fields: Any) -> None:
-        if kind == "preload":
-            sent.append((self.thread_id, kind, sorted(fields["artefacts"])))
-        send(self, kind, *args, **fields)
+    def checked_undo(self: Program, pending: Any, exclude: Any) -> None:
+        undo(self, pending, exclude)
+        undone.append(pending.plan.handles)
+        self._verify("the undo")  # every group as the instigator: the module gone
 
-    monkeypatch.setattr(WorkerProcess, "send", recording)
-    folder = guests / "pie_threads"
-    result = run_program(str(folder / "bench.wasm"), ["2", "3", "0"],
+    monkeypatch.setattr(Program, "_undo_load", checked_undo)
+    fds = open_fds()
+    result = run_program(str(folder / "bench.wasm"), ["2", "2", "0"], verify_groups=True,
                          env={"LD_LIBRARY_PATH": "/lib"}, dirs=[f"{folder}::/"])
-    assert result.exit_code == 0, (result.error, result.stdout)
-    threads = {tid for tid, _, _ in sent}
-    assert 1 not in threads and {2, 3} <= threads  # (a standby group, if any, is negative)
-    for k in range(3):
-        library = str(folder / "lib" / f"libpt{k}.so")
-        assert {tid for tid, _, names in sent if names == [library]} >= {2, 3}
+    assert result.exit_code == 1 and result.error is None, result.error
+    last = result.stdout.decode().splitlines()[-1]
+    assert last.startswith("bench: FAIL dlopen: ") and "__wasm_call_ctors failed" in last
+    assert undone == [[3]]
+    assert_nothing_left(fds)
 
 
 @pytest.mark.parametrize("idle", [0, 2])

@@ -77,7 +77,6 @@ ROUND_TRIPS: list[tuple[str, dict[str, Any]]] = [
     ("reply", {"ok": False, "value": None, "error": "stopped"}),
     ("op", {"id": 1 << 40, "op": {"kind": "load"}, "initialise": False}),
     ("ack", {"id": 9, "error": None, "seconds": 0.25, "state": [[1, 2], "x"], "gone": False}),
-    ("preload", {"artefacts": {"/lib/libfoo.so": "/proc/1/fd/9"}}),
     ("purge", {}),
     ("stop", {}),
     ("shutdown", {}),

@@ -42,7 +42,9 @@ from wasmgroup.shared.plan import (
     X_TLS,
     ClosurePlan,
     GroupState,
+    LoadCommit,
     LoadPlan,
+    LoadUndo,
     ModulePlan,
     SlotAssignment,
     SymbolAddress,
@@ -136,8 +138,8 @@ class PurgeDescriptors:
 class PendingOperation:
     """A link operation another group instigated, to apply at this group's next safe point."""
 
-    op: (LoadPlan | SlotAssignment | TableGrowth | ClosurePlan | DescribeRequest
-         | PurgeDescriptors)
+    op: (LoadPlan | SlotAssignment | TableGrowth | ClosurePlan | LoadCommit | LoadUndo
+         | DescribeRequest | PurgeDescriptors)
     initialise: bool = False  # run data relocations and constructors (the instigator only)
     on_done: Callable[[PendingOperation], None] | None = None
     error: str | None = None
@@ -220,6 +222,9 @@ class InstanceGroup:
         self._names: dict[str, int] = {}
         self._dlsym_known: dict[tuple[int, str], SymbolAddress] = {}
         self._tls_bases: dict[int, int] = {}
+        # Provisional loads (applied beside their instigator): handles -> the table length
+        # before, until their LoadCommit or LoadUndo.
+        self._provisional: dict[tuple[int, ...], int] = {}
         self._pending: queue.SimpleQueue[PendingOperation] = queue.SimpleQueue()
         self._got: dict[str, wasmtime.Global] = {}  # non-TLS GOT globals, for verification
         self.closures: dict[int, ClosurePlan] = {}  # closure slot -> what was prepared there
@@ -456,18 +461,14 @@ class InstanceGroup:
                 self.apply_slot(slot)
             if initialise:
                 self._initialise(new)
-            self._now_linked(plan.modules)
+            if plan.provisional and not initialise:
+                self._provisional[tuple(plan.handles)] = length_before
+            else:
+                self._now_linked(plan.modules)
         except (GuestExit, wasmtime.ExitTrap):
             raise
         except (*WASM_ERRORS, LinkError) as err:
-            for handle in new:
-                self.instances.pop(handle, None)
-                for key in [k for k in self._exports if k[0] == handle]:
-                    del self._exports[key]
-                self._tls_bases.pop(handle, None)
-                prefix = f"{self._plans[handle].name}:"
-                for key in [k for k in self._got if k.startswith(prefix)]:
-                    del self._got[key]
+            self._forget(new)
             for module_plan in plan.modules:
                 if module_plan.handle != MAIN_HANDLE and module_plan.memory_size:
                     self.memory.fill(module_plan.memory_base, module_plan.memory_size)
@@ -478,6 +479,36 @@ class InstanceGroup:
             if isinstance(err, LinkError):
                 raise
             raise LinkError(_trap_text(err)) from None
+
+    def commit_load(self, commit: LoadCommit) -> None:
+        """A provisional load's instigator succeeded: its modules are linked here too."""
+        if self._provisional.pop(commit.handles, None) is not None:
+            self._now_linked([self._plans[h] for h in commit.handles])
+
+    def undo_load(self, undo: LoadUndo) -> None:
+        """A provisional load's instigator failed: forget its instances and empty the slots
+        it filled (the instigator's own failure path, but for memory, which the coordinator
+        zeroes once every group has undone it)."""
+        length_before = self._provisional.pop(undo.handles, None)
+        if length_before is None:
+            return
+        self._forget(list(undo.handles))
+        table = self.table
+        assert table is not None
+        for index in range(length_before, table.size(self.store)):
+            table_set(self.store, table, index, None)
+
+    def _forget(self, handles: list[int]) -> None:
+        for handle in handles:
+            self.instances.pop(handle, None)
+            self._tls_bases.pop(handle, None)
+            for key in [k for k in self._exports if k[0] == handle]:
+                del self._exports[key]
+            plan = self._plans.get(handle)
+            if plan is not None:
+                prefix = f"{plan.name}:"
+                for key in [k for k in self._got if k.startswith(prefix)]:
+                    del self._got[key]
 
     def apply_slot(self, slot: SlotAssignment) -> None:
         table = self.table
@@ -739,6 +770,10 @@ class InstanceGroup:
                     self.apply_growth(pending.op)
                 elif isinstance(pending.op, ClosurePlan):
                     self.apply_closure(pending.op)
+                elif isinstance(pending.op, LoadCommit):
+                    self.commit_load(pending.op)
+                elif isinstance(pending.op, LoadUndo):
+                    self.undo_load(pending.op)
                 elif isinstance(pending.op, DescribeRequest):
                     pending.state = self.describe_state()
                 elif isinstance(pending.op, PurgeDescriptors):

@@ -190,8 +190,6 @@ class Worker:
                     self._post(message)
                 elif kind == "purge":
                     self._purge()
-                elif kind == "preload":
-                    self._preload(message["artefacts"])
                 elif kind == "stop":
                     self._stop.set()
                     self._wake()
@@ -232,21 +230,6 @@ class Worker:
         # A thread waiting at a safe point applies it when woken; only guest code needs
         # the epoch ticked (a ticker woken for nothing competes for the GIL and a CPU).
         self._wake(tick=not (group.parked_in_futex() or self._waiting_safely))
-
-    def _preload(self, artefacts: dict[str, str]) -> None:
-        """Deserialize, on this (reader) thread, modules another group is loading now, so
-        that this group's share of the coming broadcast finds them ready (the engine is
-        shared between threads; the group's store is not touched)."""
-        for artefact in artefacts.values():
-            if artefact in self._modules:
-                continue
-            try:
-                compiled = CompiledModule(wasmtime.Module.deserialize_file(self.engine,
-                                                                           artefact))
-                compiled.imports  # noqa: B018 (read once, here, off the group's path)
-            except (wasmtime.WasmtimeError, OSError):
-                continue  # the operation itself will say what is wrong
-            self._modules.setdefault(artefact, compiled)
 
     def _purge(self) -> None:
         with self._group_lock:
