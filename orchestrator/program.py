@@ -64,7 +64,6 @@ from wasmgroup.shared.errors import LinkError, WasmgroupError
 from wasmgroup.shared.memory import MAX_PAGES_32, PAGE, SharedRegion
 from wasmgroup.shared.plan import (
     ClosurePlan,
-    LoadCommit,
     LoadPlan,
     LoadUndo,
     ModulePlan,
@@ -876,7 +875,7 @@ class Program:
                 return outcome
             # The instigator runs data relocations and constructors while every other group
             # instantiates beside it, provisionally: invisible to their read-only queries
-            # until committed, and undone if the instigator fails.
+            # until committed (by their next operation), and undone if the instigator fails.
             load_op = self._load_op(outcome.plan)
             future = worker.post(load_op, initialise=True)
             posted, count = self._post_all({**load_op, "provisional": True}, exclude=worker)
@@ -898,8 +897,7 @@ class Program:
                 self._trace_op("dlopen", worker, started, name=name, ok=False,
                                error=future.error)
                 raise LinkError(future.error or "")
-            self.linker.commit(outcome)
-            self._post_all(to_wire(LoadCommit(tuple(outcome.plan.handles))), exclude=worker)
+            self.linker.commit(outcome)  # the other groups' next operation commits it there
             others = self._acknowledged(posted)
             verify_seconds = self._verify(f"dlopen {name}")
             self._trace_op(

@@ -17,8 +17,9 @@ for (`SlotAssignment.dlsym_handle`), so that the same dlsym later finds its slot
 - `ClosurePlan`: instantiate the closure module `module` (a generated trampoline, keyed like
   a host path) with its backing slot and env pointer, and put its function at `slot`.
 - A dlopen reaches the other groups while its instigator still runs the constructors: they
-  apply it `provisional`ly (instantiated, not yet visible to their read-only queries), then
-  `LoadCommit` makes it visible, or `LoadUndo` (the instigator failed) drops it again.
+  apply it `provisional`ly (instantiated, not yet visible to their read-only queries until
+  committed), then `LoadUndo` drops it again if the instigator failed; otherwise the next
+  operation of any kind commits it (no message of its own: one wake-up less per group).
 """
 
 from __future__ import annotations
@@ -128,18 +129,11 @@ class LoadPlan:
     slots: list[SlotAssignment]
     stack_low: int = 0
     stack_high: int = 0
-    provisional: bool = False  # applied beside the instigator: LoadCommit or LoadUndo follows
+    provisional: bool = False  # applied beside the instigator: a LoadUndo may follow
 
     @property
     def handles(self) -> list[int]:
         return [m.handle for m in self.modules]
-
-
-@dataclass(frozen=True)
-class LoadCommit:
-    """The provisional load of `handles` succeeded in its instigator: it is linked."""
-
-    handles: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -149,7 +143,7 @@ class LoadUndo:
     handles: tuple[int, ...]
 
 
-Operation = LoadPlan | SlotAssignment | TableGrowth | ClosurePlan | LoadCommit | LoadUndo
+Operation = LoadPlan | SlotAssignment | TableGrowth | ClosurePlan | LoadUndo
 
 
 def to_wire(obj: Operation) -> dict[str, Any]:
@@ -163,9 +157,8 @@ def to_wire(obj: Operation) -> dict[str, Any]:
     if isinstance(obj, SlotAssignment):
         return {"op": "resolve_function", "slot": obj.slot, "handle": obj.handle,
                 "export": obj.export, "dlsym_handle": obj.dlsym_handle}
-    if isinstance(obj, (LoadCommit, LoadUndo)):
-        return {"op": "commit_load" if isinstance(obj, LoadCommit) else "undo_load",
-                "handles": list(obj.handles)}
+    if isinstance(obj, LoadUndo):
+        return {"op": "undo_load", "handles": list(obj.handles)}
     return {
         "op": "load_modules",
         "modules": [{**{k: getattr(m, k) for k in ModulePlan.__dataclass_fields__
@@ -189,9 +182,8 @@ def from_wire(data: dict[str, Any]) -> Operation:
     if data["op"] == "resolve_function":
         return SlotAssignment(data["slot"], data["handle"], data["export"],
                               data.get("dlsym_handle", -1))
-    if data["op"] in ("commit_load", "undo_load"):
-        handles = tuple(int(h) for h in data["handles"])
-        return LoadCommit(handles) if data["op"] == "commit_load" else LoadUndo(handles)
+    if data["op"] == "undo_load":
+        return LoadUndo(tuple(int(h) for h in data["handles"]))
     modules = [ModulePlan(**{**m, "bindings": [Binding(*b) for b in m["bindings"]]})
                for m in data["modules"]]
     return LoadPlan(modules=modules, table_length=data["table_length"],

@@ -42,7 +42,6 @@ from wasmgroup.shared.plan import (
     X_TLS,
     ClosurePlan,
     GroupState,
-    LoadCommit,
     LoadPlan,
     LoadUndo,
     ModulePlan,
@@ -138,8 +137,8 @@ class PurgeDescriptors:
 class PendingOperation:
     """A link operation another group instigated, to apply at this group's next safe point."""
 
-    op: (LoadPlan | SlotAssignment | TableGrowth | ClosurePlan | LoadCommit | LoadUndo
-         | DescribeRequest | PurgeDescriptors)
+    op: (LoadPlan | SlotAssignment | TableGrowth | ClosurePlan | LoadUndo | DescribeRequest
+         | PurgeDescriptors)
     initialise: bool = False  # run data relocations and constructors (the instigator only)
     on_done: Callable[[PendingOperation], None] | None = None
     error: str | None = None
@@ -223,7 +222,7 @@ class InstanceGroup:
         self._dlsym_known: dict[tuple[int, str], SymbolAddress] = {}
         self._tls_bases: dict[int, int] = {}
         # Provisional loads (applied beside their instigator): handles -> the table length
-        # before, until their LoadCommit or LoadUndo.
+        # before, until a LoadUndo drops them or the next operation commits them.
         self._provisional: dict[tuple[int, ...], int] = {}
         self._pending: queue.SimpleQueue[PendingOperation] = queue.SimpleQueue()
         self._got: dict[str, wasmtime.Global] = {}  # non-TLS GOT globals, for verification
@@ -480,10 +479,12 @@ class InstanceGroup:
                 raise
             raise LinkError(_trap_text(err)) from None
 
-    def commit_load(self, commit: LoadCommit) -> None:
-        """A provisional load's instigator succeeded: its modules are linked here too."""
-        if self._provisional.pop(commit.handles, None) is not None:
-            self._now_linked([self._plans[h] for h in commit.handles])
+    def commit_loads(self) -> None:
+        """Provisional loads are linked once any later operation comes: the coordinator
+        sends a LoadUndo before anything else when a load fails."""
+        for handles in list(self._provisional):
+            del self._provisional[handles]
+            self._now_linked([self._plans[h] for h in handles])
 
     def undo_load(self, undo: LoadUndo) -> None:
         """A provisional load's instigator failed: forget its instances and empty the slots
@@ -759,6 +760,8 @@ class InstanceGroup:
         # succeeds (and every host call passes here, so the empty case costs no exception).
         while not self._pending.empty():
             pending = self._pending.get_nowait()
+            if self._provisional and not isinstance(pending.op, (LoadUndo, PurgeDescriptors)):
+                self.commit_loads()
             perturbation = self.perturbation if pending.on_done is not None else None
             if perturbation is not None:
                 perturbation.pause()  # before applying: other groups run on meanwhile
@@ -770,8 +773,6 @@ class InstanceGroup:
                     self.apply_growth(pending.op)
                 elif isinstance(pending.op, ClosurePlan):
                     self.apply_closure(pending.op)
-                elif isinstance(pending.op, LoadCommit):
-                    self.commit_load(pending.op)
                 elif isinstance(pending.op, LoadUndo):
                     self.undo_load(pending.op)
                 elif isinstance(pending.op, DescribeRequest):
