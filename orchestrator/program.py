@@ -775,17 +775,18 @@ class Program:
         self._await(count, own)  # one wake-up, when the last group has acknowledged
         return self._acknowledged(posted)
 
-    def _post_all(self, op: dict[str, Any], exclude: WorkerProcess | None
-                  ) -> tuple[dict[int, OperationFuture], AckCount]:
-        """Send `op` to every live group but `exclude`, and to the standby groups; what the
-        live groups will acknowledge, and its count."""
+    def _post_all(self, op: dict[str, Any], exclude: WorkerProcess | None, live: bool = True,
+                  standby: bool = True) -> tuple[dict[int, OperationFuture], AckCount]:
+        """Send `op` to every `live` group but `exclude`, and to the `standby` groups; what
+        the live groups will acknowledge, and its count."""
         packed = protocol.pack_op(op)  # once, for every group
         with self._groups_lock:
-            targets = {tid: w for tid, w in self.groups.items() if w is not exclude}
+            targets = {tid: w for tid, w in self.groups.items()
+                       if w is not exclude and live}
             # Standby groups run no guest code: nothing waits for them here; a spawn that
             # takes one first waits for what it still has to apply.
-            for standby in self._standby:
-                self._standby_pending.setdefault(standby, []).append(standby.post(packed))
+            for group in self._standby if standby else ():
+                self._standby_pending.setdefault(group, []).append(group.post(packed))
             count = AckCount(len(targets))
             posted = {tid: w.post(packed, count=count)  # see finish()
                       for tid, w in targets.items()}
@@ -878,7 +879,10 @@ class Program:
             # until committed (by their next operation), and undone if the instigator fails.
             load_op = self._load_op(outcome.plan)
             future = worker.post(load_op, initialise=True)
-            posted, count = self._post_all({**load_op, "provisional": True}, exclude=worker)
+            # (Not the standby groups: they apply at their own pace, and one still applying
+            # when a failed load's memory is zeroed again could run its start function then.)
+            posted, count = self._post_all({**load_op, "provisional": True}, exclude=worker,
+                                           standby=False)
             self._loading = worker
             try:
                 self._await(future, own=future)
@@ -898,6 +902,7 @@ class Program:
                                error=future.error)
                 raise LinkError(future.error or "")
             self.linker.commit(outcome)  # the other groups' next operation commits it there
+            self._post_all(load_op, exclude=worker, live=False)  # to the standby groups
             others = self._acknowledged(posted)
             verify_seconds = self._verify(f"dlopen {name}")
             self._trace_op(
