@@ -729,10 +729,11 @@ class InstanceGroup:
         thread alone, through its wake word; where the kernel lacks futex_waitv, everyone on
         the guest's futex: a spurious wake-up, which futex users tolerate); asleep: wake it
         too."""
-        self._wakeup.set()
-        poll.nudge()  # a blocking read or poll
-        self._wake_word.wake()
         waiting_on = self._waiting_on
+        if waiting_on is None:  # parked in futex_wait, the wake word is enough (it applies
+            self._wakeup.set()  # what was posted before it returns to guest code)
+            poll.nudge()  # a blocking read or poll
+        self._wake_word.wake()
         if waiting_on is not None and not futex_waitv_works():
             futex_wake(waiting_on, 0x7FFFFFFF)
 
