@@ -503,13 +503,13 @@ class InstanceGroup:
         for handle in handles:
             self.instances.pop(handle, None)
             self._tls_bases.pop(handle, None)
-            for key in [k for k in self._exports if k[0] == handle]:
-                del self._exports[key]
+            for export in [k for k in self._exports if k[0] == handle]:
+                del self._exports[export]
             plan = self._plans.get(handle)
             if plan is not None:
                 prefix = f"{plan.name}:"
-                for key in [k for k in self._got if k.startswith(prefix)]:
-                    del self._got[key]
+                for got in [k for k in self._got if k.startswith(prefix)]:
+                    del self._got[got]
 
     def apply_slot(self, slot: SlotAssignment) -> None:
         table = self.table

@@ -274,6 +274,7 @@ class Worker:
         while True:
             if stop_aware and self._stop.is_set():
                 raise ProgramStopping()
+            item: tuple[dict[str, Any], list[int]] | None
             if self._deferred and not stop_aware:
                 item = self._deferred.pop(0)
             else:

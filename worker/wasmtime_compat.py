@@ -341,7 +341,7 @@ def instance_export(store: wasmtime.Store, instance: wasmtime.Instance, name: st
             ffi.WASMTIME_EXTERN_FUNC.value: lambda i: wasmtime.Func._from_raw(i.of.func),
             ffi.WASMTIME_EXTERN_GLOBAL.value: lambda i: wasmtime.Global._from_raw(i.of.global_),
             ffi.WASMTIME_EXTERN_TABLE.value: lambda i: wasmtime.Table._from_raw(i.of.table)})
-    wrap = _EXTERN_CLASSES.get(item.kind)
+    wrap = _EXTERN_CLASSES.get(int(item.kind))
     return wrap(item) if wrap is not None else wrap_extern(item)
 
 
@@ -349,7 +349,7 @@ def const_global(store: wasmtime.Store, ty: wasmtime.GlobalType, is_i64: bool, v
                  ) -> wasmtime.Global:
     """`wasmtime.Global(store, ty, Val.i32/i64(value))` for an integer global, without the
     bindings' conversion through `Val` (which asks the type for its content each time)."""
-    raw = ffi.wasmtime_val_t()
+    raw: Any = ffi.wasmtime_val_t()  # ctypes fields take ints
     if is_i64:
         raw.kind = _I64
         raw.of.i64 = value
