@@ -3,7 +3,10 @@
 A `WorkerProcess` is one worker child and its socket: forked by the pool's fork server
 (orchestrator/forkserver.py) when it has one, else `python -m wasmgroup.worker` (started with
 exec, never a fork of this wasmtime-using process). Its reader thread validates every frame:
-acks complete `OperationFuture`s; requests (`call`) go to a request thread of its own, so a
+acks complete `OperationFuture`s (a broadcast's waiter wakes once, on the last: `AckCount`);
+quick requests are answered on it; a link operation is served on it too when the topology
+lock is free (it then reads its own worker's frames while it waits for that group's ack:
+`pump`), else, like every other request, on a request thread of the worker's own, so that a
 long request (a dlopen waiting on a barrier) never stops acks from being read; `assigned`
 and `exited` go to the `WorkerListener`. A worker that dies, closes its socket or breaks
 the protocol is reported to the listener once (`worker_lost`), and every future it still

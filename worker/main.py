@@ -14,7 +14,9 @@ Threads of this process:
   and a futex sleeper woken, so that they are applied at the next safe point), everything else
   goes to the main thread's inbox;
 - the ticker thread ticks the engine's epoch while operations wait or the program is stopping,
-  so that a thread spinning in guest code reaches a safe point.
+  so that a thread spinning in guest code reaches a safe point (not for a main thread that
+  waits at a safe point already: its inbox, or a futex wait, which applies what was posted
+  before it returns to guest code).
 
 A worker outlives the programs it serves (a Runtime's pool): after each program the
 coordinator sends `reset`, and the worker drops everything of that program (its group: store,
