@@ -400,10 +400,10 @@ class WorkerProcess:
         except CallStopped:
             reply = {"ok": False, "value": None, "error": None}
         try:
-            self.send("reply", fds=fds, lease=listener, **reply)
+            self.send("reply", fds=fds, lease=listener, id=message["id"], **reply)
         except (protocol.ProtocolError, OverflowError, TypeError, ValueError) as err:
             # A value the wire cannot carry: the guest gets a failure, not silence.
-            self.send("reply", lease=listener, ok=False, value=None,
+            self.send("reply", lease=listener, id=message["id"], ok=False, value=None,
                       error=f"cannot reply: {err}")
         finally:
             for fd in fds:

@@ -16,8 +16,11 @@ Messages, by direction (W = worker, C = coordinator):
   W→C exited(how, code, message)          the entry point ended: returned / exit /
                                           thread_exit / trap / stopped / failed /
                                           signal (code: its number, message: its name)
-  W→C call(name, args)                    a LinkService request (dlopen, dlsym, spawn, ...)
-  C→W reply(ok, value, error)             its answer; `stopped` when the program is ending
+  W→C call(id, name, args)                a LinkService request (dlopen, dlsym, spawn, ...)
+  C→W reply(id, ok, value, error)         its answer (the call's id: a request made while
+                                          applying an operation at a safe point must not
+                                          take the answer to the request that waits there);
+                                          `stopped` when the program is ending
   C→W op(id, op, initialise)              apply a link operation (or describe) at a safe point
   W→C ack(id, error, seconds, state, gone)
   C→W purge()                             descriptor table entries changed: close cached
@@ -41,7 +44,7 @@ import msgpack
 
 from wasmgroup.shared.errors import WasmgroupError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: calls and replies carry an id
 MAX_FRAME = 64 << 20  # a frame larger than this is corrupt, not big
 MAX_FDS = 8  # descriptors that may travel with one frame
 _HEADER = struct.Struct(">I")
@@ -54,8 +57,8 @@ MESSAGES: dict[str, dict[str, tuple[type, ...]]] = {
     "assigned": {"error": (str, _NONE)},
     "run": {"entry": (str,), "args": (list,), "thread": (int,)},
     "exited": {"how": (str,), "code": (int,), "message": (str, _NONE)},
-    "call": {"name": (str,), "args": (list,)},
-    "reply": {"ok": (bool,), "value": (object,), "error": (str, _NONE)},
+    "call": {"id": (int,), "name": (str,), "args": (list,)},
+    "reply": {"id": (int,), "ok": (bool,), "value": (object,), "error": (str, _NONE)},
     "op": {"id": (int,), "op": (dict,), "initialise": (bool,)},
     "ack": {"id": (int,), "error": (str, _NONE), "seconds": (float,), "state": (list, _NONE),
             "gone": (bool,)},

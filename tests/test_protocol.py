@@ -72,9 +72,9 @@ ROUND_TRIPS: list[tuple[str, dict[str, Any]]] = [
     ("assigned", {"error": "no such module"}),
     ("run", {"entry": "_start", "args": [1, -2, 3.5, "x"], "thread": 1}),
     ("exited", {"how": "exit", "code": -1, "message": None}),
-    ("call", {"name": "dlopen", "args": ["libfoo.so", 2]}),
-    ("reply", {"ok": True, "value": {"handle": 12}, "error": None}),
-    ("reply", {"ok": False, "value": None, "error": "stopped"}),
+    ("call", {"id": 7, "name": "dlopen", "args": ["libfoo.so", 2]}),
+    ("reply", {"id": 7, "ok": True, "value": {"handle": 12}, "error": None}),
+    ("reply", {"id": 8, "ok": False, "value": None, "error": "stopped"}),
     ("op", {"id": 1 << 40, "op": {"kind": "load"}, "initialise": False}),
     ("ack", {"id": 9, "error": None, "seconds": 0.25, "state": [[1, 2], "x"], "gone": False}),
     ("purge", {}),
@@ -163,7 +163,7 @@ def test_missing_field() -> None:
     ("assigned", {"error": 3}, r"message 'assigned': field 'error' must be str or nil, not int"),
     ("ack", {"id": 1, "error": None, "seconds": 1, "state": None, "gone": False},
      r"message 'ack': field 'seconds' must be float, not int"),
-    ("reply", {"ok": 1, "value": None, "error": None},
+    ("reply", {"id": 1, "ok": 1, "value": None, "error": None},
      r"message 'reply': field 'ok' must be bool, not int"),
 ])
 def test_field_of_the_wrong_type(kind: str, fields: dict[str, Any], error: str) -> None:
@@ -184,7 +184,7 @@ def test_bool_is_not_an_int(kind: str, fields: dict[str, Any], field: str) -> No
 
 
 def test_bool_where_bool_or_anything_is_wanted() -> None:
-    message = decode(body(encode("reply", ok=False, value=True, error=None)))
+    message = decode(body(encode("reply", id=1, ok=False, value=True, error=None)))
     assert message["ok"] is False
     assert message["value"] is True
 
@@ -244,7 +244,7 @@ def test_receive_frames_in_order(pair: tuple[socket.socket, socket.socket]) -> N
 def test_receive_a_frame_that_arrives_in_pieces(pair: tuple[socket.socket, socket.socket]
                                                 ) -> None:
     left, right = pair
-    frame = encode("call", name="spawn", args=[1, 2, 3])
+    frame = encode("call", id=3, name="spawn", args=[1, 2, 3])
     pieces = [frame[:2], frame[2:5], frame[5:9], frame[9:]]
 
     def trickle() -> None:
@@ -256,8 +256,8 @@ def test_receive_a_frame_that_arrives_in_pieces(pair: tuple[socket.socket, socke
     sender.start()
     try:
         fds: list[int] = []
-        assert receive(right, fds) == {"v": PROTOCOL_VERSION, "t": "call", "name": "spawn",
-                                       "args": [1, 2, 3]}
+        assert receive(right, fds) == {"v": PROTOCOL_VERSION, "t": "call", "id": 3,
+                                       "name": "spawn", "args": [1, 2, 3]}
         assert fds == []
     finally:
         sender.join(5)

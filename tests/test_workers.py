@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import struct
 import sys
 import threading
@@ -29,6 +30,7 @@ from wasmgroup.orchestrator.program import (
     run_program,
 )
 from wasmgroup.orchestrator.workers import WorkerProcess
+from wasmgroup.shared import protocol
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -131,10 +133,10 @@ sock = socket.socket(fileno=int(sys.argv[-1]))
 def frame(message):
     body = msgpack.packb(message)
     sock.sendall(struct.pack(">I", len(body)) + body)
-frame({"v": 1, "t": "ready", "pid": 1})
-frame({"v": 1, "t": "exited", "how": "returned", "message": None})  # no "code"
+frame({"v": VERSION, "t": "ready", "pid": 1})
+frame({"v": VERSION, "t": "exited", "how": "returned", "message": None})  # no "code"
 sock.recv(1)
-"""
+""".replace("VERSION", str(protocol.PROTOCOL_VERSION))
 
 
 def test_a_malformed_frame_from_a_worker_is_named_and_ends_it() -> None:
@@ -157,7 +159,7 @@ def test_a_malformed_frame_to_a_worker_ends_it_naming_the_message(
     recorder = Recorder()
     worker.listener = recorder
     worker.wait_ready()
-    body = msgpack.packb({"v": 1, "t": "bogus"})
+    body = msgpack.packb({"v": protocol.PROTOCOL_VERSION, "t": "bogus"})
     worker.sock.sendall(struct.pack(">I", len(body)) + body)
     wait_for(lambda: recorder.lost)
     assert recorder.lost == ["exited with status 3"]
@@ -216,3 +218,29 @@ def test_workers_leave_when_the_coordinator_dies(tmp_path: Path) -> None:
         coordinator.wait()
     _gone, alive = psutil.wait_procs(workers, timeout=10)
     assert alive == []
+
+
+def test_a_request_made_while_another_waits_takes_only_its_own_reply() -> None:
+    """A group waiting for a reply at a safe point applies an operation that makes a request
+    of its own (a TLS arena): the first reply to arrive may be the waiting request's, which
+    the inner one must set aside (replies carry their call's id), not take as its own."""
+    from wasmgroup.worker.main import EARLY_REPLY, Worker, WorkerService
+
+    coordinator, theirs = socket.socketpair()
+    worker = Worker(theirs)
+    service = WorkerService(worker)
+    try:
+        for call_id, value in ((2, "the outer request's answer"), (1, [4096, 64])):
+            worker.inbox.put(({"v": protocol.PROTOCOL_VERSION, "t": "reply", "id": call_id,
+                               "ok": True, "value": value, "error": None}, []))
+        assert service._call("tls_arena", 64, safe_point=False) == [4096, 64]  # call 1
+        assert list(worker._early_replies) == [2]
+        worker.inbox.put(None)  # the waiting request's next look at its inbox ...
+        assert worker.next_message(stop_aware=True, safe_point=False)[0] is EARLY_REPLY
+        # ... finds its answer set aside, without waiting for another frame.
+        assert service._call("spawn", 7) == "the outer request's answer"  # call 2
+        sent = [protocol.receive(coordinator) for _ in range(2)]
+        assert [(m["id"], m["name"]) for m in sent] == [(1, "tls_arena"), (2, "spawn")]
+    finally:
+        coordinator.close()
+        theirs.close()

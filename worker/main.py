@@ -31,6 +31,7 @@ the next program of the same module deserializes nothing.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import queue
 import socket
@@ -77,6 +78,7 @@ MAX_LOADED_MODULES = 64  # compiled modules kept between programs (least recentl
 # and wasmtime's caches grow a little); more, and the worker is retired rather than reused.
 RESET_SLACK_BYTES = 64 << 20
 PROGRAM_MEMFDS = ("memfd:wasmgroup-memory", "memfd:wasmgroup-descriptors")
+EARLY_REPLY: dict[str, Any] = {"t": "early"}  # next_message: look at the replies set aside
 
 
 def private_resident_bytes() -> int:
@@ -177,6 +179,10 @@ class Worker:
         self._perturb: dict[str, Any] | None = None  # the assignment's perturbation, if any
         # Frames for the idle loop that came while it waited for a reply (below).
         self._deferred: list[tuple[dict[str, Any], list[int]]] = []
+        self._call_ids = itertools.count(1)
+        # Replies that came while a request made inside another one (at a safe point, applying
+        # an operation) waited for its own: by call id, for the request they answer.
+        self._early_replies: dict[int, tuple[dict[str, Any], list[int]]] = {}
         self.in_entry = False  # the main thread runs guest code (not the idle loop)
         self._waiting_safely = False  # the main thread waits on its inbox at a safe point
 
@@ -290,6 +296,8 @@ class Worker:
                 # with no epoch tick (`_post`).
                 self.group.service_pending()
             if item is None:
+                if stop_aware and self._early_replies:
+                    return EARLY_REPLY, []  # a request made meanwhile took a waiting one's
                 continue
             return item
 
@@ -400,6 +408,10 @@ class Worker:
         """Forget the program this worker served; what it left behind, or None."""
         self._retire()
         self._artefacts.clear()
+        for _, fds in self._early_replies.values():  # answers to requests a stop cut short
+            for fd in fds:
+                os.close(fd)
+        self._early_replies.clear()
         self._perturb = None
         self._stop.clear()
         if self._ids:
@@ -504,9 +516,17 @@ class WorkerService:
             group = self.worker.group
             if group is not None and group.perturbation is not None:
                 group.perturbation.pause()  # before a link request races others' for the lock
-        self.worker.conn.send("call", name=name, args=list(args))
+        worker = self.worker
+        call_id = next(worker._call_ids)
+        worker.conn.send("call", id=call_id, name=name, args=list(args))
         while True:
-            message, fds = self.worker.next_message(stop_aware=True, safe_point=safe_point)
+            early = worker._early_replies.pop(call_id, None)
+            message, fds = early or worker.next_message(stop_aware=True, safe_point=safe_point)
+            if message is EARLY_REPLY:
+                continue
+            if message["t"] == "reply" and message["id"] != call_id:
+                worker._early_replies[message["id"]] = (message, fds)  # an outer request's
+                continue
             if message["t"] == "shutdown":
                 os._exit(0)  # the coordinator is closing down while this group was building
             if message["t"] == "run" and not self.worker.in_entry:
