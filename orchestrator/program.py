@@ -142,6 +142,7 @@ JOIN_TIMEOUT = 5.0  # seconds stopped threads get to reach a safe point at exit
 # read of the terminal, say) are killed sooner.
 INTERRUPT_GRACE = 0.5
 WAIT_SLICE = 0.05  # seconds between checks for a stopping program while waiting on workers
+STANDBY_QUIET = 0.01  # seconds without link operations before standby groups catch up
 
 
 # The requests a group's host functions make, with their arguments' types ("strs": a list of
@@ -248,6 +249,12 @@ class Program:
         self._standby_ids = itertools.count(-1, -1)
         self._standby_wanted: threading.Event | None = None
         self._standby_pending: dict[WorkerProcess, list[OperationFuture]] = {}
+        # Operations not yet sent to a standby group (packed), and when the last came: they
+        # go once link operations pause (STANDBY_QUIET), or when a spawn takes the group, so
+        # that its work does not compete with the program's link operations for a CPU.
+        self._standby_backlog: dict[WorkerProcess, list[bytes]] = {}
+        self._backlog_since = 0.0
+        self._backlog_due = threading.Event()
         self._standby_builds: dict[WorkerProcess, _Assignment] = {}  # still being built
         lib_path = options.env.get("LD_LIBRARY_PATH", "")
         self.linker = LinkerState(self.fs, self._parsed_module, self.grow_memory,
@@ -652,6 +659,7 @@ class Program:
             if worker in self._standby:
                 self._standby.remove(worker)
             self._standby_pending.pop(worker, None)
+            self._standby_backlog.pop(worker, None)
             self._standby_builds.pop(worker, None)
         assignment = self._assignments.pop(worker.pid, None)
         if assignment is not None:
@@ -786,7 +794,10 @@ class Program:
             # Standby groups run no guest code: nothing waits for them here; a spawn that
             # takes one first waits for what it still has to apply.
             for group in self._standby if standby else ():
-                self._standby_pending.setdefault(group, []).append(group.post(packed))
+                self._standby_backlog.setdefault(group, []).append(packed)
+            if standby and self._standby:
+                self._backlog_since = time.monotonic()
+                self._backlog_due.set()
             count = AckCount(len(targets))
             posted = {tid: w.post(packed, count=count)  # see finish()
                       for tid, w in targets.items()}
@@ -1065,6 +1076,8 @@ class Program:
                 self._await_assignment(standby, building)
             except LinkError:
                 built = False
+        with self._groups_lock:
+            self._send_backlog(standby)
         pending = self._standby_pending.pop(standby, [])
         for future in pending:
             self._await(future)
@@ -1152,10 +1165,32 @@ class Program:
         self._standby_wanted.set()
 
     def _keep_standby(self, wanted: threading.Event) -> None:
+        threading.Thread(target=self._deliver_backlog, name="wasmgroup-standby-backlog",
+                         daemon=True).start()
         while not self._stop.is_set():
             if wanted.wait(WAIT_SLICE):
                 wanted.clear()
                 self._replenish_standby()
+
+    def _deliver_backlog(self) -> None:
+        """Send the standby groups what was broadcast, once link operations pause."""
+        while not self._stop.is_set():
+            if not self._backlog_due.wait(WAIT_SLICE):
+                continue
+            quiet = self._backlog_since + STANDBY_QUIET - time.monotonic()
+            if quiet > 0:
+                time.sleep(quiet)
+                continue
+            self._backlog_due.clear()
+            with self._groups_lock:
+                for standby in list(self._standby_backlog):
+                    self._send_backlog(standby)
+
+    def _send_backlog(self, standby: WorkerProcess) -> None:
+        """Post what a standby group has not been sent yet, in order (the caller holds
+        `_groups_lock`, as every broadcast does while it posts)."""
+        for packed in self._standby_backlog.pop(standby, []):
+            self._standby_pending.setdefault(standby, []).append(standby.post(packed))
 
     def _replenish_standby(self) -> None:
         try:
@@ -1185,6 +1220,7 @@ class Program:
             if not taken:
                 self._standby_builds.pop(child, None)
                 self._standby_pending.pop(child, None)
+                self._standby_backlog.pop(child, None)
                 self._give_back(child)
 
 
