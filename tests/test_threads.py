@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from leaks import assert_nothing_left, open_fds
 
+from wasmgroup.orchestrator import program as program_module
 from wasmgroup.orchestrator.program import EXIT_TRAP, Program, ProgramOptions, run_program
 
 RUNS = 3
@@ -71,6 +73,28 @@ def test_threads_share_a_plugin_with_per_thread_tls(guests: Path, run: int) -> N
     assert sorted(lines[1:5]) == [f"thread {i}: sum=332834500 calls=1000 same_handle=1"
                                   for i in range(4)]
     assert lines[5] == "mt_host: joined=4 total=1998005 main_calls=1"
+
+
+def test_a_standby_group_gets_what_it_missed_when_a_spawn_takes_it(
+        guests: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Standby groups are sent the operations broadcast since they were built only once link
+    operations pause, or when a spawn takes one: with no pause long enough, every spawn that
+    takes one sends it the loads and slots it missed first, and its thread can use them
+    (threads dlopen and call each other's libraries while main spawns)."""
+    monkeypatch.setattr(program_module, "STANDBY_QUIET", 3600.0)
+    sent: list[int] = []
+    send_backlog = Program._send_backlog
+
+    def counting(self: Program, standby: Any) -> None:
+        sent.append(len(self._standby_backlog.get(standby, [])))
+        send_backlog(self, standby)
+
+    monkeypatch.setattr(Program, "_send_backlog", counting)
+    result = run_program(str(guests / "threads" / "topology.wasm"),
+                         ["dl-concurrent-open-and-spawn"], dirs=[f"{guests / 'threads'}::/"])
+    assert result.exit_code == 0, result.error
+    assert result.stdout.decode() == "topology dl-concurrent-open-and-spawn ok\n"
+    assert any(sent), sent  # spawns took standby groups that had missed link operations
 
 
 @pytest.mark.parametrize("run", range(RUNS))
