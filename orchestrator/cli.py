@@ -476,8 +476,8 @@ def _batch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print(f"wasmgroup batch: {err}", file=sys.stderr)
         return getattr(err, "status", EXIT_USAGE)
     except KeyboardInterrupt:
-        # Every finished job's result is written; the programs still running would only be
-        # waited for: leave now (their workers leave with this process's sockets).
+        # Every finished job's result is written; the programs still running were cancelled
+        # (Ray's actors leave with the driver): leave now.
         print(f"wasmgroup batch: interrupted (results so far in {results}; --resume runs the "
               "rest)", file=sys.stderr)
         sys.stdout.flush()

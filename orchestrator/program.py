@@ -474,10 +474,11 @@ class Program:
             self.interrupt()
         return self._wind_up()
 
-    def interrupt(self) -> None:
-        """Ctrl-C: end the program (unless it has ended already) and wind up promptly."""
+    def interrupt(self, reason: str = "interrupted") -> None:
+        """Ctrl-C (or a Runtime's cancel): end the program, unless it has ended already, with
+        status 130 and `reason`, and wind up promptly."""
         self._interrupted = True
-        self.finish(EXIT_INTERRUPTED, "interrupted")
+        self.finish(EXIT_INTERRUPTED, reason)
 
     def finish(self, code: int, error: str | None = None) -> None:
         """End the program with this outcome, unless another came first; stop every group."""
