@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from wasmgroup.shared.futex import WakeWord, futex_wait_or_wake, futex_waitv_works, futex_wake
+from wasmgroup.shared.futex import WakeWord, futex_waitv_works, futex_wake
 
 SECOND = 1_000_000_000
 
@@ -32,8 +32,8 @@ def test_a_wake_ends_only_the_waiter_of_its_own_word(word: ctypes.c_uint32) -> N
         pytest.skip("no futex_waitv on this kernel")
     address = ctypes.addressof(word)
     mine, other = WakeWord(), WakeWord()
-    waiter, outcome = _waiting(futex_wait_or_wake, address, 7, mine, mine.value, 10 * SECOND)
-    bystander, seen = _waiting(futex_wait_or_wake, address, 7, other, other.value, 10 * SECOND)
+    waiter, outcome = _waiting(mine.wait, address, 7, mine.value, 10 * SECOND)
+    bystander, seen = _waiting(other.wait, address, 7, other.value, 10 * SECOND)
     mine.wake()
     waiter.join(5)
     assert outcome == ["wake"]
@@ -48,7 +48,7 @@ def test_a_wake_before_the_wait_is_not_lost(word: ctypes.c_uint32) -> None:
     seen = wake.value
     wake.wake()  # between reading the word and sleeping: the kernel sees it changed
     started = time.monotonic()
-    outcome = futex_wait_or_wake(ctypes.addressof(word), 7, wake, seen, SECOND // 2)
+    outcome = wake.wait(ctypes.addressof(word), 7, seen, SECOND // 2)
     assert outcome == ("wake" if futex_waitv_works() else "timeout")
     if futex_waitv_works():
         assert time.monotonic() - started < 1
@@ -57,7 +57,7 @@ def test_a_wake_before_the_wait_is_not_lost(word: ctypes.c_uint32) -> None:
 def test_the_guest_word_still_decides(word: ctypes.c_uint32) -> None:
     wake = WakeWord()
     address = ctypes.addressof(word)
-    assert futex_wait_or_wake(address, 8, wake, wake.value, SECOND) == "mismatch"
+    assert wake.wait(address, 8, wake.value, SECOND) == "mismatch"
     started = time.monotonic()
-    assert futex_wait_or_wake(address, 7, wake, wake.value, 50_000_000) == "timeout"
+    assert wake.wait(address, 7, wake.value, 50_000_000) == "timeout"
     assert 0.04 < time.monotonic() - started < 2
