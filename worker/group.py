@@ -24,7 +24,6 @@ from typing import Any, Protocol
 import wasmtime
 
 from wasmgroup.shared.closure import CLOSURE_EXPORT
-from wasmgroup.shared.cpus import usable_cpus
 from wasmgroup.shared.errors import LinkError
 from wasmgroup.shared.futex import WakeWord, futex_waitv_works, futex_wake
 from wasmgroup.shared.hostabi import HELPER_MODULE, abi_signature
@@ -142,26 +141,6 @@ ENGINE_SETTINGS = ("threads,shared_memory,bulk_memory,reference_types,multi_valu
                    "epochs")
 FUTEX_SLICE_NS = 20_000_000  # a futex wait re-checks pending work this often at least
 SLEEP_SLICE = 0.05  # seconds: a sleep re-checks pending work this often even if never nudged
-# A futex wait first watches the guest's word in user space for up to SPIN_NS: a thread
-# running on another CPU (a mutex's holder, a ping-pong partner) usually changes it within
-# microseconds, sooner than a sleep and a wake-up (two syscalls and a scheduler round, often
-# milliseconds on a busy machine) would. Each spin on an address that ends in a sleep halves
-# that address's next spin; below SPIN_MIN_NS it rests for SPIN_REST waits, so words waited on
-# long (condition variables, idle threads) cost almost nothing. One CPU: no spinning.
-SPIN_NS = 50_000
-SPIN_MIN_NS = 5_000
-SPIN_REST = 64
-_SPIN_READS = 16  # word reads between two looks at the clock
-
-
-_usable_cpus: list[int] = []
-
-
-def _spinning_helps() -> bool:
-    """A spinning waiter leaves the thread it waits for a CPU of its own only with two."""
-    if not _usable_cpus:
-        _usable_cpus.append(usable_cpus())
-    return _usable_cpus[0] > 1
 
 
 def _val_type(name: str) -> wasmtime.ValType:
@@ -221,9 +200,6 @@ class InstanceGroup:
         self._closure_labels: dict[int, str] = {}  # function identity -> label (describe)
         self._waiting_on: int | None = None  # host address this group's futex_wait sleeps on
         self._wake_word = WakeWord()  # what nudge() wakes it with
-        # guest futex address -> its next wait's spin in ns, or (<= 0) waits left to rest
-        self._spin_budgets: dict[int, int] = {}
-        self._spin_enabled = SPIN_NS > 0 and _spinning_helps()
         # Seeded delays at safe points and before acknowledgements (`wasmgroup stress`);
         # None, and so no work anywhere, unless the program was started with a seed.
         self.perturbation: Perturbation | None = None
@@ -735,11 +711,8 @@ class InstanceGroup:
 
     def futex_wait(self, offset: int, expected: int, timeout_ns: int | None) -> str:
         """Wait while the guest's u32 at `offset` (bounds checked by the caller) holds
-        `expected`: a short spin, then sleeps in slices, so that a pending operation or a
-        stop never waits on a sleeper."""
-        if self._spin_enabled and (timeout_ns is None or timeout_ns > SPIN_NS) and \
-                self._spin(offset, expected):
-            return "mismatch"  # it changed before this thread slept
+        `expected`, in slices, so that a pending operation or a stop never waits on a
+        sleeper."""
         address = self.memory.address + offset
         deadline = None if timeout_ns is None else time.monotonic_ns() + timeout_ns
         wake_word = self._wake_word
@@ -768,36 +741,6 @@ class InstanceGroup:
             # guest's next safe point.
             if outcome != "timeout":
                 return outcome
-
-    def _spin(self, offset: int, expected: int) -> bool:
-        """Watch the guest's word for up to this address's spin time; True when it changed.
-        Adapts that time (see SPIN_NS): per address, since a mutex's waits are short and a
-        condition variable's (each waiter on a word of its own, in musl) long."""
-        budgets = self._spin_budgets
-        budget = budgets.get(offset, SPIN_NS)
-        if budget <= 0:  # resting: counts up to 0, then spins again
-            budgets[offset] = budget + 1 if budget < 0 else SPIN_NS
-            return False
-        words = self._memory.words if self._memory is not None else None
-        if words is None or offset & 3 or not self._pending.empty():
-            return False
-        index = offset >> 2
-        expected &= 0xFFFFFFFF
-        clock = time.perf_counter_ns
-        deadline = clock() + budget
-        while True:
-            for _ in range(_SPIN_READS):
-                if words[index] != expected:
-                    if budget != SPIN_NS:
-                        budgets[offset] = SPIN_NS
-                    return True
-            if clock() > deadline:
-                break
-        if len(budgets) >= 256:
-            budgets.clear()  # a program waiting on many words: forget the old ones
-        budget >>= 1
-        budgets[offset] = budget if budget >= SPIN_MIN_NS else -SPIN_REST
-        return False
 
     def sleep_until(self, deadline_ns: int) -> None:
         """Sleep until the monotonic clock reaches `deadline_ns`, applying link operations

@@ -27,14 +27,11 @@ class GuestMemory:
         # than most host calls.
         self._fixed_extent = fixed
         self._fixed: tuple[int, int] | None = None
-        # A fixed memory's bytes and 32-bit words as views, for the futex calls' stores
-        # and their waits that watch a word in user space.
+        # A fixed memory's bytes as a view: single-byte stores without a ctypes object.
         self._bytes: memoryview | None = None
-        self.words: memoryview | None = None
         if fixed:
             base, length = self._base_and_len()
             self._bytes = memoryview((ctypes.c_char * length).from_address(base)).cast("B")
-            self.words = self._bytes.cast("I")
 
     def _base_and_len(self) -> tuple[int, int]:
         if self._fixed is not None:
