@@ -133,8 +133,8 @@ def futex_wake(address: int, count: int) -> int:
     """Wake up to `count` waiters on host `address`; returns how many were woken."""
     if _SYS_FUTEX is None:
         raise OSError(errno.ENOSYS, f"futex is not supported on {platform.machine()}")
-    rc = int(_libc.syscall(_SYS_FUTEX, ctypes.c_void_p(address), FUTEX_WAKE,
-                           ctypes.c_int(count), None, None, 0))
+    rc = int(_libc.syscall(_SYS_FUTEX, ctypes.c_void_p(address), FUTEX_WAKE, count, None,
+                           None, 0))  # a Python int goes as a C int
     if rc < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
