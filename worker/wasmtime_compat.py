@@ -189,6 +189,11 @@ def _params_struct(params: tuple[str, ...]) -> struct.Struct:
     return struct.Struct("<" + "".join(_RAW_PARAM[p] for p in params))
 
 
+@functools.lru_cache(maxsize=4)
+def _result_struct(result_format: str) -> struct.Struct:
+    return struct.Struct(result_format)
+
+
 def _raw_call(func: Callable[..., Any], params: list[str], results: list[str]
               ) -> Callable[[int], None]:
     """`func` called on a raw values array: the arguments read with one unpack, the results
@@ -206,7 +211,7 @@ def _raw_call(func: Callable[..., Any], params: list[str], results: list[str]
         # Most WASI/WASIX calls: integers in, one integer out, the short way.
         unpack_from = params_struct.unpack_from
         result_format, mask = _RAW_INT_RESULT[results[0]]
-        pack_into = struct.Struct(result_format).pack_into
+        pack_into = _result_struct(result_format).pack_into
         space, start, end = _SPACE, _SPACE_START, _SPACE_START + len(_SPACE) - size
 
         def call_one(values: int) -> None:
