@@ -25,7 +25,7 @@ import wasmtime
 
 from wasmgroup.shared.closure import CLOSURE_EXPORT
 from wasmgroup.shared.errors import LinkError
-from wasmgroup.shared.futex import WakeWord, futex_wait_or_wake, futex_waitv_works, futex_wake
+from wasmgroup.shared.futex import WakeWord, futex_waitv_works, futex_wake
 from wasmgroup.shared.hostabi import HELPER_MODULE, abi_signature
 from wasmgroup.shared.memory import SharedRegion
 from wasmgroup.shared.plan import (
@@ -710,11 +710,15 @@ class InstanceGroup:
         return not self.service.stopping()
 
     def futex_wait(self, offset: int, expected: int, timeout_ns: int | None) -> str:
-        """Wait in slices, so that a pending operation or a stop never waits on a sleeper."""
+        """Wait while the guest's u32 at `offset` (bounds checked by the caller) holds
+        `expected`, in slices, so that a pending operation or a stop never waits on a
+        sleeper."""
         address = self.memory.address + offset
         deadline = None if timeout_ns is None else time.monotonic_ns() + timeout_ns
+        wake_word = self._wake_word
         while True:
-            self.service_pending()
+            if not self._pending.empty():
+                self.service_pending()
             if self.service.stopping():
                 self.raise_stopped()
             slice_ns = FUTEX_SLICE_NS
@@ -722,13 +726,12 @@ class InstanceGroup:
                 slice_ns = min(slice_ns, deadline - time.monotonic_ns())
                 if slice_ns <= 0:
                     return "timeout"
-            wake_seen = self._wake_word.value  # before the check: a later post changes it
+            wake_seen = wake_word.value  # before the check: a later post changes it
             self._waiting_on = address
             try:
                 if not self._pending.empty():
                     continue  # posted between the check above and now: apply it first
-                outcome = futex_wait_or_wake(address, expected, self._wake_word, wake_seen,
-                                             slice_ns)
+                outcome = wake_word.wait(address, expected, wake_seen, slice_ns)
             finally:
                 self._waiting_on = None
             if outcome == "wake":
