@@ -284,12 +284,15 @@ def _program_args(args: argparse.Namespace) -> list[str]:
 
 def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from wasmgroup.orchestrator import forkserver
+
+    # First, while this process has one thread, no descriptor but stdio and has not touched
+    # wasmtime: the fork server that the program's workers come from (orchestrator/
+    # forkserver.py). This process imports wasmtime only if a module is not in the compile
+    # cache.
+    forkserver.fork_early()
     from wasmgroup.orchestrator.program import EXIT_RUNTIME_ERROR, run_program
     from wasmgroup.shared.errors import WasmgroupError
 
-    # Now, with wasmtime imported and nothing compiled, one thread and no descriptor but
-    # stdio: the fork server that the program's workers come from (orchestrator/forkserver.py).
-    forkserver.fork_early()
     if args.program is None:
         parser.error("the program to run is missing: wasmgroup run [OPTIONS] PROG.wasm [ARGS]")
     env, dirs = _guest_view(args, parser)

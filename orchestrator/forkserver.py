@@ -12,6 +12,7 @@ CLONE_PARENT), reaped through `ForkedProcess`, and leave when their own socket c
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import signal
@@ -170,11 +171,22 @@ class ForkServer:
 _early: ForkServer | None = None
 
 
+# What a worker and the coordinator both import (the rest of each side's modules are its
+# own): imported once, before the fork, rather than by both processes after it.
+COMMON_MODULES = ("queue", "wasmgroup.shared.plan", "wasmgroup.shared.protocol",
+                  "wasmgroup.shared.memory", "wasmgroup.shared.pathcalls",
+                  "wasmgroup.shared.closure", "wasmgroup.shared.hostabi", "wasmgroup.shared.cpus")
+
+
 def fork_early() -> None:
     """For a command line run: fork the server now, while this process is still fit to be
-    forked; the first worker pool takes it."""
+    forked (one thread, wasmtime untouched); the first worker pool takes it. The server then
+    imports wasmtime and the worker's modules while this process imports its own and links
+    the program: on two cores, side by side."""
     global _early
     if _early is None:
+        for name in COMMON_MODULES:
+            importlib.import_module(name)
         _early = ForkServer.fork_here()
 
 

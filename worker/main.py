@@ -41,6 +41,7 @@ from typing import Any
 import wasmtime
 
 from wasmgroup.shared import protocol
+from wasmgroup.shared.engine import make_engine_config
 from wasmgroup.shared.errors import LinkError, UnsupportedCall
 from wasmgroup.shared.fdtable import GenerationPage
 from wasmgroup.shared.memory import SharedRegion
@@ -61,7 +62,6 @@ from wasmgroup.worker.group import (
     InstanceGroup,
     PendingOperation,
     PurgeDescriptors,
-    make_engine_config,
 )
 from wasmgroup.worker.host import poll
 from wasmgroup.worker.host.descriptors import DescriptorCache
