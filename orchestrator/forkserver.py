@@ -17,13 +17,16 @@ import logging
 import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from wasmgroup.shared.errors import WasmgroupError
 from wasmgroup.worker import zygote
+
+if TYPE_CHECKING:  # (subprocess is imported where used: `wasmgroup run` forks before it needs it)
+    import subprocess
 
 log = logging.getLogger("wasmgroup")
 ZYGOTE_COMMAND = (sys.executable, "-m", "wasmgroup.worker.zygote")
@@ -60,6 +63,8 @@ class ForkedProcess:
         pause = 0.0002
         while (code := self.poll()) is None:
             if deadline is not None and time.monotonic() >= deadline:
+                import subprocess
+
                 raise subprocess.TimeoutExpired(str(self.pid), timeout or 0.0)
             time.sleep(pause)
             pause = min(pause * 2, 0.01)
@@ -84,6 +89,8 @@ class ForkServer:
     @classmethod
     def start(cls) -> ForkServer | None:
         """A server in a fresh process (None where clone is not available)."""
+        import subprocess
+
         if not zygote.supported():
             return None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -156,6 +163,8 @@ class ForkServer:
     def close(self) -> None:
         """The server leaves (its socket closed); reaped, or killed after a grace period.
         Waits for a spawn under way: the worker it forks is then its caller's to stop."""
+        import subprocess
+
         with self._lock:
             self.closed = True
             self.broken = self.broken or "the fork server is closed"

@@ -398,7 +398,9 @@ class WorkerPool:
                 if not closed:
                     self.started += 1
                     self._all.append(worker)
-                    self._idle.append(worker)
+                    # First in the idle list, so handed out last: a worker given back (its
+                    # modules deserialized) goes before one a top-up started meanwhile.
+                    self._idle.insert(0, worker)
             if closed:  # a background top-up that lost the race with close()
                 worker.kill()
                 raise WorkerStartError("the worker pool is closed")
