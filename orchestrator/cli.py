@@ -25,10 +25,10 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from wasmgroup.orchestrator.launch import EXIT_INTERRUPTED, command_of
 from wasmgroup.shared.versions import distribution_version
 
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130  # 128 + SIGINT
 EXIT_BROKEN_PIPE = 128 + 13  # SIGPIPE
 WASMGROUP_VERSION = distribution_version("wasmgroup")
 WASMTIME_VERSION = distribution_version("wasmtime")
@@ -36,8 +36,6 @@ MAX_POOL = 64  # idle workers: beyond this a typo, not a wish (each is a Python 
 MAX_RUNS = 1_000_000
 MAX_SEED = 2**63 - 1
 MAX_DELAY = 1.0  # seconds: a longer perturbation delay is a typo, not a short delay
-VERBOSITY_FLAGS = ("-v", "-vv", "-vvv", "--verbose", "-q", "--quiet")
-COMMANDS = ("run", "batch", "inspect", "trace", "stress", "cache", "completion")
 VERSION_TEXT = f"wasmgroup {WASMGROUP_VERSION} (wasmtime {WASMTIME_VERSION})"
 log = logging.getLogger("wasmgroup")
 
@@ -727,21 +725,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None, command: list[str]) -> int:
     """The command's exit status; its name is added to `command` as soon as it is known."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help", "--version"):
+    found = command_of(argv)
+    if found is None:
         parser = build_parser()
         parser.parse_args(argv)  # help or version: prints and exits
         parser.print_usage(sys.stderr)
         return EXIT_USAGE
-    # `wasmgroup -v inspect X`: verbosity given before the command belongs to it.
-    lead = 0
-    while lead < len(argv) - 1 and argv[lead] in VERBOSITY_FLAGS:
-        lead += 1
-    if lead and argv[lead] in COMMANDS:
-        argv = [argv[lead], *argv[:lead], *argv[lead + 1:]]
-    # As wasmtime: anything that is not a command is a program (or run's options) to run.
-    name = argv[0] if argv[0] in COMMANDS else "run"
-    if name == argv[0]:
-        argv = argv[1:]
+    name, argv = found
     command.append(name)
     sub = subparsers(build_parser(only=name))[name]
     args = sub.parse_args(argv)

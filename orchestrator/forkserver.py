@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import logging
 import os
 import signal
 import socket
@@ -28,7 +27,6 @@ from wasmgroup.worker import zygote
 if TYPE_CHECKING:  # (subprocess is imported where used: `wasmgroup run` forks before it needs it)
     import subprocess
 
-log = logging.getLogger("wasmgroup")
 ZYGOTE_COMMAND = (sys.executable, "-m", "wasmgroup.worker.zygote")
 ANSWER_TIMEOUT = 60.0  # seconds: a started server imports wasmtime before it answers
 CLOSE_GRACE = 1.0  # seconds the server gets to leave once its socket is closed
@@ -101,7 +99,9 @@ class ForkServer:
                                        pass_fds=[theirs.fileno()], close_fds=True)
         except OSError as err:
             ours.close()
-            log.info("no fork server: %s", err)
+            import logging  # (not before the early fork: the server needs none)
+
+            logging.getLogger("wasmgroup").info("no fork server: %s", err)
             return None
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
@@ -187,15 +187,18 @@ COMMON_MODULES = ("queue", "wasmgroup.shared.plan", "wasmgroup.shared.protocol",
                   "wasmgroup.shared.closure", "wasmgroup.shared.hostabi", "wasmgroup.shared.cpus")
 
 
-def fork_early() -> None:
+def fork_early(preload: bool = True) -> None:
     """For a command line run: fork the server now, while this process is still fit to be
-    forked (one thread, wasmtime untouched); the first worker pool takes it. The server then
-    imports wasmtime and the worker's modules while this process imports its own and links
-    the program: on two cores, side by side."""
+    forked (one thread, wasmtime untouched), unless it was already; the first worker pool
+    takes it. The server then imports wasmtime and the worker's modules while this process
+    imports its own and links the program. With `preload`, the modules both import are
+    imported first, once for both (less CPU, a later fork: the entry point forks as soon as
+    it can instead, orchestrator/launch.py)."""
     global _early
     if _early is None:
-        for name in COMMON_MODULES:
-            importlib.import_module(name)
+        if preload:
+            for name in COMMON_MODULES:
+                importlib.import_module(name)
         _early = ForkServer.fork_here()
 
 
