@@ -3,8 +3,8 @@
 `dataclasses.dataclass` builds each class with five or six `exec` calls and an
 `inspect.signature`, ~0.5-1 ms per class, and importing it imports `inspect` (and with it
 `ast`, `dis`, `tokenize`): about 40 classes on the path of `wasmgroup run` cost the coordinator
-and every worker 20-40 ms of their start. A record gets the same behaviour from one small
-generated `__init__` and shared methods:
+and every worker 20-40 ms of their start. A record gets the same behaviour from shared
+methods and an `__init__` generated when the first instance is made:
 
 - `__init__(self, <fields in order>)`, with defaults (`name: int = 0`) and
   `field(default_factory=list)`;
@@ -84,6 +84,40 @@ def _frozen_delattr(self: Any, name: str) -> None:
     raise FrozenInstanceError(f"cannot delete field {name!r}")
 
 
+def _first_init(self: Any, *args: Any, **kwargs: Any) -> None:
+    """A record's __init__ until its first instance: generates the real one (a compile,
+    ~0.1 ms, which classes never instantiated in a process do not pay), then runs it."""
+    cls = type(self)
+    if cls.__dict__.get("__init__") is _first_init:
+        cls.__init__ = _make_init(cls, *cls.__record_specs__)
+    cls.__init__(self, *args, **kwargs)
+
+
+def _make_init(cls: type, specs: dict[str, _Field], frozen: bool) -> Callable[..., None]:
+    """`__init__(self, <fields>)`, generated: the constructor is called often (plans, parsed
+    modules), and a generic one taking *args would be several times slower."""
+    params, body = [], []
+    scope: dict[str, Any] = {"_MISSING": _MISSING, "_set": object.__setattr__}
+    for name, spec in specs.items():
+        value = name
+        if spec.default_factory is not None:
+            scope[f"_f_{name}"] = spec.default_factory
+            params.append(f"{name}=_MISSING")
+            value = f"_f_{name}() if {name} is _MISSING else {name}"
+        elif spec.default is not _MISSING:
+            scope[f"_d_{name}"] = spec.default
+            params.append(f"{name}=_d_{name}")
+        else:
+            params.append(name)
+        body.append(f"_set(self, {name!r}, {value})" if frozen else f"self.{name} = {value}")
+    source = (f"def __init__(self, {', '.join(params)}):\n "
+              + ("\n ".join(body) or "pass") + "\n")
+    exec(source, scope)
+    init: Callable[..., None] = scope["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    return init
+
+
 def _build(cls: type[T], frozen: bool) -> type[T]:
     # (Not inspect.get_annotations: importing inspect is what this module avoids.)
     annotations = cls.__dict__.get("__annotations__", {})  # noqa: RUF063
@@ -99,32 +133,13 @@ def _build(cls: type[T], frozen: bool) -> type[T]:
                 delattr(cls, name)
             else:
                 setattr(cls, name, spec.default)
-    # One generated __init__: the constructor is called often (plans, parsed modules).
-    params, body = [], []
-    scope: dict[str, Any] = {"_MISSING": _MISSING, "_set": object.__setattr__}
+    # The defaults' order is checked now; the __init__ is generated on first use (below).
     seen_default = False
     for name, spec in specs.items():
-        if spec.default_factory is not None:
-            scope[f"_f_{name}"] = spec.default_factory
-            params.append(f"{name}=_MISSING")
-            value = f"_f_{name}() if {name} is _MISSING else {name}"
+        if spec.default_factory is not None or spec.default is not _MISSING:
             seen_default = True
-        elif spec.default is not _MISSING:
-            scope[f"_d_{name}"] = spec.default
-            params.append(f"{name}=_d_{name}")
-            value = name
-            seen_default = True
-        else:
-            if seen_default:
-                raise TypeError(f"{cls.__name__}: non-default field {name!r} follows a default")
-            params.append(name)
-            value = name
-        body.append(f"_set(self, {name!r}, {value})" if frozen else f"self.{name} = {value}")
-    source = (f"def __init__(self, {', '.join(params)}):\n "
-              + ("\n ".join(body) or "pass") + "\n")
-    exec(source, scope)
-    init = scope["__init__"]
-    init.__qualname__ = f"{cls.__qualname__}.__init__"
+        elif seen_default:
+            raise TypeError(f"{cls.__name__}: non-default field {name!r} follows a default")
     compared = [n for n, s in specs.items() if s.compare]
     key: Callable[[Any], Any] = attrgetter(*compared) if compared else (lambda _: ())
     methods: dict[str, Any] = {
@@ -132,7 +147,8 @@ def _build(cls: type[T], frozen: bool) -> type[T]:
         "__record_repr__": tuple(n for n, s in specs.items() if s.repr),
         "__record_key__": staticmethod(key),
         "__match_args__": tuple(specs),
-        "__init__": init,
+        "__record_specs__": (specs, frozen),
+        "__init__": _first_init,
         "__eq__": _eq,
         "__hash__": _hash if frozen else None,  # (a mutable record is unhashable)
     }
