@@ -1,7 +1,8 @@
 """Compile each module once: an on-disk cache of wasmtime artefacts.
 
-Entries are keyed by the module's SHA-256, the wasmtime version and the engine settings, so a
-stale entry (another version or configuration) is never looked up. Each artefact is stored
+Entries are keyed by the module's SHA-256, the wasmtime version, the engine settings and the
+host CPU's features, so a stale entry (another version, configuration or kind of machine) is
+never looked up. Each artefact is stored
 with the SHA-256 of its own bytes; an entry whose bytes do not match (truncated, corrupt) is
 deleted and rebuilt, never trusted. Writes are atomic (rename). A hit costs no wasmtime call:
 the coordinator hands the artefact to its workers, which deserialize it.
@@ -15,6 +16,7 @@ entries are evicted until the cache holds at most `$WASMGROUP_CACHE_SIZE` bytes 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import os
@@ -41,6 +43,20 @@ WASMTIME_VERSION = distribution_version("wasmtime")
 WASMGROUP_VERSION = distribution_version("wasmgroup")
 DEFAULT_MAX_MODULE_SIZE = 256 << 20  # bytes; a module file larger than this is refused unread
 WASM_MAGIC = b"\0asm"
+
+
+def host_cpu() -> str:
+    """What compiled code depends on besides wasmtime's version and settings: the machine and
+    its CPU's features (wasmtime compiles for the features it finds, and refuses an artefact
+    made for others: in a cache directory that machines share, each kind gets entries of its
+    own instead)."""
+    features = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as info:
+        for line in info:
+            if line.startswith(("flags", "Features")):  # x86, arm
+                features = line.split(":", 1)[1].strip()
+                break
+    return f"{os.uname().machine}-{hashlib.sha256(features.encode()).hexdigest()[:16]}"
 
 
 DEFAULT_CACHE_LIMIT = 1 << 30
@@ -148,7 +164,8 @@ class ModuleCache:
         self.max_module_size = max_module_size
         self.directory = directory or default_cache_dir()
         self.limit = cache_limit()
-        self._salt = f"wasmtime-{WASMTIME_VERSION};{settings};rewrite-{REWRITE_VERSION}"
+        self._salt = (f"wasmtime-{WASMTIME_VERSION};{settings};{host_cpu()};"
+                      f"rewrite-{REWRITE_VERSION}")
         self._by_path: dict[str, CachedModule] = {}
         self._by_key: dict[str, CachedModule] = {}
         self._held: list[int] = []  # descriptors behind each entry's shared_path

@@ -42,7 +42,7 @@ import wasmtime
 
 from wasmgroup.shared import protocol
 from wasmgroup.shared.engine import make_engine_config
-from wasmgroup.shared.errors import LinkError, UnsupportedCall
+from wasmgroup.shared.errors import LinkError, UnsupportedCall, one_line
 from wasmgroup.shared.fdtable import GenerationPage
 from wasmgroup.shared.memory import SharedRegion
 from wasmgroup.shared.plan import (
@@ -399,7 +399,12 @@ class Worker:
             raise LinkError(f"{host_path}: the coordinator sent no compiled module")
         module = self._modules.pop(artefact, None)
         if module is None:
-            module = wasmtime.Module.deserialize_file(self.engine, artefact)
+            try:
+                module = wasmtime.Module.deserialize_file(self.engine, artefact)
+            except wasmtime.WasmtimeError as err:  # its checksum held: not made by us
+                raise LinkError(f"{host_path}: wasmtime refused the compiled module in the "
+                                f"compile cache ({one_line(str(err))}); `wasmgroup cache "
+                                "clean` removes it") from None
         self._modules[artefact] = module  # last: the most recently used
         return module
 
