@@ -35,7 +35,6 @@ import socket
 import sys
 import threading
 import time
-import traceback
 from typing import Any
 
 import wasmtime
@@ -466,6 +465,8 @@ def _ending(err: Exception) -> dict[str, Any]:
     # A lazy stub no module serves, or a call wasmgroup provides only so that programs start.
     if isinstance(err, (LinkError, UnsupportedCall)):
         return {"how": "trap", "code": 0, "message": str(err)}
+    import traceback  # (a bug of ours: not worth importing at every worker's start)
+
     text = "".join(traceback.format_exception(err))
     return {"how": "failed", "code": 0, "message": text}
 
