@@ -5,8 +5,9 @@ linker, the worker pool) and its first worker's (wasmtime and the host functions
 fork server (orchestrator/forkserver.py) does once for every worker. Forked before this
 process imports anything else, the server does its imports while this process does its own
 and links the program: on two cores, side by side, a start is the longer of the two rather
-than their sum. `python -m wasmgroup.orchestrator.cli` (no early fork) forks it later, in
-`cli._run`, before the coordinator's own modules.
+than their sum (when a core is idle: `idle_core`). Otherwise, and for `python -m
+wasmgroup.orchestrator.cli`, `cli._run` forks it later, after the modules both sides import
+and before the coordinator's own.
 """
 
 from __future__ import annotations
@@ -38,10 +39,21 @@ def command_of(argv: Sequence[str]) -> tuple[str, list[str]] | None:
     return "run", args
 
 
+def idle_core() -> bool:
+    """Whether a CPU is idle (the 1-minute load average leaves one of ours free): only then
+    do the two imports run side by side. On a busy machine the early fork gains nothing and
+    costs the modules both sides import, imported twice; `cli._run` then forks the server
+    after importing them (once, for both), before the coordinator's own modules."""
+    try:
+        return os.getloadavg()[0] < len(os.sched_getaffinity(0)) - 0.5
+    except OSError:
+        return True
+
+
 def entry() -> None:
     found = command_of(sys.argv[1:])
     try:
-        if found is not None and found[0] == "run":
+        if found is not None and found[0] == "run" and idle_core():
             from wasmgroup.orchestrator import forkserver
 
             forkserver.fork_early(preload=False)
@@ -55,4 +67,4 @@ def entry() -> None:
     cli.entry()
 
 
-__all__ = ["COMMANDS", "VERBOSITY_FLAGS", "command_of", "entry"]
+__all__ = ["COMMANDS", "VERBOSITY_FLAGS", "command_of", "entry", "idle_core"]

@@ -85,7 +85,8 @@ def test_other_commands_fork_no_server(guests: Path) -> None:
 
 
 def test_ctrl_c_right_after_the_early_fork_is_one_line(guests: Path) -> None:
-    """^C while the entry point imports the command line (its server already forked)."""
+    """^C as soon as the fork server is forked (by the entry point while it imports the
+    command line, when a core is idle; else by the command line, before its own modules)."""
     previous = signal.getsignal(signal.SIGINT)
     if previous == signal.SIG_IGN:  # (a background test run: give its children SIGINT back)
         signal.signal(signal.SIGINT, signal.default_int_handler)
