@@ -15,6 +15,7 @@ is caught here.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import os
@@ -24,6 +25,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from wasmgroup.orchestrator.launch import EXIT_INTERRUPTED, command_of
 from wasmgroup.shared.versions import distribution_version
@@ -499,8 +501,36 @@ def _completion(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
 
 
 # ---------------------------------------------------------------------- the parser
-def _verbosity() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+def _columns() -> int:
+    """The terminal's width, as shutil.get_terminal_size finds it: argparse imports shutil
+    (and with it the bz2 and lzma modules) for that alone, milliseconds of every start."""
+    with contextlib.suppress(KeyError, ValueError):
+        if (columns := int(os.environ["COLUMNS"])) > 0:
+            return columns
+    stdout = sys.__stdout__
+    with contextlib.suppress(ValueError, OSError):
+        if stdout is not None and (columns := os.get_terminal_size(stdout.fileno()).columns) > 0:
+            return columns
+    return 80
+
+
+class _Formatter(argparse.HelpFormatter):
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position,
+                         _columns() - 2 if width is None else width)  # (- 2: as argparse)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser with `_Formatter`; its subparsers are of this class too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
+
+def _verbosity() -> _Parser:
+    common = _Parser(add_help=False)
     common.add_argument("-v", "--verbose", action="count", default=0,
                         help="say what wasmgroup decides (-vv: more)")
     common.add_argument("-q", "--quiet", action="store_true",
@@ -532,7 +562,7 @@ def _add_guest_options(parser: argparse.ArgumentParser) -> None:
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The command line's parser; with `only`, just that command's subparser (building all
     seven, ~60 arguments, is milliseconds of a start that a run waits for)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="wasmgroup",
         description="Run dynamically linked, multi-threaded WebAssembly programs. "
                     "`wasmgroup PROG.wasm ARGS` is short for `wasmgroup run PROG.wasm ARGS`.")
