@@ -24,6 +24,13 @@ from wasmgroup.orchestrator.launch import command_of
 WASMGROUP = str(Path(sys.executable).parent / "wasmgroup")
 
 
+def entry_point(early: bool) -> list[str]:
+    """The entry point with its choice made: fork the server first (a core is idle) or not
+    (a busy machine: cli._run forks it), whatever the machine's load now."""
+    return [sys.executable, "-c", "from wasmgroup.orchestrator import launch; "
+            f"launch.idle_core = lambda: {early}; launch.entry()"]
+
+
 @pytest.mark.parametrize(("argv", "found"), [
     ([], None), (["--help"], None), (["-h"], None), (["--version"], None),
     (["run", "p.wasm", "a"], ("run", ["p.wasm", "a"])),
@@ -58,11 +65,12 @@ def test_a_run_through_the_entry_point(guests: Path) -> None:
     wait_gone(mark)
 
 
-def test_a_usage_error_after_the_early_fork_leaves_nothing(guests: Path) -> None:
-    """The server was forked before the options were read: it leaves with the command (it
-    holds stderr, so the output ends only when it is gone too)."""
+@pytest.mark.parametrize("early", [True, False])
+def test_a_usage_error_leaves_nothing(guests: Path, early: bool) -> None:
+    """Forked early, the server was forked before the options were read: it leaves with the
+    command (it holds stderr, so the output ends only when it is gone too)."""
     mark = uuid.uuid4().hex
-    done = subprocess.run([WASMGROUP, "run", "--pool", "-3",
+    done = subprocess.run([*entry_point(early), "run", "--pool", "-3",
                            str(guests / "pie_threads" / "hello.wasm")],
                           capture_output=True, text=True, timeout=120, env=marked(mark))
     assert done.returncode == 2
@@ -84,9 +92,10 @@ def test_other_commands_fork_no_server(guests: Path) -> None:
     assert children == set()
 
 
-def test_ctrl_c_right_after_the_early_fork_is_one_line(guests: Path) -> None:
-    """^C as soon as the fork server is forked (by the entry point while it imports the
-    command line, when a core is idle; else by the command line, before its own modules)."""
+@pytest.mark.parametrize("early", [True, False])
+def test_ctrl_c_right_after_the_fork_is_one_line(guests: Path, early: bool) -> None:
+    """^C as soon as the fork server is forked: by the entry point, which then imports the
+    command line (early), or by the command line, before the coordinator's modules."""
     previous = signal.getsignal(signal.SIGINT)
     if previous == signal.SIG_IGN:  # (a background test run: give its children SIGINT back)
         signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -96,7 +105,7 @@ def test_ctrl_c_right_after_the_early_fork_is_one_line(guests: Path) -> None:
         attrs[3] &= ~termios.ECHO  # the output is wasmgroup's alone
         termios.tcsetattr(slave, termios.TCSANOW, attrs)
         mark = uuid.uuid4().hex
-        process = psutil.Popen(["setsid", "--ctty", WASMGROUP, "run",
+        process = psutil.Popen(["setsid", "--ctty", *entry_point(early), "run",
                                 str(guests / "libc" / "interruptible.wasm"), "--", "forever"],
                                stdin=slave, stdout=slave, stderr=slave, env=marked(mark))
         os.close(slave)
