@@ -187,18 +187,16 @@ COMMON_MODULES = ("queue", "wasmgroup.shared.plan", "wasmgroup.shared.protocol",
                   "wasmgroup.shared.closure", "wasmgroup.shared.hostabi", "wasmgroup.shared.cpus")
 
 
-def fork_early(preload: bool = True) -> None:
+def fork_early() -> None:
     """For a command line run: fork the server now, while this process is still fit to be
     forked (one thread, wasmtime untouched), unless it was already; the first worker pool
-    takes it. The server then imports wasmtime and the worker's modules while this process
-    imports its own and links the program. With `preload`, the modules both import are
-    imported first, once for both (less CPU, a later fork: the entry point forks as soon as
-    it can instead, orchestrator/launch.py)."""
+    takes it. The modules both sides import are imported first, once for both; the server
+    then imports wasmtime and the worker's modules while this process imports its own and
+    links the program (orchestrator/launch.py)."""
     global _early
     if _early is None:
-        if preload:
-            for name in COMMON_MODULES:
-                importlib.import_module(name)
+        for name in COMMON_MODULES:
+            importlib.import_module(name)
         _early = ForkServer.fork_here()
 
 

@@ -2,12 +2,13 @@
 
 A one-thread `wasmgroup run` waits on two imports: the coordinator's (the command line, the
 linker, the worker pool) and its first worker's (wasmtime and the host functions), which the
-fork server (orchestrator/forkserver.py) does once for every worker. Forked before this
-process imports anything else, the server does its imports while this process does its own
-and links the program: on two cores, side by side, a start is the longer of the two rather
-than their sum (when a core is idle: `idle_core`). Otherwise, and for `python -m
-wasmgroup.orchestrator.cli`, `cli._run` forks it later, after the modules both sides import
-and before the coordinator's own.
+fork server (orchestrator/forkserver.py) does once for every worker. Forked as soon as the
+modules both sides need are imported (once, for both: `forkserver.COMMON_MODULES`), before the
+command line, the server does its imports while this process does its own and links the
+program: on two cores, side by side, a start is the longer of the two rather than their sum,
+at no more CPU. (Forked before those common modules, both processes import them: measured
+interleaved on 2 cores, 15-20 ms more CPU, which a busy machine cannot hide.) `python -m
+wasmgroup.orchestrator.cli` forks it in `cli._run`, after the command line's own imports.
 """
 
 from __future__ import annotations
@@ -39,26 +40,13 @@ def command_of(argv: Sequence[str]) -> tuple[str, list[str]] | None:
     return "run", args
 
 
-def idle_core() -> bool:
-    """Whether a CPU is free for the server (the 1-minute load average is below the CPUs we
-    may use): only then do the two imports run side by side. On a busy machine the early
-    fork gains nothing and costs the modules both sides import, imported twice; `cli._run`
-    then forks the server after importing them (once, for both), before the coordinator's
-    own modules. (Measured interleaved on 2 cores, early against late: 167 against 185 ms at
-    load 2.7, 168 against 143 ms at 3.6, 364 against 330 ms at 4.6.)"""
-    try:
-        return os.getloadavg()[0] < len(os.sched_getaffinity(0))
-    except OSError:
-        return True
-
-
 def entry() -> None:
     found = command_of(sys.argv[1:])
     try:
-        if found is not None and found[0] == "run" and idle_core():
+        if found is not None and found[0] == "run":
             from wasmgroup.orchestrator import forkserver
 
-            forkserver.fork_early(preload=False)
+            forkserver.fork_early()
         from wasmgroup.orchestrator import cli
     except KeyboardInterrupt:
         # Ctrl-C before the CLI's own handling is in place: as cli.main reports it (the
@@ -69,4 +57,4 @@ def entry() -> None:
     cli.entry()
 
 
-__all__ = ["COMMANDS", "VERBOSITY_FLAGS", "command_of", "entry", "idle_core"]
+__all__ = ["COMMANDS", "VERBOSITY_FLAGS", "command_of", "entry"]

@@ -1,5 +1,5 @@
 """The `wasmgroup` command's entry point (orchestrator/launch.py): a run forks its fork server
-before anything else is imported; other commands fork nothing; a usage error or Ctrl-C right
+before importing the command line; other commands fork nothing; a usage error or Ctrl-C right
 after the fork leaves no process behind."""
 
 from __future__ import annotations
@@ -24,11 +24,10 @@ from wasmgroup.orchestrator.launch import command_of
 WASMGROUP = str(Path(sys.executable).parent / "wasmgroup")
 
 
-def entry_point(early: bool) -> list[str]:
-    """The entry point with its choice made: fork the server first (a core is idle) or not
-    (a busy machine: cli._run forks it), whatever the machine's load now."""
-    return [sys.executable, "-c", "from wasmgroup.orchestrator import launch; "
-            f"launch.idle_core = lambda: {early}; launch.entry()"]
+# The two ways in: the entry point forks the server before importing the command line; the
+# command line's module, run as a script, forks it in cli._run, after its own imports.
+ENTRY_POINTS = {"console script": [WASMGROUP],
+                "python -m": [sys.executable, "-m", "wasmgroup.orchestrator.cli"]}
 
 
 @pytest.mark.parametrize(("argv", "found"), [
@@ -65,12 +64,12 @@ def test_a_run_through_the_entry_point(guests: Path) -> None:
     wait_gone(mark)
 
 
-@pytest.mark.parametrize("early", [True, False])
-def test_a_usage_error_leaves_nothing(guests: Path, early: bool) -> None:
-    """Forked early, the server was forked before the options were read: it leaves with the
-    command (it holds stderr, so the output ends only when it is gone too)."""
+@pytest.mark.parametrize("way", ENTRY_POINTS)
+def test_a_usage_error_leaves_nothing(guests: Path, way: str) -> None:
+    """Through the entry point, the server was forked before the options were read: it
+    leaves with the command (it holds stderr, so the output ends only when it is gone too)."""
     mark = uuid.uuid4().hex
-    done = subprocess.run([*entry_point(early), "run", "--pool", "-3",
+    done = subprocess.run([*ENTRY_POINTS[way], "run", "--pool", "-3",
                            str(guests / "pie_threads" / "hello.wasm")],
                           capture_output=True, text=True, timeout=120, env=marked(mark))
     assert done.returncode == 2
@@ -92,10 +91,10 @@ def test_other_commands_fork_no_server(guests: Path) -> None:
     assert children == set()
 
 
-@pytest.mark.parametrize("early", [True, False])
-def test_ctrl_c_right_after_the_fork_is_one_line(guests: Path, early: bool) -> None:
+@pytest.mark.parametrize("way", ENTRY_POINTS)
+def test_ctrl_c_right_after_the_fork_is_one_line(guests: Path, way: str) -> None:
     """^C as soon as the fork server is forked: by the entry point, which then imports the
-    command line (early), or by the command line, before the coordinator's modules."""
+    command line, or by the command line, before the coordinator's modules."""
     previous = signal.getsignal(signal.SIGINT)
     if previous == signal.SIG_IGN:  # (a background test run: give its children SIGINT back)
         signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -105,7 +104,7 @@ def test_ctrl_c_right_after_the_fork_is_one_line(guests: Path, early: bool) -> N
         attrs[3] &= ~termios.ECHO  # the output is wasmgroup's alone
         termios.tcsetattr(slave, termios.TCSANOW, attrs)
         mark = uuid.uuid4().hex
-        process = psutil.Popen(["setsid", "--ctty", *entry_point(early), "run",
+        process = psutil.Popen(["setsid", "--ctty", *ENTRY_POINTS[way], "run",
                                 str(guests / "libc" / "interruptible.wasm"), "--", "forever"],
                                stdin=slave, stdout=slave, stderr=slave, env=marked(mark))
         os.close(slave)
