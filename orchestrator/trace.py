@@ -17,7 +17,6 @@ of an operation). `FILE` `-` is stderr.
 
 from __future__ import annotations
 
-import json
 import sys
 import threading
 import time
@@ -45,6 +44,8 @@ class Tracer:
     def record(self, **fields: Any) -> None:
         if self._file is None:
             return
+        import json  # (with --trace only: not on every run's path)
+
         fields["at_ms"] = round((time.monotonic() - self._origin) * 1000, 3)
         line = json.dumps(fields, sort_keys=True)
         with self._lock:

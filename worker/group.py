@@ -18,12 +18,15 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import wasmtime
 
 from wasmgroup.shared.closure import CLOSURE_EXPORT
+
+# Re-exported where they used to be defined (shared/engine.py keeps them free of wasmtime).
+from wasmgroup.shared.engine import ENGINE_SETTINGS as ENGINE_SETTINGS
+from wasmgroup.shared.engine import make_engine_config as make_engine_config
 from wasmgroup.shared.errors import LinkError
 from wasmgroup.shared.futex import WakeWord, futex_waitv_works, futex_wake
 from wasmgroup.shared.hostabi import HELPER_MODULE, abi_signature
@@ -48,6 +51,7 @@ from wasmgroup.shared.plan import (
     SymbolAddress,
     TableGrowth,
 )
+from wasmgroup.shared.records import record
 from wasmgroup.shared.wasm import FuncType
 from wasmgroup.worker import epoch, wasmtime_compat
 from wasmgroup.worker.host import poll
@@ -107,7 +111,7 @@ class PurgeDescriptors:
     (fire and forget: no one waits for it)."""
 
 
-@dataclass
+@record(frozen=False)
 class PendingOperation:
     """A link operation another group instigated, to apply at this group's next safe point."""
 
@@ -124,21 +128,6 @@ class PendingOperation:
             self.on_done(self)
 
 
-def make_engine_config() -> wasmtime.Config:
-    """The one engine configuration every process uses (serialized modules depend on it)."""
-    config = wasmtime.Config()
-    config.wasm_threads = True
-    config.shared_memory = True
-    config.wasm_bulk_memory = True
-    config.wasm_reference_types = True
-    config.wasm_multi_value = True
-    config.wasm_exceptions = True
-    config.epoch_interruption = True  # safe points inside guest code (worker/epoch.py)
-    return config
-
-
-ENGINE_SETTINGS = ("threads,shared_memory,bulk_memory,reference_types,multi_value,exceptions,"
-                   "epochs")
 FUTEX_SLICE_NS = 20_000_000  # a futex wait re-checks pending work this often at least
 SLEEP_SLICE = 0.05  # seconds: a sleep re-checks pending work this often even if never nudged
 
