@@ -8,7 +8,6 @@ the program goes on) and the real PIE main (status 125 at start), through worker
 
 from __future__ import annotations
 
-import pickle
 import shutil
 import subprocess
 import sys
@@ -20,10 +19,10 @@ import wasmtime
 from leaks import assert_nothing_left, open_fds
 from wasm_bytes import dylink, mem_info, module, name, section, strings, uleb
 
-from wasmgroup.orchestrator import cache as cache_module
 from wasmgroup.orchestrator.cache import ModuleCache
 from wasmgroup.orchestrator.program import EXIT_RUNTIME_ERROR, run_program
 from wasmgroup.shared import dylink as dl
+from wasmgroup.shared.engine import ENGINE_SETTINGS, make_engine_config
 from wasmgroup.shared.errors import (
     LinkError,
     ModuleNotFound,
@@ -32,8 +31,7 @@ from wasmgroup.shared.errors import (
     one_line,
     printable,
 )
-from wasmgroup.shared.wasm import TagType, WasmModule, parse_module
-from wasmgroup.worker.group import ENGINE_SETTINGS, make_engine_config
+from wasmgroup.shared.wasm import TagType, parse_module
 
 WASMGROUP = [sys.executable, "-m", "wasmgroup.orchestrator.cli"]
 U32_MAX = 2**32 - 1
@@ -193,36 +191,6 @@ def test_cache_hit_skips_validation(guests: Path, tmp_path: Path,
     again = ModuleCache(engine, ENGINE_SETTINGS, tmp_path)
     again.load_file(path)
     assert len(calls) == 1 and again.compiled == 0  # a hit: checksum checked, nothing else
-
-
-def test_cache_hit_neither_parses_nor_deserializes(guests: Path, tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    engine = wasmtime.Engine(make_engine_config())
-    path = str(guests / "side" / "libfoo.so")
-    first, _ = ModuleCache(engine, ENGINE_SETTINGS, tmp_path).load_file(path)
-    parsed_file = tmp_path / f"{first.key}.parsed"
-    assert parsed_file.exists()
-    parses: list[str] = []
-    real_parse = cache_module.parse_module
-
-    def counting_parse(data: bytes, source: str = "") -> WasmModule:
-        parses.append(source)
-        return real_parse(data, source=source)
-
-    def no_deserialize(*args: object) -> None:
-        raise AssertionError("the coordinator deserialized a module")
-
-    monkeypatch.setattr(cache_module, "parse_module", counting_parse)
-    monkeypatch.setattr(wasmtime.Module, "deserialize_file", staticmethod(no_deserialize))
-    hit, _ = ModuleCache(engine, ENGINE_SETTINGS, tmp_path).load_file(path)
-    assert parses == [] and hit.parsed == first.parsed
-    # What the reader found, damaged or from another version: parsed again, and kept anew.
-    for damaged in (b"garbage", pickle.dumps(("0.0.0-other", first.parsed))):
-        parsed_file.write_bytes(damaged)
-        cache = ModuleCache(engine, ENGINE_SETTINGS, tmp_path)
-        again, _ = cache.load_file(path)
-        assert parses == [path] and again.parsed == first.parsed and cache.compiled == 0
-        parses.clear()
 
 
 # ---------------------------------------------------------------- real programs

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import replace
 from pathlib import Path
 
 import msgpack
@@ -744,7 +743,8 @@ def test_load_plan_round_trips_through_msgpack(world: World) -> None:
     _, assignment = world.linker.dlsym(2, "wf")
     assert assignment is not None
     assert from_wire(msgpack.unpackb(msgpack.packb(to_wire(assignment)))) == assignment
-    provisional = replace(plan, provisional=True)
+    provisional = LoadPlan(plan.modules, plan.table_length, plan.slots, plan.stack_low,
+                           plan.stack_high, provisional=True)
     for op in (provisional, LoadUndo((2, 3))):
         assert from_wire(msgpack.unpackb(msgpack.packb(to_wire(op)))) == op
 
