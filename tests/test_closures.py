@@ -34,7 +34,10 @@ from wasmgroup.shared.engine import make_engine_config
 from wasmgroup.shared.errors import LinkError
 from wasmgroup.shared.plan import ClosurePlan, TableGrowth, from_wire, to_wire
 from wasmgroup.shared.wasm import FuncType, parse_module
+from wasmgroup.worker import wasmtime_compat
 from wasmgroup.worker.wasmtime_compat import value_type_name
+
+wasmtime_compat.apply()  # the tests below pass shared memories to Instance themselves
 
 ENOTSUP = 58
 
