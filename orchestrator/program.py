@@ -138,6 +138,9 @@ JOIN_TIMEOUT = 5.0  # seconds stopped threads get to reach a safe point at exit
 # read of the terminal, say) are killed sooner.
 INTERRUPT_GRACE = 0.5
 WAIT_SLICE = 0.05  # seconds between checks for a stopping program while waiting on workers
+# Standby groups kept ready once a program has spawned more than once (one before): a
+# spawn-and-join loop or a burst of pthread_creates finds the next group replayed.
+STANDBY_GROUPS = 2
 
 
 # The requests a group's host functions make, with their arguments' types ("strs": a list of
@@ -176,6 +179,9 @@ def _for_guest(message: str) -> str:
 class _Assignment:
     done: threading.Event = field(default_factory=threading.Event)
     error: str | None = None
+    # A standby group started as this thread before its build ended: a failed build ends
+    # the program as soon as it is reported (before the worker's `exited` for its run).
+    started_as: int | None = None
 
 
 class Program:
@@ -245,6 +251,7 @@ class Program:
         self._standby_wanted: threading.Event | None = None
         self._standby_pending: dict[WorkerProcess, list[OperationFuture]] = {}
         self._standby_builds: dict[WorkerProcess, _Assignment] = {}  # still being built
+        self._spawning = 0  # spawns answered whose group is not registered yet
         lib_path = options.env.get("LD_LIBRARY_PATH", "")
         self.linker = LinkerState(self.fs, self._parsed_module, self.grow_memory,
                                   [e for e in lib_path.split(":") if e])
@@ -601,6 +608,9 @@ class Program:
             assignment = self._assignments.pop(worker.pid, None)
             if assignment is not None:
                 assignment.error = message["error"]
+                if assignment.error is not None and assignment.started_as is not None:
+                    self.finish(EXIT_RUNTIME_ERROR, f"cannot start thread "
+                                                    f"{assignment.started_as}: {assignment.error}")
                 assignment.done.set()
             return
         self._thread_ended(worker, message["how"], message["code"], message["message"])
@@ -637,7 +647,7 @@ class Program:
             self._give_back(worker)
 
     def _finish_after_threads(self, code: int) -> None:
-        while self.groups and not self._stop.is_set():
+        while (self.groups or self._spawning) and not self._stop.is_set():
             time.sleep(0.01)
         self.finish(code)
 
@@ -957,7 +967,12 @@ class Program:
 
     def spawn_thread(self, spawner: WorkerProcess, start_arg: int) -> int:
         """wasi-threads `thread-spawn`: a new group, in a worker of its own, replays the log,
-        then runs `wasi_thread_start(tid, start_arg)`. Returns the tid, or -errno."""
+        then runs `wasi_thread_start(tid, start_arg)`. Returns the tid, or -errno.
+
+        The spawner waits for neither the worker nor the build: a standby group is told to
+        run (its worker applies what it still has to, in order, first), and otherwise a
+        worker is taken and given the log in the background. Either way the new group has
+        every library loaded before the spawn, and a build that fails ends the program."""
         if self.region is None or not self._shared_memory:
             return -EAGAIN  # threads need a shared memory
         if self.linker.modules[MAIN_HANDLE].module.export_named("wasi_thread_start") is None:
@@ -967,13 +982,8 @@ class Program:
             tid = next(self._thread_ids)
             if tid > MAX_THREAD_ID:
                 return -EAGAIN
-            with self._groups_lock:
-                # One still being built is left for a later spawn while an idle worker is
-                # ready: waiting for its build would make back-to-back spawns take turns,
-                # and a fresh group builds beside it. Without one, its head start wins.
-                standby = self._standby.pop(0) if self._standby and (self._standby_built(
-                    self._standby[0]) or not self.pool.has_ready()) else None
-            if standby is not None and self._standby_is_current(standby):
+            standby = self._take_standby()
+            if standby is not None:
                 self._start_standby(standby, tid, start_arg)
                 self._trace_op("spawn", spawner, started, ok=True, new_thread=tid,
                                standby=True, pid=standby.pid, lock_wait_ms=ms(waited))
@@ -982,42 +992,72 @@ class Program:
         self._replenish_standby_later()
         return tid
 
+    def _take_standby(self) -> WorkerProcess | None:
+        """The standby group that has come furthest (built, else the oldest), or None. A
+        dead one is forgotten."""
+        with self._groups_lock:
+            alive = [w for w in self._standby if w.lost is None]
+            built = [w for w in alive if self._standby_built(w)]
+            if not alive:
+                return None
+            chosen = (built or alive)[0]
+            self._standby.remove(chosen)
+        return chosen
+
     def _standby_built(self, standby: WorkerProcess) -> bool:
         building = self._standby_builds.get(standby)
         return building is None or building.done.is_set()
 
-    def _standby_is_current(self, standby: WorkerProcess) -> bool:
-        """Whether a standby group applied every operation broadcast since it was built
-        (waits for those still under way). One that failed or died is shut down."""
-        building = self._standby_builds.pop(standby, None)
-        built = True
-        if building is not None:
-            try:
-                self._await_assignment(standby, building)
-            except LinkError:
-                built = False
-        pending = self._standby_pending.pop(standby, [])
-        for future in pending:
-            self._await(future)
-        if built and standby.lost is None and all(f.error is None and not f.gone
-                                                  for f in pending):
-            return True
-        self._give_back(standby)  # its reset drops the group; a dead one is forgotten
-        return False
-
     def _start_standby(self, child: WorkerProcess, tid: int, start_arg: int) -> None:
+        """Make a standby group thread `tid` and start it: its worker reads the `run` after
+        its build and the operations posted to it so far, and applies them first."""
         with self._memory_lock:
             if child.thread_id in self._arenas:
                 self._arenas[tid] = self._arenas.pop(child.thread_id)
+        building = self._standby_builds.pop(child, None)
+        pending = self._standby_pending.pop(child, [])
+        if building is not None:
+            building.started_as = tid
         child.thread_id = tid
         with self._groups_lock:
             self.groups[tid] = child
         self.threads[tid] = child
         child.send("run", entry="wasi_thread_start", args=[tid, start_arg], thread=tid)
         self.tracer.record(op="thread_start", thread=tid, pid=child.pid, standby=True)
+        if building is not None and building.done.is_set() and building.error is not None:
+            self.finish(EXIT_RUNTIME_ERROR, f"cannot start thread {tid}: {building.error}")
+        elif not all(f.done.is_set() for f in pending):
+            threading.Thread(target=self._check_applied, args=(tid, pending),
+                             name=f"wasmgroup-standby-{tid}", daemon=True).start()
+        else:
+            self._check_applied(tid, pending)
+
+    def _check_applied(self, tid: int, pending: list[OperationFuture]) -> None:
+        """A started standby group failed none of the operations it had still to apply, or
+        the program ends (as when any group fails one)."""
+        for future in pending:
+            try:
+                self._await(future)
+            except CallStopped:
+                return
+            if future.error is not None:
+                self.finish(EXIT_RUNTIME_ERROR,
+                            f"thread {tid} could not apply a link operation: {future.error}")
+                return
 
     def _spawn_fresh(self, spawner: WorkerProcess, tid: int, start_arg: int,
                      started: float, waited: float) -> None:
+        if not self.options.verify_groups:
+            # The worker is taken, given the log and starts the thread in the background
+            # (applying what is broadcast meanwhile first): the spawner goes on, so the
+            # pthread_creates of a burst neither wait for a worker nor for a build.
+            with self._groups_lock:
+                self._spawning += 1
+            self._trace_op("spawn", spawner, started, ok=True, new_thread=tid,
+                           lock_wait_ms=ms(waited))
+            threading.Thread(target=self._spawn_in_background, name=f"wasmgroup-spawn-{tid}",
+                             args=(tid, start_arg, time.perf_counter()), daemon=True).start()
+            return
         try:
             child = self._take()
         except WorkerStartError as err:
@@ -1027,20 +1067,6 @@ class Program:
         with self._groups_lock:
             self.groups[tid] = child
         self.threads[tid] = child
-        if not self.options.verify_groups:
-            # The worker starts the thread as soon as it has replayed, and applies what is
-            # broadcast meanwhile first: the spawner goes on (the next pthread_create of a
-            # burst need not wait for this build), and a failed build ends the program.
-            config["entry"] = ["wasi_thread_start", [tid, start_arg]]
-            assignment = self._send_assign(child, tid, "thread", config, fds)
-            sent = time.perf_counter()
-            # The spawner's part ends here; the build is the new thread's (its thread_start
-            # line says how long it took).
-            self._trace_op("spawn", spawner, started, ok=True, new_thread=tid, pid=child.pid,
-                           lock_wait_ms=ms(waited))
-            threading.Thread(target=self._finish_spawn, name=f"wasmgroup-spawn-{tid}",
-                             args=(child, tid, assignment, sent), daemon=True).start()
-            return
         try:
             self._assign(child, tid, "thread", config, fds)
         except LinkError as err:
@@ -1054,9 +1080,32 @@ class Program:
         child.send("run", entry="wasi_thread_start", args=[tid, start_arg], thread=tid)
         self.tracer.record(op="thread_start", thread=tid, pid=child.pid, standby=False)
 
-    def _finish_spawn(self, child: WorkerProcess, tid: int, assignment: _Assignment,
-                      sent: float) -> None:
-        """A spawned thread's group is built (its thread then starts) or the program ends."""
+    def _spawn_in_background(self, tid: int, start_arg: int, sent: float) -> None:
+        """A spawned thread's worker taken, its group registered (under the topology lock:
+        from then on it gets every broadcast) and built, then started; or the program
+        ends."""
+        try:
+            try:
+                child = self._take()
+            except WorkerStartError as err:
+                self.finish(EXIT_RUNTIME_ERROR, f"cannot start thread {tid}: {err}")
+                return
+            try:
+                with self._topology_lock(None):
+                    if self._stop.is_set():
+                        raise CallStopped()
+                    config, fds = self._thread_config()
+                    config["entry"] = ["wasi_thread_start", [tid, start_arg]]
+                    with self._groups_lock:
+                        self.groups[tid] = child
+                    self.threads[tid] = child
+                    assignment = self._send_assign(child, tid, "thread", config, fds)
+            except CallStopped:
+                self._give_back(child)
+                return
+        finally:
+            with self._groups_lock:
+                self._spawning -= 1
         try:
             self._await_assignment(child, assignment)
         except LinkError as err:
@@ -1072,9 +1121,10 @@ class Program:
         self.finish(EXIT_RUNTIME_ERROR, f"cannot start thread {tid}: {err}")
 
     def _replenish_standby_later(self) -> None:
-        """Prepare the next thread's group in the background (threaded programs only; not
+        """Prepare the next threads' groups in the background (threaded programs only; not
         with --verify-groups, whose checks at each spawn want the group built then)."""
-        if not self._shared_memory or self.options.verify_groups or self._standby:
+        if not self._shared_memory or self.options.verify_groups \
+                or len(self._standby) >= self._standby_wanted_count():
             return
         if self._standby_wanted is None:
             self._standby_wanted = threading.Event()
@@ -1082,20 +1132,26 @@ class Program:
                              name="wasmgroup-standby", daemon=True).start()
         self._standby_wanted.set()
 
+    def _standby_wanted_count(self) -> int:
+        return 1 if len(self.threads) < 2 else STANDBY_GROUPS
+
     def _keep_standby(self, wanted: threading.Event) -> None:
         while not self._stop.is_set():
             if wanted.wait(WAIT_SLICE):
                 wanted.clear()
-                self._replenish_standby()
+                while self._replenish_standby():
+                    pass
 
-    def _replenish_standby(self) -> None:
+    def _replenish_standby(self) -> bool:
+        """Start building one more standby group, if one is wanted and an idle worker is
+        ready; whether it did."""
         try:
             with self._topology_lock(None):
-                if self._standby or self._stop.is_set():
-                    return
+                if len(self._standby) >= self._standby_wanted_count() or self._stop.is_set():
+                    return False
                 child = self._take_ready()
                 if child is None:
-                    return  # no idle worker ready: the next spawn builds its group itself
+                    return False  # no idle worker ready: the next spawn builds its group
                 config, fds = self._thread_config()
                 with self._groups_lock:
                     self._standby.append(child)
@@ -1103,9 +1159,15 @@ class Program:
                                                config, fds)
                 self._standby_builds[child] = assignment
         except CallStopped:
-            return
+            return False
         # Built without the lock (what is broadcast meanwhile is applied once built): a
-        # spawn or dlopen need not wait for it; a spawn taking it first waits (above).
+        # spawn or dlopen need not wait for it. One that fails before a spawn took it is
+        # given back; one a spawn took ends the program (worker_message).
+        threading.Thread(target=self._forget_failed_standby, args=(child, assignment),
+                         name="wasmgroup-standby-build", daemon=True).start()
+        return True
+
+    def _forget_failed_standby(self, child: WorkerProcess, assignment: _Assignment) -> None:
         try:
             self._await_assignment(child, assignment)
         except LinkError:

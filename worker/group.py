@@ -195,6 +195,7 @@ class InstanceGroup:
         self._dlsym_known: dict[tuple[int, str], SymbolAddress] = {}
         self._tls_bases: dict[int, int] = {}
         self._pending: queue.SimpleQueue[PendingOperation] = queue.SimpleQueue()
+        self._servicing = False  # applying an operation that runs no constructors
         self._got: dict[str, wasmtime.Global] = {}  # non-TLS GOT globals, for verification
         self.closures: dict[int, ClosurePlan] = {}  # closure slot -> what was prepared there
         self._closure_labels: dict[int, str] = {}  # function identity -> label (describe)
@@ -675,15 +676,23 @@ class InstanceGroup:
                 return taken
 
     def service_pending(self) -> None:
-        """A safe point: apply every operation other groups are waiting on, in order."""
+        """A safe point: apply every operation other groups are waiting on, in order. Not
+        while one that runs no constructors is being applied: the guest code it does run (a
+        start function, TLS set-up) reaches safe points too, and the next operation (queued
+        behind it on a standby group, say a slot in the module being instantiated) must
+        wait until it is complete. (Constructors are the program's code, which may wait for
+        another thread that waits for this group.)"""
         # Only this group's thread takes from the queue: once it is not empty, get_nowait
         # succeeds (and every host call passes here, so the empty case costs no exception).
+        if self._servicing:
+            return
         while not self._pending.empty():
             pending = self._pending.get_nowait()
             perturbation = self.perturbation if pending.on_done is not None else None
             if perturbation is not None:
                 perturbation.pause()  # before applying: other groups run on meanwhile
             started = time.perf_counter()
+            self._servicing = not pending.initialise
             try:
                 if isinstance(pending.op, SlotAssignment):
                     self.apply_slot(pending.op)
@@ -700,6 +709,7 @@ class InstanceGroup:
             except LinkError as err:
                 pending.error = str(err)
             finally:
+                self._servicing = False
                 pending.seconds = time.perf_counter() - started
                 if perturbation is not None:
                     perturbation.pause()  # before acknowledging: the instigator waits on
