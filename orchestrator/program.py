@@ -50,6 +50,7 @@ from wasmgroup.orchestrator.workers import (
     SHUTDOWN_GRACE,
     CallFailed,
     CallStopped,
+    CallWouldWait,
     OperationFuture,
     WithDescriptor,
     WorkerProcess,
@@ -675,6 +676,14 @@ class Program:
         """A request from a group's host function. Raises CallFailed (the guest sees the
         error) or CallStopped (the program is ending). Never anything else: whatever goes
         wrong while serving becomes one of the two, so no request goes unanswered."""
+        return self._call(worker, name, args, now=False)
+
+    def worker_call_now(self, worker: WorkerProcess, name: str, args: list[Any]) -> Any:
+        """As worker_call, on the worker's reader thread: raises CallWouldWait instead of
+        waiting (for the topology lock, or a spawn's group with --verify-groups)."""
+        return self._call(worker, name, args, now=True)
+
+    def _call(self, worker: WorkerProcess, name: str, args: list[Any], now: bool) -> Any:
         if self._stop.is_set():
             raise CallStopped()
         spec = REQUEST_ARGS.get(name)
@@ -684,6 +693,10 @@ class Program:
             self.finish(EXIT_RUNTIME_ERROR, f"thread {worker.thread_id} sent {problem}")
             raise CallStopped()
         try:
+            if now:
+                if name != "spawn" or self.options.verify_groups:
+                    raise CallWouldWait()
+                return self.spawn_thread(worker, args[0], now=True)
             return self._serve(worker, name, args)
         except LinkError as err:
             raise CallFailed(_for_guest(str(err))) from None
@@ -691,7 +704,7 @@ class Program:
             # A file changed under a lookup (a guest renaming while another thread loads):
             # the request fails; the message names no host path.
             raise CallFailed(f"{name} failed: {err.strerror or err}") from None
-        except (CallFailed, CallStopped):
+        except (CallFailed, CallStopped, CallWouldWait):
             raise
         except Exception as err:  # a bug must end the program, not kill this thread
             self.finish(EXIT_RUNTIME_ERROR, f"internal error serving {name!r} for thread "
@@ -735,17 +748,21 @@ class Program:
 
     # ------------------------------------------------------------------ the barrier
     @contextmanager
-    def _topology_lock(self, requester: WorkerProcess | None) -> Iterator[float]:
+    def _topology_lock(self, requester: WorkerProcess | None, now: bool = False
+                       ) -> Iterator[float]:
         """Held for every change of link topology. The groups waiting for it keep applying
         what the holder broadcasts (their worker services operations while it waits). It is
         held for a group, not a thread: a request the holder's group makes while its own
         operation runs (dlsym or a lazy stub in a constructor) goes through. Yields the
-        seconds spent waiting for it (--trace's `lock_wait_ms`)."""
+        seconds spent waiting for it (--trace's `lock_wait_ms`). With `now`, raises
+        CallWouldWait if it is held."""
         if requester is not None and self._topology_holder is requester:
             yield 0.0
             return
         started = time.perf_counter()
-        while not self._topology.acquire(timeout=WAIT_SLICE):
+        if now and not self._topology.acquire(blocking=False):
+            raise CallWouldWait()
+        while not now and not self._topology.acquire(timeout=WAIT_SLICE):
             if self._stop.is_set():
                 raise CallStopped()
         self._topology_holder = requester
@@ -965,28 +982,32 @@ class Program:
             stack_pointer=0 if self.linker.main_imports_stack_pointer else None)
         return config, fds
 
-    def spawn_thread(self, spawner: WorkerProcess, start_arg: int) -> int:
+    def spawn_thread(self, spawner: WorkerProcess, start_arg: int, now: bool = False) -> int:
         """wasi-threads `thread-spawn`: a new group, in a worker of its own, replays the log,
         then runs `wasi_thread_start(tid, start_arg)`. Returns the tid, or -errno.
 
         The spawner waits for neither the worker nor the build: a standby group is told to
         run (its worker applies what it still has to, in order, first), and otherwise a
         worker is taken and given the log in the background. Either way the new group has
-        every library loaded before the spawn, and a build that fails ends the program."""
+        every library loaded before the spawn, and a build that fails ends the program.
+        With `now` (on the spawner's reader thread), raises CallWouldWait rather than wait
+        for the topology lock."""
         if self.region is None or not self._shared_memory:
             return -EAGAIN  # threads need a shared memory
         if self.linker.modules[MAIN_HANDLE].module.export_named("wasi_thread_start") is None:
             return -ENOTCAPABLE  # as Wasmer: nothing to start the thread with
         started = time.perf_counter()
-        with self._topology_lock(spawner) as waited:
+        with self._topology_lock(spawner, now) as waited:
             tid = next(self._thread_ids)
             if tid > MAX_THREAD_ID:
                 return -EAGAIN
             standby = self._take_standby()
             if standby is not None:
+                built = self._standby_built(standby)
                 self._start_standby(standby, tid, start_arg)
                 self._trace_op("spawn", spawner, started, ok=True, new_thread=tid,
-                               standby=True, pid=standby.pid, lock_wait_ms=ms(waited))
+                               standby=True, built=built, pid=standby.pid,
+                               lock_wait_ms=ms(waited))
             else:
                 self._spawn_fresh(spawner, tid, start_arg, started, waited)
         self._replenish_standby_later()

@@ -45,6 +45,10 @@ from wasmgroup.shared.errors import WasmgroupError
 # the topology lock) makes them nested in that request, so they must not queue behind it.
 IMMEDIATE_CALLS = frozenset({"grow", "tls_arena", "cwd", "chdir", "is_side_module",
                              *DESCRIPTOR_REQUESTS})
+# Requests tried first on the reader thread (`worker_call_now`): answered there when that
+# needs no waiting (a spawn while no link operation holds the topology lock), one thread
+# hand-over fewer on their path; else served by the request thread as any other.
+TRY_NOW_CALLS = frozenset({"spawn"})
 READY_TIMEOUT = 60.0  # seconds for a new worker to import wasmtime and create its engine
 log = logging.getLogger("wasmgroup")
 SHUTDOWN_GRACE = 2.0  # seconds a worker gets to leave on its own before it is killed
@@ -60,6 +64,8 @@ class WorkerStartError(WasmgroupError):
 class WorkerListener(Protocol):
     def worker_message(self, worker: WorkerProcess, message: dict[str, Any]) -> None: ...
     def worker_call(self, worker: WorkerProcess, name: str, args: list[Any]) -> Any: ...
+    # As worker_call, for TRY_NOW_CALLS, but raises CallWouldWait rather than wait.
+    def worker_call_now(self, worker: WorkerProcess, name: str, args: list[Any]) -> Any: ...
     def worker_lost(self, worker: WorkerProcess, reason: str) -> None: ...
 
 
@@ -69,6 +75,10 @@ class CallFailed(Exception):
 
 class CallStopped(Exception):
     """The program is ending: the requesting guest thread must stop."""
+
+
+class CallWouldWait(Exception):
+    """worker_call_now cannot answer without waiting: the request thread will."""
 
 
 @dataclass
@@ -220,6 +230,9 @@ class WorkerProcess:
                     self._complete(message)
                 elif kind == "call" and message["name"] in IMMEDIATE_CALLS:
                     self._answer(message)
+                elif kind == "call" and not self._busy and message["name"] in TRY_NOW_CALLS \
+                        and self._answer(message, now=True):
+                    pass
                 elif kind == "call" and self._busy:
                     # Made while the worker's own request is under way (a constructor's dlsym
                     # during its dlopen): answered beside it, or neither could finish.
@@ -282,17 +295,23 @@ class WorkerProcess:
             finally:
                 self._busy = False
 
-    def _answer(self, message: dict[str, Any]) -> None:
+    def _answer(self, message: dict[str, Any], now: bool = False) -> bool:
         """Serve one request and always reply (the listener turns every failure into
         CallFailed or CallStopped), unless the worker went back to a pool meanwhile (the
         reply then belongs to no one: its thread is gone); a lost connection is the reader's
-        to notice."""
+        to notice. With `now`, only if that needs no waiting: whether it was served."""
         listener = self.listener
         fds: list[int] = []
         try:
             if listener is None:
                 raise CallFailed("this worker hosts no thread")
-            value = listener.worker_call(self, message["name"], message["args"])
+            if now:
+                try:
+                    value = listener.worker_call_now(self, message["name"], message["args"])
+                except CallWouldWait:
+                    return False
+            else:
+                value = listener.worker_call(self, message["name"], message["args"])
             if isinstance(value, WithDescriptor):
                 value, fds = value.value, [value.fd]
             reply: dict[str, Any] = {"ok": True, "value": value, "error": None}
@@ -310,6 +329,7 @@ class WorkerProcess:
             for fd in fds:
                 with contextlib.suppress(OSError):
                     os.close(fd)
+        return True
 
     # ------------------------------------------------------------------ ending
     def kill(self) -> None:
@@ -550,6 +570,7 @@ class WorkerPool:
 __all__ = [
     "CallFailed",
     "CallStopped",
+    "CallWouldWait",
     "OperationFuture",
     "WithDescriptor",
     "WorkerPool",
