@@ -139,8 +139,9 @@ JOIN_TIMEOUT = 5.0  # seconds stopped threads get to reach a safe point at exit
 # read of the terminal, say) are killed sooner.
 INTERRUPT_GRACE = 0.5
 WAIT_SLICE = 0.05  # seconds between checks for a stopping program while waiting on workers
-# Standby groups kept ready once a program has spawned more than once (one before): a
-# spawn-and-join loop or a burst of pthread_creates finds the next group replayed.
+# Standby groups kept ready once a program on workers of its own has spawned more than once
+# (one before, and in a Runtime): a spawn-and-join loop or a burst of pthread_creates finds
+# the next group replayed.
 STANDBY_GROUPS = 2
 
 
@@ -1154,7 +1155,8 @@ class Program:
         self._standby_wanted.set()
 
     def _standby_wanted_count(self) -> int:
-        return 1 if len(self.threads) < 2 else STANDBY_GROUPS
+        # In a Runtime the pool's workers are every program's: one standby each.
+        return STANDBY_GROUPS if self._own_parts and len(self.threads) >= 2 else 1
 
     def _keep_standby(self, wanted: threading.Event) -> None:
         while not self._stop.is_set():
