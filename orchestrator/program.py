@@ -184,6 +184,9 @@ class _Assignment:
     # A standby group started as this thread before its build ended: a failed build ends
     # the program as soon as it is reported (before the worker's `exited` for its run).
     started_as: int | None = None
+    # A standby group's: one that failed before a spawn took it is given back.
+    standby: WorkerProcess | None = None
+    kept: bool = False  # a kept group's `rearm`, which may be refused (a spawn waits for it)
 
 
 class Program:
@@ -613,6 +616,8 @@ class Program:
                 if assignment.error is not None and assignment.started_as is not None:
                     self.finish(EXIT_RUNTIME_ERROR, f"cannot start thread "
                                                     f"{assignment.started_as}: {assignment.error}")
+                elif assignment.error is not None and assignment.standby is not None:
+                    self._drop_standby(assignment.standby)
                 assignment.done.set()
             return
         self._thread_ended(worker, message["how"], message["code"], message["message"])
@@ -624,7 +629,12 @@ class Program:
         with self._groups_lock:
             self.groups.pop(tid, None)
             others_left = bool(self.groups)
-        self.tracer.record(op="thread_exit", thread=tid, pid=worker.pid, how=how, code=code)
+            # Kept as a standby group in the same step, so that no broadcast misses it and no
+            # spawn takes it before its `rearm` is sent.
+            kept = tid != 1 and how in ("returned", "thread_exit") and self._keep_as_standby(
+                worker, tid)
+        self.tracer.record(op="thread_exit", thread=tid, pid=worker.pid, how=how, code=code,
+                           **({"kept": True} if kept else {}))
         log.debug("%s (worker %d) ended: %s %s", name, worker.pid, how, code)
         if how == "trap":
             self.finish(EXIT_TRAP, f"the program trapped in {name}: {text}")
@@ -644,7 +654,7 @@ class Program:
                                  daemon=True).start()
             else:
                 self.finish(code)
-        if tid != 1:
+        if tid != 1 and not kept:
             self._release_arenas(tid)
             self._give_back(worker)
 
@@ -1015,14 +1025,17 @@ class Program:
         return tid
 
     def _take_standby(self) -> WorkerProcess | None:
-        """The standby group that has come furthest (built, else the oldest), or None. A
-        dead one is forgotten."""
+        """The standby group that has come furthest (built, else the oldest being built), or
+        None. A dead one is forgotten; a kept one not yet rearmed is left (its worker may
+        refuse: worker/group.py, InstanceGroup.rearm)."""
         with self._groups_lock:
             alive = [w for w in self._standby if w.lost is None]
             built = [w for w in alive if self._standby_built(w)]
-            if not alive:
+            building = [w for w in alive if not self._standby_builds[w].kept] \
+                if not built else []
+            if not built and not building:
                 return None
-            chosen = (built or alive)[0]
+            chosen = (built or building)[0]
             self._standby.remove(chosen)
         return chosen
 
@@ -1142,6 +1155,28 @@ class Program:
         self._give_back(child)
         self.finish(EXIT_RUNTIME_ERROR, f"cannot start thread {tid}: {err}")
 
+    def _keep_as_standby(self, worker: WorkerProcess, tid: int) -> bool:
+        """Whether the group of a thread that exited is kept as a standby group (under the
+        groups lock): up to one more than are wanted (the spawn that took a standby started
+        another one's build). Its worker has it still, current (it applies what is
+        broadcast until told otherwise): a spawn-and-join loop soon rebuilds nothing."""
+        if self._stop.is_set() or not self._shared_memory or self.options.verify_groups \
+                or worker.lost is not None \
+                or len(self._standby) > self._standby_wanted_count():
+            return False
+        # Its worker sets up the side modules' TLS blocks again, for the next thread, in the
+        # arenas it has.
+        worker.thread_id = next(self._standby_ids)
+        with self._memory_lock:
+            if tid in self._arenas:
+                self._arenas[worker.thread_id] = self._arenas.pop(tid)
+        assignment = _Assignment(standby=worker, kept=True)
+        self._standby_builds[worker] = assignment
+        self._assignments[worker.pid] = assignment
+        self._standby.append(worker)
+        worker.send("rearm", thread=worker.thread_id)
+        return True
+
     def _replenish_standby_later(self) -> None:
         """Prepare the next threads' groups in the background (threaded programs only; not
         with --verify-groups, whose checks at each spawn want the group built then)."""
@@ -1180,28 +1215,27 @@ class Program:
                     self._standby.append(child)
                 assignment = self._send_assign(child, next(self._standby_ids), "thread",
                                                config, fds)
+                assignment.standby = child
                 self._standby_builds[child] = assignment
         except CallStopped:
             return False
         # Built without the lock (what is broadcast meanwhile is applied once built): a
         # spawn or dlopen need not wait for it. One that fails before a spawn took it is
-        # given back; one a spawn took ends the program (worker_message).
-        threading.Thread(target=self._forget_failed_standby, args=(child, assignment),
-                         name="wasmgroup-standby-build", daemon=True).start()
+        # given back; one a spawn took ends the program (both in worker_message).
         return True
 
-    def _forget_failed_standby(self, child: WorkerProcess, assignment: _Assignment) -> None:
-        try:
-            self._await_assignment(child, assignment)
-        except LinkError:
-            with self._groups_lock:
-                taken = child not in self._standby
-                if not taken:
-                    self._standby.remove(child)
+    def _drop_standby(self, child: WorkerProcess) -> None:
+        """A standby group that could not be built (or kept): given back, unless a spawn
+        took it meanwhile."""
+        with self._groups_lock:
+            taken = child not in self._standby
             if not taken:
-                self._standby_builds.pop(child, None)
-                self._standby_pending.pop(child, None)
-                self._give_back(child)
+                self._standby.remove(child)
+        if not taken:
+            self._standby_builds.pop(child, None)
+            self._standby_pending.pop(child, None)
+            self._release_arenas(child.thread_id)
+            self._give_back(child)
 
 
 def private_bytes(pid: int) -> int | None:

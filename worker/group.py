@@ -194,6 +194,7 @@ class InstanceGroup:
         self._names: dict[str, int] = {}
         self._dlsym_known: dict[tuple[int, str], SymbolAddress] = {}
         self._tls_bases: dict[int, int] = {}
+        self._thread_tls: dict[int, int] = {}  # side modules' TLS blocks placed by this group
         self._pending: queue.SimpleQueue[PendingOperation] = queue.SimpleQueue()
         self._servicing = False  # applying an operation that runs no constructors
         self._got: dict[str, wasmtime.Global] = {}  # non-TLS GOT globals, for verification
@@ -378,6 +379,7 @@ class InstanceGroup:
                 if isinstance(relocs, wasmtime.Func):
                     relocs(self.store)
                 self._tls_bases[plan.handle] = block
+                self._thread_tls[plan.handle] = block
                 return
             wasix_init = exports.get("__wasix_init_tls")
             if isinstance(wasix_init, wasmtime.Func):
@@ -385,6 +387,36 @@ class InstanceGroup:
         except WASM_ERRORS as err:
             raise LinkError(f"{plan.name}: TLS initialisation failed: {_trap_text(err)}"
                             ) from None
+
+    def rearm(self, thread_id: int) -> None:
+        """Make this group, whose thread exited, ready for another thread (`wasi_thread_start`
+        sets the stack pointer and the main module's TLS): each side module's TLS block is
+        initialised again, in place; the signal callback is forgotten. LinkError if a block
+        cannot be (this group loaded the module, or the block came from the guest's
+        allocator): such a group is not reused."""
+        self.thread_id = thread_id
+        self.signals = SignalState()
+        for handle, instance in self.instances.items():
+            if handle == MAIN_HANDLE:
+                continue
+            exports = instance.exports(self.store)
+            init = exports.get("__wasm_init_tls")
+            block = self._thread_tls.get(handle)
+            if isinstance(init, wasmtime.Func) and block is not None:
+                try:
+                    init(self.store, block)
+                    relocs = exports.get("__wasm_apply_tls_relocs")
+                    if isinstance(relocs, wasmtime.Func):
+                        relocs(self.store)
+                except WASM_ERRORS as err:
+                    raise LinkError(f"{self._plans[handle].name}: TLS initialisation failed: "
+                                    f"{_trap_text(err)}") from None
+            elif isinstance(init, wasmtime.Func) \
+                    or isinstance(exports.get("__wasix_init_tls"), wasmtime.Func):
+                # This group loaded it (its TLS is where the load put it), or its block
+                # came from the guest's allocator.
+                raise LinkError(f"{self._plans[handle].name}: its TLS block cannot be set "
+                                "up again")
 
     def memory_pages(self) -> int:
         """memory.size as the guest sees it: the program's logical size."""

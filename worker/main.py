@@ -373,7 +373,9 @@ class Worker:
                 if self.group.perturbation is not None:  # and the delays of that id
                     self.group.perturbation = perturb.from_config(
                         self._perturb, message["thread"])
-            self._run(message["entry"], message["args"])
+            self._run(message["entry"], message["args"], message["thread"])
+        elif kind == "rearm":
+            self._rearm(message["thread"])
         elif kind == "reply":
             for fd in fds:  # a reply to a request the program's stop cut short
                 os.close(fd)
@@ -406,7 +408,7 @@ class Worker:
         self.conn.send("assigned", error=None)
         if config["entry"] is not None:
             entry, args = config["entry"]
-            self._run(entry, args)
+            self._run(entry, args, message["thread"])
 
     def _build_group(self, thread: int, role: str, config: dict[str, Any], fds: list[int]
                      ) -> None:
@@ -475,7 +477,7 @@ class Worker:
         self._modules[artefact] = module  # last: the most recently used
         return module
 
-    def _run(self, entry: str, args: list[int]) -> None:
+    def _run(self, entry: str, args: list[int], thread: int) -> None:
         group = self.group
         ending: dict[str, Any] = {"how": "returned", "code": 0, "message": None}
         if group is None:
@@ -488,8 +490,22 @@ class Worker:
                 ending = _ending(err)
             finally:
                 self.in_entry = False
-        self._retire()
+        if thread == 1 or ending["how"] not in ("returned", "thread_exit"):
+            self._retire()
+        # else the group stays (applying what is broadcast) until the coordinator resets the
+        # worker or makes the group a standby group (`rearm`).
         self.conn.send("exited", **ending)
+
+    def _rearm(self, thread: int) -> None:
+        """The group of the thread that exited here becomes standby group `thread`."""
+        group = self.group
+        error = "no group to keep" if group is None else None
+        if group is not None:
+            try:
+                group.rearm(thread)
+            except LinkError as err:
+                error = str(err)
+        self.conn.send("assigned", error=error)
 
     def _retire(self) -> None:
         """The group is done: answer what it will never apply, release it and its fds."""
