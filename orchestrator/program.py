@@ -1161,9 +1161,9 @@ class Program:
         another one's build). Its worker has it still, current (it applies what is
         broadcast until told otherwise): a spawn-and-join loop soon rebuilds nothing."""
         if self._stop.is_set() or not self._shared_memory or self.options.verify_groups \
-                or worker.lost is not None \
+                or worker.lost is not None or not self.pool.keep \
                 or len(self._standby) > self._standby_wanted_count():
-            return False
+            return False  # (a pool that keeps no idle worker, `--pool 0`, keeps no group)
         # Its worker sets up the side modules' TLS blocks again, for the next thread, in the
         # arenas it has.
         worker.thread_id = next(self._standby_ids)
