@@ -81,6 +81,7 @@ MAX_LOADED_MODULES = 64  # compiled modules kept between programs (least recentl
 # and wasmtime's caches grow a little); more, and the worker is retired rather than reused.
 RESET_SLACK_BYTES = 64 << 20
 PROGRAM_MEMFDS = ("memfd:wasmgroup-memory", "memfd:wasmgroup-descriptors")
+IDLE_WORK = frozenset({"run", "rearm", "reset"})  # frames only an idle group's loop takes
 MAIN_STACK_BYTES = 8 << 20  # the stack of either thread that may run guest code
 
 
@@ -351,11 +352,12 @@ class Worker:
             return item
 
     def serve(self) -> None:
-        """Say `ready`, then take turns with the reader thread (never returns: the worker
-        leaves with os._exit, told to or when the coordinator is gone)."""
+        """Note how this worker looks with no program, say `ready`, then read first, taking
+        turns with the other thread (never returns: the worker leaves with os._exit, told to
+        or when the coordinator is gone). Nothing is read before the baseline is taken."""
         self.baseline = Baseline()
         self.conn.send("ready", pid=os.getpid())
-        self.take_turns(reading=False)
+        self.take_turns(reading=True)
 
     def _handle(self, message: dict[str, Any], fds: list[int]) -> None:
         """One frame of work for the idle group."""
@@ -581,9 +583,10 @@ class WorkerService:
             message, fds = self.worker.next_message(stop_aware=True, safe_point=safe_point)
             if message["t"] == "shutdown":
                 os._exit(0)  # the coordinator is closing down while this group was building
-            if message["t"] == "run" and not self.worker.in_entry:
+            if message["t"] in IDLE_WORK and not self.worker.in_entry:
                 # An idle group applying an operation (its TLS set-up asks for an arena) as
-                # the coordinator starts its thread: the run waits for the idle loop.
+                # the coordinator starts its thread, keeps it as a standby group after its
+                # thread exited, or resets its worker: that waits for the idle loop.
                 self.worker._deferred.append((message, fds))
                 continue
             if message["t"] != "reply":
@@ -681,7 +684,7 @@ def main(argv: list[str] | None = None) -> int:
     # stack size (8 MiB by default), whatever the system's default for threads is.
     previous = threading.stack_size(MAIN_STACK_BYTES)
     try:
-        threading.Thread(target=worker.take_turns, args=(True,), name="wasmgroup-reader",
+        threading.Thread(target=worker.take_turns, args=(False,), name="wasmgroup-turns",
                          daemon=True).start()
     finally:
         threading.stack_size(previous)
