@@ -398,15 +398,9 @@ class Worker:
             self._retire()
             self.conn.send("assigned", error=str(err).strip())
             return
-        with self._group_lock:
-            self._building = False
-            held, self._held = self._held, []
-            group = self.group
-            assert group is not None
-            for pending in held:
-                group.post(pending)
-        if held:
-            group.service_pending()
+        group = self.group
+        assert group is not None
+        self._apply_held(group)
         self.conn.send("assigned", error=None)
         if config["entry"] is not None:
             entry, args = config["entry"]
@@ -494,20 +488,39 @@ class Worker:
                 self.in_entry = False
         if thread == 1 or ending["how"] not in ("returned", "thread_exit"):
             self._retire()
-        # else the group stays (applying what is broadcast) until the coordinator resets the
-        # worker or makes the group a standby group (`rearm`).
+        else:
+            # The group stays until the coordinator resets the worker or makes the group a
+            # standby group (`rearm`); what is broadcast meanwhile is held until then (on a
+            # reset it is answered as never applied, as for a group that is gone).
+            with self._group_lock:
+                self._building = True
         self.conn.send("exited", **ending)
 
     def _rearm(self, thread: int) -> None:
-        """The group of the thread that exited here becomes standby group `thread`."""
+        """The group of the thread that exited here becomes standby group `thread`, and
+        applies what was held since."""
         group = self.group
-        error = "no group to keep" if group is None else None
-        if group is not None:
-            try:
-                group.rearm(thread)
-            except LinkError as err:
-                error = str(err)
-        self.conn.send("assigned", error=error)
+        if group is None:
+            self.conn.send("assigned", error="no group to keep")
+            return
+        try:
+            group.rearm(thread)
+        except LinkError as err:
+            self._retire()
+            self.conn.send("assigned", error=str(err))
+            return
+        self._apply_held(group)
+        self.conn.send("assigned", error=None)
+
+    def _apply_held(self, group: InstanceGroup) -> None:
+        """Operations held while the group was being built (or kept), applied in order."""
+        with self._group_lock:
+            self._building = False
+            held, self._held = self._held, []
+            for pending in held:
+                group.post(pending)
+        if held:
+            group.service_pending()
 
     def _retire(self) -> None:
         """The group is done: answer what it will never apply, release it and its fds."""
