@@ -28,6 +28,7 @@ import itertools
 import logging
 import os
 import posixpath
+import queue
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -187,6 +188,7 @@ class _Assignment:
     # A standby group's: one that failed before a spawn took it is given back.
     standby: WorkerProcess | None = None
     kept: bool = False  # a kept group's `rearm`, which may be refused (a spawn waits for it)
+    fresh: tuple[int, float] | None = None  # a spawned thread's: (tid, perf_counter at spawn)
 
 
 class Program:
@@ -257,6 +259,7 @@ class Program:
         self._standby_pending: dict[WorkerProcess, list[OperationFuture]] = {}
         self._standby_builds: dict[WorkerProcess, _Assignment] = {}  # still being built
         self._spawning = 0  # spawns answered whose group is not registered yet
+        self._spawns: queue.SimpleQueue[tuple[int, int, float]] | None = None  # their queue
         lib_path = options.env.get("LD_LIBRARY_PATH", "")
         self.linker = LinkerState(self.fs, self._parsed_module, self.grow_memory,
                                   [e for e in lib_path.split(":") if e])
@@ -618,6 +621,8 @@ class Program:
                                                     f"{assignment.started_as}: {assignment.error}")
                 elif assignment.error is not None and assignment.standby is not None:
                     self._drop_standby(assignment.standby)
+                elif assignment.fresh is not None:
+                    self._fresh_built(worker, assignment)
                 assignment.done.set()
             return
         self._thread_ended(worker, message["how"], message["code"], message["message"])
@@ -1090,8 +1095,13 @@ class Program:
                 self._spawning += 1
             self._trace_op("spawn", spawner, started, ok=True, new_thread=tid,
                            lock_wait_ms=ms(waited))
-            threading.Thread(target=self._spawn_in_background, name=f"wasmgroup-spawn-{tid}",
-                             args=(tid, start_arg, time.perf_counter()), daemon=True).start()
+            if self._spawns is None:
+                # One thread for them all, started once: Thread.start() waits until the new
+                # thread runs, a wait this spawn (on the reader thread) should not make.
+                self._spawns = queue.SimpleQueue()
+                threading.Thread(target=self._spawn_in_background, args=(self._spawns,),
+                                 name="wasmgroup-spawns", daemon=True).start()
+            self._spawns.put((tid, start_arg, time.perf_counter()))
             return
         try:
             child = self._take()
@@ -1115,36 +1125,48 @@ class Program:
         child.send("run", entry="wasi_thread_start", args=[tid, start_arg], thread=tid)
         self.tracer.record(op="thread_start", thread=tid, pid=child.pid, standby=False)
 
-    def _spawn_in_background(self, tid: int, start_arg: int, sent: float) -> None:
-        """A spawned thread's worker taken, its group registered (under the topology lock:
-        from then on it gets every broadcast) and built, then started; or the program
-        ends."""
-        try:
+    def _spawn_in_background(self, spawns: queue.SimpleQueue[tuple[int, int, float]]
+                             ) -> None:
+        """For each spawn answered without a group: a worker taken, the group registered
+        (under the topology lock: from then on it gets every broadcast) and sent to be built
+        and started (worker_message follows it); or the program ends."""
+        while not self._stop.is_set():  # then a spawn still queued has nothing to start
             try:
-                child = self._take()
-            except WorkerStartError as err:
-                self.finish(EXIT_RUNTIME_ERROR, f"cannot start thread {tid}: {err}")
-                return
+                tid, start_arg, sent = spawns.get(timeout=WAIT_SLICE)
+            except queue.Empty:
+                continue
             try:
-                with self._topology_lock(None):
-                    if self._stop.is_set():
-                        raise CallStopped()
-                    config, fds = self._thread_config()
-                    config["entry"] = ["wasi_thread_start", [tid, start_arg]]
-                    with self._groups_lock:
-                        self.groups[tid] = child
-                    self.threads[tid] = child
-                    assignment = self._send_assign(child, tid, "thread", config, fds)
-            except CallStopped:
-                self._give_back(child)
-                return
-        finally:
-            with self._groups_lock:
-                self._spawning -= 1
+                self._start_fresh(tid, start_arg, sent)
+            finally:
+                with self._groups_lock:
+                    self._spawning -= 1
+
+    def _start_fresh(self, tid: int, start_arg: int, sent: float) -> None:
         try:
-            self._await_assignment(child, assignment)
-        except LinkError as err:
-            self._spawn_failed(child, tid, err)
+            child = self._take()
+        except WorkerStartError as err:
+            self.finish(EXIT_RUNTIME_ERROR, f"cannot start thread {tid}: {err}")
+            return
+        try:
+            with self._topology_lock(None):
+                if self._stop.is_set():
+                    raise CallStopped()
+                config, fds = self._thread_config()
+                config["entry"] = ["wasi_thread_start", [tid, start_arg]]
+                with self._groups_lock:
+                    self.groups[tid] = child
+                self.threads[tid] = child
+                assignment = self._send_assign(child, tid, "thread", config, fds)
+                assignment.fresh = (tid, sent)
+        except CallStopped:
+            self._give_back(child)
+
+    def _fresh_built(self, child: WorkerProcess, assignment: _Assignment) -> None:
+        """A spawned thread's group is built (its thread then starts) or the program ends."""
+        assert assignment.fresh is not None
+        tid, sent = assignment.fresh
+        if assignment.error is not None:
+            self._spawn_failed(child, tid, LinkError(assignment.error))
             return
         self.tracer.record(op="thread_start", thread=tid, pid=child.pid, standby=False,
                            build_ms=ms(time.perf_counter() - sent))
