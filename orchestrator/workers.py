@@ -156,9 +156,11 @@ class WorkerProcess:
         self.on_clean: Callable[[WorkerProcess, bool, str | None], None] | None = None
         self.resets = 0  # programs (or threads) this worker served and was reset after
         self.reset_at = 0.0  # time.monotonic() of the last reset
+        # The request thread is started by the reader at the first request that needs it:
+        # Thread.start() waits until the new thread runs, a wait (a millisecond or more on a
+        # busy machine) a worker's start, on a cold spawn's path, need not make.
+        self._request_thread: threading.Thread | None = None
         threading.Thread(target=self._read, name=f"wasmgroup-read-{self.pid}",
-                         daemon=True).start()
-        threading.Thread(target=self._serve_requests, name=f"wasmgroup-req-{self.pid}",
                          daemon=True).start()
 
     @staticmethod
@@ -239,6 +241,11 @@ class WorkerProcess:
                     threading.Thread(target=self._answer, args=(message,), daemon=True).start()
                 elif kind == "call":
                     self._busy = True
+                    if self._request_thread is None:
+                        self._request_thread = threading.Thread(
+                            target=self._serve_requests, name=f"wasmgroup-req-{self.pid}",
+                            daemon=True)
+                        self._request_thread.start()
                     self._requests.put(message)
                 elif kind in ("assigned", "exited") and self.listener is not None:
                     self.listener.worker_message(self, message)
