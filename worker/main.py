@@ -19,7 +19,11 @@ Threads of this process: two take turns (leader/follower) at two roles, and a th
   read it, which first hands the reader role to the other thread (a wake-up that runs beside
   the work, not before it). So a `run` sent to an idle worker starts guest code on the thread
   that received it, without waiting for another thread to be scheduled (that hand-over cost
-  a millisecond or more on a busy machine); done, the thread waits to read again.
+  a millisecond or more on a busy machine); done, the thread waits to read again. The main
+  thread reads first, once it has taken the baseline (below).
+- A thread's group stays after its entry returns or calls pthread_exit (what is broadcast
+  meanwhile is held) until the coordinator resets the worker or keeps the group as a standby
+  group for a later thread (`rearm`: its side modules' TLS set up again).
 - The ticker thread ticks the engine's epoch while operations wait or the program is stopping,
   so that a thread spinning in guest code reaches a safe point.
 
