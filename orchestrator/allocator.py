@@ -9,14 +9,14 @@ memory too; both coexist because both only ever append pages.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from wasmgroup.shared.errors import LinkError
+from wasmgroup.shared.records import record
 
 PAGE = 65536
 
 
-@dataclass
+@record(frozen=False)
 class FreeRegion:
     base: int
     remaining: int

@@ -209,22 +209,22 @@ class LocalBackend:
             future.add_done_callback(report)
             return True
 
-        while running < at_once and start_next():
-            running += 1
-        # Interrupted (Ctrl-C), the runtime is left as it is: closing it would wait for the
-        # programs still running; their results are not written, and a resume runs them.
-        while running:
-            try:
-                job, future = done.get(timeout=TICK)
-            except queue.Empty:
-                tick(running)
-                continue
-            running -= 1
-            finished(job, outcome(future), None)
-            if start_next():
+        # Interrupted (Ctrl-C), the programs still running are cancelled: their results are
+        # not written, and a resume runs them again.
+        with runtime:
+            while running < at_once and start_next():
                 running += 1
-            tick(running)
-        runtime.close()
+            while running:
+                try:
+                    job, future = done.get(timeout=TICK)
+                except queue.Empty:
+                    tick(running)
+                    continue
+                running -= 1
+                finished(job, outcome(future), None)
+                if start_next():
+                    running += 1
+                tick(running)
 
 
 def outcome(future: Future[RunResult]) -> RunResult:

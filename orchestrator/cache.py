@@ -1,9 +1,11 @@
 """Compile each module once: an on-disk cache of wasmtime artefacts.
 
-Entries are keyed by the module's SHA-256, the wasmtime version and the engine settings, so a
-stale entry (another version or configuration) is never looked up. Each artefact is stored
-with the SHA-256 of its own bytes; an entry whose bytes do not match (truncated, corrupt) or
-that wasmtime refuses is deleted and rebuilt, never trusted. Writes are atomic (rename).
+Entries are keyed by the module's SHA-256, the wasmtime version, the engine settings and the
+host CPU's features, so a stale entry (another version, configuration or kind of machine) is
+never looked up. Each artefact is stored
+with the SHA-256 of its own bytes; an entry whose bytes do not match (truncated, corrupt) is
+deleted and rebuilt, never trusted. Writes are atomic (rename). A hit costs no wasmtime call:
+the coordinator hands the artefact to its workers, which deserialize it.
 
 Location: `$WASMGROUP_CACHE`, else `$XDG_CACHE_HOME/wasmgroup`, else `~/.cache/wasmgroup`.
 Artefacts are mmapped while in use: replace or unlink entries (as this module does), never
@@ -14,31 +16,47 @@ entries are evicted until the cache holds at most `$WASMGROUP_CACHE_SIZE` bytes 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import os
 import stat
-import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-
-import wasmtime
+from typing import TYPE_CHECKING
 
 from wasmgroup.orchestrator.instrument import REWRITE_VERSION
 from wasmgroup.orchestrator.locate import host_path_of
-from wasmgroup.orchestrator.prepare import compile_module, runnable_bytes
 from wasmgroup.orchestrator.wat import TEXT_STARTS, wasm_bytes
+from wasmgroup.shared.engine import make_engine
 from wasmgroup.shared.errors import LinkError, WasmFormatError
+from wasmgroup.shared.records import record
 from wasmgroup.shared.versions import distribution_version
 from wasmgroup.shared.wasm import WasmModule, parse_module
+
+if TYPE_CHECKING:
+    import wasmtime
 
 WASMTIME_VERSION = distribution_version("wasmtime")
 WASMGROUP_VERSION = distribution_version("wasmgroup")
 DEFAULT_MAX_MODULE_SIZE = 256 << 20  # bytes; a module file larger than this is refused unread
 WASM_MAGIC = b"\0asm"
+
+
+def host_cpu() -> str:
+    """What compiled code depends on besides wasmtime's version and settings: the machine and
+    its CPU's features (wasmtime compiles for the features it finds, and refuses an artefact
+    made for others: in a cache directory that machines share, each kind gets entries of its
+    own instead)."""
+    features = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as info:
+        for line in info:
+            if line.startswith(("flags", "Features")):  # x86, arm
+                features = line.split(":", 1)[1].strip()
+                break
+    return f"{os.uname().machine}-{hashlib.sha256(features.encode()).hexdigest()[:16]}"
 
 
 DEFAULT_CACHE_LIMIT = 1 << 30
@@ -68,7 +86,7 @@ def cache_limit() -> int:
     return int(number) * _UNITS[unit]
 
 
-@dataclass
+@record(frozen=False)
 class CacheInfo:
     directory: Path
     entries: int
@@ -123,11 +141,10 @@ def evict(directory: Path, limit: int, keep: set[Path]) -> int:
     return removed
 
 
-@dataclass
+@record(frozen=False)
 class CachedModule:
     key: str
     parsed: WasmModule
-    module: wasmtime.Module
     artefact: Path  # the serialized module in the cache directory
     # The same file through a descriptor this cache holds open: what worker processes are
     # given, so that eviction or `cache clean` by another program cannot pull it away.
@@ -135,14 +152,20 @@ class CachedModule:
 
 
 class ModuleCache:
-    def __init__(self, engine: wasmtime.Engine, settings: str,
+    """Compiled modules by content. Only a miss needs wasmtime: it validates and compiles with
+    `engine` (made on first use when None); a hit is the artefact's path, checked against its
+    checksum, which the workers deserialize (the coordinator never runs a module)."""
+
+    def __init__(self, engine: wasmtime.Engine | None, settings: str,
                  directory: Path | None = None,
                  max_module_size: int = DEFAULT_MAX_MODULE_SIZE) -> None:
-        self.engine = engine
+        # Shared with this cache's views (a list, so that an engine made by one is theirs).
+        self._engine: list[wasmtime.Engine] = [] if engine is None else [engine]
         self.max_module_size = max_module_size
         self.directory = directory or default_cache_dir()
         self.limit = cache_limit()
-        self._salt = f"wasmtime-{WASMTIME_VERSION};{settings};rewrite-{REWRITE_VERSION}"
+        self._salt = (f"wasmtime-{WASMTIME_VERSION};{settings};{host_cpu()};"
+                      f"rewrite-{REWRITE_VERSION}")
         self._by_path: dict[str, CachedModule] = {}
         self._by_key: dict[str, CachedModule] = {}
         self._held: list[int] = []  # descriptors behind each entry's shared_path
@@ -150,6 +173,17 @@ class ModuleCache:
         self._view = False
         self.compiled = 0  # how many modules this cache had to compile (tests read it)
         self.compile_seconds = 0.0  # time spent compiling them (--trace reads it)
+
+    @property
+    def engine(self) -> wasmtime.Engine:
+        """The engine misses are compiled with (wasmtime is imported now, if not before)."""
+        with self._lock:
+            return self._engine_locked()
+
+    def _engine_locked(self) -> wasmtime.Engine:
+        if not self._engine:
+            self._engine.append(make_engine())
+        return self._engine[0]
 
     def load(self, fd: int, host_path: str, name: str) -> CachedModule:
         """The parsed and compiled module read from descriptor `fd` (never reopened by path),
@@ -163,20 +197,20 @@ class ModuleCache:
         if entry is None:
             parsed = parse_module(data, source=name)
             # Validated and rewritten only on a miss: a hit was validated when compiled.
-            entry = self._entry(key, parsed,
-                                lambda: runnable_bytes(self.engine, data, parsed, name), name)
+            entry = self._entry(key, parsed, lambda: self._runnable(data, parsed, name), name)
         self._by_path[host_path] = entry
         return entry
 
     def _entry(self, key: str, parsed: WasmModule, prepare: Callable[[], bytes], name: str
                ) -> CachedModule:
-        """The entry of `key`, compiled (or deserialized) once however many programs ask."""
+        """The entry of `key`, compiled (or found compiled on disk) once however many programs
+        ask."""
         with self._lock:
             if key not in self._by_key:
-                module, artefact = self._compiled(key, prepare, name)
+                artefact = self._compiled(key, prepare, name)
                 held = os.open(artefact, os.O_RDONLY | os.O_CLOEXEC)
                 self._held.append(held)
-                self._by_key[key] = CachedModule(key, parsed, module, artefact,
+                self._by_key[key] = CachedModule(key, parsed, artefact,
                                                  f"/proc/{os.getpid()}/fd/{held}")
             return self._by_key[key]
 
@@ -224,8 +258,15 @@ class ModuleCache:
             os.close(fd)
         self._held.clear()
 
-    def _compiled(self, key: str, prepare: Callable[[], bytes], name: str
-                  ) -> tuple[wasmtime.Module, Path]:
+    def _runnable(self, data: bytes, parsed: WasmModule, name: str) -> bytes:
+        from wasmgroup.orchestrator.prepare import runnable_bytes
+
+        return runnable_bytes(self._engine_locked(), data, parsed, name)  # (under the lock)
+
+    def _compiled(self, key: str, prepare: Callable[[], bytes], name: str) -> Path:
+        """The artefact of `key`: the cached one if its checksum holds (the key names the
+        wasmtime version and settings that made it), else compiled now. Called under the
+        lock."""
         self.directory.mkdir(parents=True, exist_ok=True)
         artefact = self.directory / f"{key}.cwasm"
         checksum = self.directory / f"{key}.sha256"
@@ -233,21 +274,23 @@ class ModuleCache:
             try:
                 if hashlib.sha256(artefact.read_bytes()).hexdigest() == checksum.read_text():
                     os.utime(artefact)  # its last use, for eviction
-                    return wasmtime.Module.deserialize_file(self.engine, str(artefact)), artefact
-            except (OSError, wasmtime.WasmtimeError):
-                pass  # unreadable or refused: rebuild below
+                    return artefact
+            except OSError:
+                pass  # unreadable: rebuild below
             for stale in (artefact, checksum):
                 stale.unlink(missing_ok=True)
+        from wasmgroup.orchestrator.prepare import compile_module  # a miss: wasmtime now
+
         runnable = prepare()
         started = time.perf_counter()
-        module = compile_module(self.engine, runnable, name)
+        module = compile_module(self._engine_locked(), runnable, name)
         self.compiled += 1
         self.compile_seconds += time.perf_counter() - started
         serialized = module.serialize()
         _atomic_write(artefact, serialized)
         _atomic_write(checksum, hashlib.sha256(serialized).hexdigest().encode())
         evict(self.directory, self.limit, {m.artefact for m in self._by_key.values()} | {artefact})
-        return module, artefact
+        return artefact
 
 
 def read_module(fd: int, name: str, limit: int) -> bytes:
@@ -274,6 +317,8 @@ def read_module(fd: int, name: str, limit: int) -> bytes:
 
 
 def _atomic_write(path: Path, data: bytes | bytearray) -> None:
+    import tempfile  # (a miss only: with shutil and the compressors, milliseconds to import)
+
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
     try:
         with os.fdopen(fd, "wb") as f:

@@ -15,7 +15,7 @@ is caught here.
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import logging
 import math
 import os
@@ -25,11 +25,12 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
+from wasmgroup.orchestrator.launch import EXIT_INTERRUPTED, command_of
 from wasmgroup.shared.versions import distribution_version
 
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130  # 128 + SIGINT
 EXIT_BROKEN_PIPE = 128 + 13  # SIGPIPE
 WASMGROUP_VERSION = distribution_version("wasmgroup")
 WASMTIME_VERSION = distribution_version("wasmtime")
@@ -37,7 +38,6 @@ MAX_POOL = 64  # idle workers: beyond this a typo, not a wish (each is a Python 
 MAX_RUNS = 1_000_000
 MAX_SEED = 2**63 - 1
 MAX_DELAY = 1.0  # seconds: a longer perturbation delay is a typo, not a short delay
-VERBOSITY_FLAGS = ("-v", "-vv", "-vvv", "--verbose", "-q", "--quiet")
 VERSION_TEXT = f"wasmgroup {WASMGROUP_VERSION} (wasmtime {WASMTIME_VERSION})"
 log = logging.getLogger("wasmgroup")
 
@@ -226,6 +226,8 @@ def _module_summary(path: str) -> dict[str, object]:
 
 def _inspect(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Every good file in full, one line on stderr for each bad one; status 2 if any was bad."""
+    import json
+
     from wasmgroup.orchestrator.inspect import format_text
     from wasmgroup.shared.errors import WasmgroupError
 
@@ -284,12 +286,15 @@ def _program_args(args: argparse.Namespace) -> list[str]:
 
 def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from wasmgroup.orchestrator import forkserver
+
+    # First, while this process has one thread, no descriptor but stdio and has not touched
+    # wasmtime: the fork server that the program's workers come from (orchestrator/
+    # forkserver.py). This process imports wasmtime only if a module is not in the compile
+    # cache.
+    forkserver.fork_early()
     from wasmgroup.orchestrator.program import EXIT_RUNTIME_ERROR, run_program
     from wasmgroup.shared.errors import WasmgroupError
 
-    # Now, with wasmtime imported and nothing compiled, one thread and no descriptor but
-    # stdio: the fork server that the program's workers come from (orchestrator/forkserver.py).
-    forkserver.fork_early()
     if args.program is None:
         parser.error("the program to run is missing: wasmgroup run [OPTIONS] PROG.wasm [ARGS]")
     env, dirs = _guest_view(args, parser)
@@ -476,8 +481,8 @@ def _batch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print(f"wasmgroup batch: {err}", file=sys.stderr)
         return getattr(err, "status", EXIT_USAGE)
     except KeyboardInterrupt:
-        # Every finished job's result is written; the programs still running would only be
-        # waited for: leave now (their workers leave with this process's sockets).
+        # Every finished job's result is written; the programs still running were cancelled
+        # (Ray's actors leave with the driver): leave now.
         print(f"wasmgroup batch: interrupted (results so far in {results}; --resume runs the "
               "rest)", file=sys.stderr)
         sys.stdout.flush()
@@ -496,8 +501,36 @@ def _completion(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
 
 
 # ---------------------------------------------------------------------- the parser
-def _verbosity() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+def _columns() -> int:
+    """The terminal's width, as shutil.get_terminal_size finds it: argparse imports shutil
+    (and with it the bz2 and lzma modules) for that alone, milliseconds of every start."""
+    with contextlib.suppress(KeyError, ValueError):
+        if (columns := int(os.environ["COLUMNS"])) > 0:
+            return columns
+    stdout = sys.__stdout__
+    with contextlib.suppress(ValueError, OSError):
+        if stdout is not None and (columns := os.get_terminal_size(stdout.fileno()).columns) > 0:
+            return columns
+    return 80
+
+
+class _Formatter(argparse.HelpFormatter):
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position,
+                         _columns() - 2 if width is None else width)  # (- 2: as argparse)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser with `_Formatter`; its subparsers are of this class too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
+
+def _verbosity() -> _Parser:
+    common = _Parser(add_help=False)
     common.add_argument("-v", "--verbose", action="count", default=0,
                         help="say what wasmgroup decides (-vv: more)")
     common.add_argument("-q", "--quiet", action="store_true",
@@ -526,8 +559,10 @@ def _add_guest_options(parser: argparse.ArgumentParser) -> None:
                         help="the guest's working directory (default /)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command line's parser; with `only`, just that command's subparser (building all
+    seven, ~60 arguments, is milliseconds of a start that a run waits for)."""
+    parser = _Parser(
         prog="wasmgroup",
         description="Run dynamically linked, multi-threaded WebAssembly programs. "
                     "`wasmgroup PROG.wasm ARGS` is short for `wasmgroup run PROG.wasm ARGS`.")
@@ -535,141 +570,150 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     common = [_verbosity()]
 
-    run = commands.add_parser(
-        "run", parents=common,
-        help="run a program (exit status: the program's; 134 trap; 124 timeout; 125 cannot "
-             "run)",
-        description="Run a WebAssembly program (.wasm or .wat). The guest sees only the "
-                    "directories given with --dir; libraries are looked up inside that view.")
-    _add_guest_options(run)
-    run.add_argument("--timeout", type=parse_duration, metavar="SECONDS",
-                     help="stop every thread after this long (10, 2.5s, 500ms, 1m); status 124")
-    run.add_argument("--max-memory", type=parse_size, metavar="SIZE",
-                     help="the most the linear memory may grow to (bytes, or 64MiB, 1G...): "
-                          "memory.grow fails beyond it")
-    run.add_argument("-W", "-S", dest="wasmtime_options", action="append", default=[],
-                     type=parse_wasmtime_option, metavar="KEY=VALUE",
-                     help="wasmtime's forms: -W timeout=S, -W max-memory-size=SIZE; "
-                          "-W/-S threads (always on)")
-    run.add_argument("--verify-groups", action="store_true",
-                     help="after every link operation, check that all threads' instance groups "
-                          "agree on modules, table slots and GOT values; stop at the first "
-                          "difference; a summary at exit")
-    run.add_argument("--trace", type=parse_trace, metavar="FILE",
-                     help="write one JSON line per link operation and thread start/exit "
-                          "(- for stderr); read it with `wasmgroup trace FILE`")
-    run.add_argument("--pool", type=parse_pool, default=None, metavar="N",
-                     help="idle worker processes kept ready for new threads (default: one more "
-                          f"than the usable CPUs, at most 8; at most {MAX_POOL})")
-    run.add_argument("--max-module-size", type=parse_module_size, default=None,
-                     metavar="SIZE",
-                     help="refuse module files larger than this, unread (bytes, or 512K, 64M, "
-                          "1G...; default 256M)")
-    run.add_argument("program", nargs="?", metavar="PROG.wasm")
-    run.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS",
-                     help="arguments for the program (after an optional --)")
-    run.set_defaults(handler=_run)
+    if only in (None, "run"):
+        run = commands.add_parser(
+            "run", parents=common,
+            help="run a program (exit status: the program's; 134 trap; 124 timeout; 125 cannot "
+                 "run)",
+            description="Run a WebAssembly program (.wasm or .wat). The guest sees only the "
+                        "directories given with --dir; libraries are looked up inside that view.")
+        _add_guest_options(run)
+        run.add_argument("--timeout", type=parse_duration, metavar="SECONDS",
+                         help="stop every thread after this long (10, 2.5s, 500ms, 1m); status 124")
+        run.add_argument("--max-memory", type=parse_size, metavar="SIZE",
+                         help="the most the linear memory may grow to (bytes, or 64MiB, 1G...): "
+                              "memory.grow fails beyond it")
+        run.add_argument("-W", "-S", dest="wasmtime_options", action="append", default=[],
+                         type=parse_wasmtime_option, metavar="KEY=VALUE",
+                         help="wasmtime's forms: -W timeout=S, -W max-memory-size=SIZE; "
+                              "-W/-S threads (always on)")
+        run.add_argument("--verify-groups", action="store_true",
+                         help="after every link operation, check that all threads' instance groups "
+                              "agree on modules, table slots and GOT values; stop at the first "
+                              "difference; a summary at exit")
+        run.add_argument("--trace", type=parse_trace, metavar="FILE",
+                         help="write one JSON line per link operation and thread start/exit "
+                              "(- for stderr); read it with `wasmgroup trace FILE`")
+        run.add_argument("--pool", type=parse_pool, default=None, metavar="N",
+                         help="idle worker processes kept ready for new threads (default: one more "
+                              f"than the usable CPUs, at most 8; at most {MAX_POOL})")
+        run.add_argument("--max-module-size", type=parse_module_size, default=None,
+                         metavar="SIZE",
+                         help="refuse module files larger than this, unread (bytes, or 512K, 64M, "
+                              "1G...; default 256M)")
+        run.add_argument("program", nargs="?", metavar="PROG.wasm")
+        run.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS",
+                         help="arguments for the program (after an optional --)")
+        run.set_defaults(handler=_run)
 
-    batch = commands.add_parser(
-        "batch", parents=common,
-        help="run the jobs of a JSON-lines file, results to a file (status 0 all ok, 1 some "
-             "failed, 2 bad job file)",
-        description="Run every job of JOBS.jsonl (one JSON object per line: id, program, args, "
-                    "env, dirs, lib_paths, cwd, stdin or stdin_file, timeout, memory_limit; "
-                    "paths relative to the job file's directory), several at once, writing one "
-                    "JSON line per finished job to the results file as each finishes.")
-    batch.add_argument("jobs_file", type=Path, nargs="?", metavar="JOBS.jsonl")
-    batch.add_argument("-j", "--jobs", type=parse_jobs, metavar="N",
-                       help="programs at once (default: the usable CPUs; under Ray: per node, "
-                            "the node's CPUs)")
-    batch.add_argument("--results", type=parse_output, metavar="FILE",
-                       help="where the results go (default: JOBS.results.jsonl beside the job "
-                            "file); it must not hold results unless --resume")
-    batch.add_argument("--resume", action="store_true",
-                       help="skip the jobs already in the results file, append the rest")
-    batch.add_argument("--output-dir", type=Path, metavar="DIR",
-                       help="write outputs longer than --inline-limit to DIR/ID.stdout and "
-                            "DIR/ID.stderr (else they are cut at the limit)")
-    batch.add_argument("--inline-limit", type=lambda t: parse_size(t, minimum=0),
-                       default=16 * 1024, metavar="SIZE",
-                       help="bytes of stdout and of stderr kept in the results line (default 16K)")
-    batch.add_argument("--timeout", type=parse_duration, metavar="SECONDS",
-                       help="for jobs that give none: stop the program after this long")
-    batch.add_argument("--memory-limit", type=parse_size, metavar="SIZE",
-                       help="for jobs that give none: the most the linear memory may grow to")
-    batch.add_argument("--ray", nargs="?", const=True, default=False, metavar="ADDRESS",
-                       help="run the jobs on a Ray cluster (ADDRESS, else RAY_ADDRESS, else a new "
-                            "local Ray), one runtime per node; programs and directories must be "
-                            "on a filesystem every node sees (needs wasmgroup[ray])")
-    batch.add_argument("--per-node", type=parse_jobs, metavar="N",
-                       help="with --ray: jobs sent ahead to each node (default: twice its CPUs)")
-    batch.add_argument("--progress-every", type=parse_duration, metavar="SECONDS",
-                       help="seconds between progress lines (default: 10 when stderr is not a "
-                            "terminal; a bar redrawn in place when it is)")
-    batch.set_defaults(handler=_batch)
+    if only in (None, "batch"):
+        batch = commands.add_parser(
+            "batch", parents=common,
+            help="run the jobs of a JSON-lines file, results to a file (status 0 all ok, 1 some "
+                 "failed, 2 bad job file)",
+            description="Run every job of JOBS.jsonl (one JSON object per line: id, program, args, "
+                        "env, dirs, lib_paths, cwd, stdin or stdin_file, timeout, memory_limit; "
+                        "paths relative to the job file's directory), several at once, writing one "
+                        "JSON line per finished job to the results file as each finishes.")
+        batch.add_argument("jobs_file", type=Path, nargs="?", metavar="JOBS.jsonl")
+        batch.add_argument("-j", "--jobs", type=parse_jobs, metavar="N",
+                           help="programs at once (default: the usable CPUs; under Ray: per node, "
+                                "the node's CPUs)")
+        batch.add_argument("--results", type=parse_output, metavar="FILE",
+                           help="where the results go (default: JOBS.results.jsonl beside the job "
+                                "file); it must not hold results unless --resume")
+        batch.add_argument("--resume", action="store_true",
+                           help="skip the jobs already in the results file, append the rest")
+        batch.add_argument("--output-dir", type=Path, metavar="DIR",
+                           help="write outputs longer than --inline-limit to DIR/ID.stdout and "
+                                "DIR/ID.stderr (else they are cut at the limit)")
+        batch.add_argument("--inline-limit", type=lambda t: parse_size(t, minimum=0),
+                           default=16 * 1024, metavar="SIZE",
+                           help="bytes of stdout and of stderr kept in the results line "
+                                "(default 16K)")
+        batch.add_argument("--timeout", type=parse_duration, metavar="SECONDS",
+                           help="for jobs that give none: stop the program after this long")
+        batch.add_argument("--memory-limit", type=parse_size, metavar="SIZE",
+                           help="for jobs that give none: the most the linear memory may grow to")
+        batch.add_argument("--ray", nargs="?", const=True, default=False, metavar="ADDRESS",
+                           help="run the jobs on a Ray cluster (ADDRESS, else RAY_ADDRESS, else "
+                                "a new local Ray), one runtime per node; programs and directories "
+                                "must be on a filesystem every node sees (needs wasmgroup[ray])")
+        batch.add_argument("--per-node", type=parse_jobs, metavar="N",
+                           help="with --ray: jobs sent ahead to each node (default: twice its "
+                                "CPUs)")
+        batch.add_argument("--progress-every", type=parse_duration, metavar="SECONDS",
+                           help="seconds between progress lines (default: 10 when stderr is not a "
+                                "terminal; a bar redrawn in place when it is)")
+        batch.set_defaults(handler=_batch)
 
-    inspect = commands.add_parser(
-        "inspect", parents=common,
-        help="show what modules are and what they need (dylink.0, imports, exports)")
-    inspect.add_argument("files", nargs="+", metavar="FILE")
-    inspect.add_argument("--json", action="store_true", help="machine-readable output")
-    inspect.set_defaults(handler=_inspect)
+    if only in (None, "inspect"):
+        inspect = commands.add_parser(
+            "inspect", parents=common,
+            help="show what modules are and what they need (dylink.0, imports, exports)")
+        inspect.add_argument("files", nargs="+", metavar="FILE")
+        inspect.add_argument("--json", action="store_true", help="machine-readable output")
+        inspect.set_defaults(handler=_inspect)
 
-    trace = commands.add_parser(
-        "trace", parents=common, help="summarise a --trace file; export it for Perfetto or "
-                                      "as a timeline picture")
-    trace.add_argument("file", type=Path, metavar="FILE")
-    trace.add_argument("--chrome", type=parse_output, metavar="OUT.json",
-                       help="write the Chrome trace-event format (Perfetto, chrome://tracing)")
-    trace.add_argument("--plot", type=parse_output, metavar="OUT.png",
-                       help="draw a timeline (needs matplotlib: pip install wasmgroup[plot])")
-    trace.set_defaults(handler=_trace)
+    if only in (None, "trace"):
+        trace = commands.add_parser(
+            "trace", parents=common, help="summarise a --trace file; export it for Perfetto or "
+                                          "as a timeline picture")
+        trace.add_argument("file", type=Path, metavar="FILE")
+        trace.add_argument("--chrome", type=parse_output, metavar="OUT.json",
+                           help="write the Chrome trace-event format (Perfetto, chrome://tracing)")
+        trace.add_argument("--plot", type=parse_output, metavar="OUT.png",
+                           help="draw a timeline (needs matplotlib: pip install wasmgroup[plot])")
+        trace.set_defaults(handler=_trace)
 
-    stress = commands.add_parser(
-        "stress", parents=common,
-        help="rerun a program many times under perturbed schedules, with --verify-groups; "
-             "report each failing run's seed (status 1 if any failed)",
-        description="Rerun a program many times with --verify-groups, each run with random "
-                    "short delays at safe points and before acknowledgements, drawn from a "
-                    "seed: run i uses seed S+i, and --seed S+i --runs 1 replays it. Failures: "
-                    "wrong output, verify difference, hang (--timeout), trap, exit status. "
-                    "Status 0 when every run passed, 1 otherwise, 2 for bad usage.")
-    _add_guest_options(stress)
-    stress.add_argument("--runs", type=parse_runs, default=100, metavar="N",
-                        help="how many perturbed runs (default 100)")
-    stress.add_argument("--seed", type=parse_seed, metavar="S",
-                        help="the first run's seed (default: a random one, printed)")
-    stress.add_argument("--jobs", type=parse_jobs, default=1, metavar="N",
-                        help="runs at once (default 1: the least noise from other runs)")
-    stress.add_argument("--timeout", type=parse_duration, metavar="SECONDS",
-                        help="a run taking longer is stopped and counted as a hang (default: "
-                             "10 times the reference run, at least 10 s; 60 s with --expect)")
-    stress.add_argument("--expect", type=parse_expect, metavar="FILE",
-                        help="the expected standard output (and status 0); default: the "
-                             "output of a reference run without perturbation, made first")
-    stress.add_argument("--max-delay", type=parse_delay, metavar="DURATION",
-                        help="the longest perturbation delay (default 20ms, at most 1s)")
-    stress.add_argument("--max-memory", type=parse_size, metavar="SIZE",
-                        help="the most the linear memory may grow to, as for run")
-    stress.add_argument("program", nargs="?", metavar="PROG.wasm")
-    stress.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS",
-                        help="arguments for the program (after an optional --)")
-    stress.set_defaults(handler=_stress)
+    if only in (None, "stress"):
+        stress = commands.add_parser(
+            "stress", parents=common,
+            help="rerun a program many times under perturbed schedules, with --verify-groups; "
+                 "report each failing run's seed (status 1 if any failed)",
+            description="Rerun a program many times with --verify-groups, each run with random "
+                        "short delays at safe points and before acknowledgements, drawn from a "
+                        "seed: run i uses seed S+i, and --seed S+i --runs 1 replays it. Failures: "
+                        "wrong output, verify difference, hang (--timeout), trap, exit status. "
+                        "Status 0 when every run passed, 1 otherwise, 2 for bad usage.")
+        _add_guest_options(stress)
+        stress.add_argument("--runs", type=parse_runs, default=100, metavar="N",
+                            help="how many perturbed runs (default 100)")
+        stress.add_argument("--seed", type=parse_seed, metavar="S",
+                            help="the first run's seed (default: a random one, printed)")
+        stress.add_argument("--jobs", type=parse_jobs, default=1, metavar="N",
+                            help="runs at once (default 1: the least noise from other runs)")
+        stress.add_argument("--timeout", type=parse_duration, metavar="SECONDS",
+                            help="a run taking longer is stopped and counted as a hang (default: "
+                                 "10 times the reference run, at least 10 s; 60 s with --expect)")
+        stress.add_argument("--expect", type=parse_expect, metavar="FILE",
+                            help="the expected standard output (and status 0); default: the "
+                                 "output of a reference run without perturbation, made first")
+        stress.add_argument("--max-delay", type=parse_delay, metavar="DURATION",
+                            help="the longest perturbation delay (default 20ms, at most 1s)")
+        stress.add_argument("--max-memory", type=parse_size, metavar="SIZE",
+                            help="the most the linear memory may grow to, as for run")
+        stress.add_argument("program", nargs="?", metavar="PROG.wasm")
+        stress.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS",
+                            help="arguments for the program (after an optional --)")
+        stress.set_defaults(handler=_stress)
 
-    cache = commands.add_parser(
-        "cache", parents=common, help="the compile cache: where, how big; empty it",
-        description="Compiled modules are cached in $WASMGROUP_CACHE, else "
-                    "$XDG_CACHE_HOME/wasmgroup, else ~/.cache/wasmgroup; the oldest entries "
-                    "are evicted beyond $WASMGROUP_CACHE_SIZE (default 1GiB).")
-    cache.add_argument("action", choices=["info", "clean"])
-    cache.set_defaults(handler=_cache)
+    if only in (None, "cache"):
+        cache = commands.add_parser(
+            "cache", parents=common, help="the compile cache: where, how big; empty it",
+            description="Compiled modules are cached in $WASMGROUP_CACHE, else "
+                        "$XDG_CACHE_HOME/wasmgroup, else ~/.cache/wasmgroup; the oldest entries "
+                        "are evicted beyond $WASMGROUP_CACHE_SIZE (default 1GiB).")
+        cache.add_argument("action", choices=["info", "clean"])
+        cache.set_defaults(handler=_cache)
 
-    completion = commands.add_parser(
-        "completion", parents=common, help="print a shell completion script",
-        description="bash: eval \"$(wasmgroup completion bash)\"; zsh: the same with zsh "
-                    "in ~/.zshrc.")
-    completion.add_argument("shell", choices=["bash", "zsh"])
-    completion.set_defaults(handler=_completion)
+    if only in (None, "completion"):
+        completion = commands.add_parser(
+            "completion", parents=common, help="print a shell completion script",
+            description="bash: eval \"$(wasmgroup completion bash)\"; zsh: the same with zsh "
+                        "in ~/.zshrc.")
+        completion.add_argument("shell", choices=["bash", "zsh"])
+        completion.set_defaults(handler=_completion)
     return parser
 
 
@@ -711,24 +755,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None, command: list[str]) -> int:
     """The command's exit status; its name is added to `command` as soon as it is known."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    commands = subparsers(parser)
-    if not argv or argv[0] in ("-h", "--help", "--version"):
+    found = command_of(argv)
+    if found is None:
+        parser = build_parser()
         parser.parse_args(argv)  # help or version: prints and exits
         parser.print_usage(sys.stderr)
         return EXIT_USAGE
-    # `wasmgroup -v inspect X`: verbosity given before the command belongs to it.
-    lead = 0
-    while lead < len(argv) - 1 and argv[lead] in VERBOSITY_FLAGS:
-        lead += 1
-    if lead and argv[lead] in commands:
-        argv = [argv[lead], *argv[:lead], *argv[lead + 1:]]
-    # As wasmtime: anything that is not a command is a program (or run's options) to run.
-    name = argv[0] if argv[0] in commands else "run"
-    if name == argv[0]:
-        argv = argv[1:]
+    name, argv = found
     command.append(name)
-    sub = commands[name]
+    sub = subparsers(build_parser(only=name))[name]
     args = sub.parse_args(argv)
     _configure_logging(args.verbose, args.quiet)
     handler: Callable[[argparse.Namespace, argparse.ArgumentParser], int] = args.handler

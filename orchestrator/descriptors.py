@@ -25,17 +25,17 @@ import fcntl
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from wasmgroup.shared import wasi
 from wasmgroup.shared.fdtable import MAX_DESCRIPTORS, GenerationPage
 from wasmgroup.shared.guestfs import GuestFilesystem
 from wasmgroup.shared.pathcalls import PathCalls, resolve_guest_path
+from wasmgroup.shared.records import record
 from wasmgroup.shared.wasi import WasiError
 
 
-@dataclass
+@record(frozen=False)
 class Entry:
     os_fd: int
     filetype: int

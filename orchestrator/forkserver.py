@@ -12,19 +12,21 @@ CLONE_PARENT), reaped through `ForkedProcess`, and leave when their own socket c
 from __future__ import annotations
 
 import contextlib
-import logging
+import importlib
 import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from wasmgroup.shared.errors import WasmgroupError
 from wasmgroup.worker import zygote
 
-log = logging.getLogger("wasmgroup")
+if TYPE_CHECKING:  # (subprocess is imported where used: `wasmgroup run` forks before it needs it)
+    import subprocess
+
 ZYGOTE_COMMAND = (sys.executable, "-m", "wasmgroup.worker.zygote")
 ANSWER_TIMEOUT = 60.0  # seconds: a started server imports wasmtime before it answers
 CLOSE_GRACE = 1.0  # seconds the server gets to leave once its socket is closed
@@ -59,6 +61,8 @@ class ForkedProcess:
         pause = 0.0002
         while (code := self.poll()) is None:
             if deadline is not None and time.monotonic() >= deadline:
+                import subprocess
+
                 raise subprocess.TimeoutExpired(str(self.pid), timeout or 0.0)
             time.sleep(pause)
             pause = min(pause * 2, 0.01)
@@ -83,6 +87,8 @@ class ForkServer:
     @classmethod
     def start(cls) -> ForkServer | None:
         """A server in a fresh process (None where clone is not available)."""
+        import subprocess
+
         if not zygote.supported():
             return None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -93,7 +99,9 @@ class ForkServer:
                                        pass_fds=[theirs.fileno()], close_fds=True)
         except OSError as err:
             ours.close()
-            log.info("no fork server: %s", err)
+            import logging  # (not before the early fork: the server needs none)
+
+            logging.getLogger("wasmgroup").info("no fork server: %s", err)
             return None
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
@@ -155,6 +163,8 @@ class ForkServer:
     def close(self) -> None:
         """The server leaves (its socket closed); reaped, or killed after a grace period.
         Waits for a spawn under way: the worker it forks is then its caller's to stop."""
+        import subprocess
+
         with self._lock:
             self.closed = True
             self.broken = self.broken or "the fork server is closed"
@@ -170,11 +180,23 @@ class ForkServer:
 _early: ForkServer | None = None
 
 
+# What a worker and the coordinator both import (the rest of each side's modules are its
+# own): imported once, before the fork, rather than by both processes after it.
+COMMON_MODULES = ("queue", "wasmgroup.shared.plan", "wasmgroup.shared.protocol",
+                  "wasmgroup.shared.memory", "wasmgroup.shared.pathcalls",
+                  "wasmgroup.shared.closure", "wasmgroup.shared.hostabi", "wasmgroup.shared.cpus")
+
+
 def fork_early() -> None:
     """For a command line run: fork the server now, while this process is still fit to be
-    forked; the first worker pool takes it."""
+    forked (one thread, wasmtime untouched), unless it was already; the first worker pool
+    takes it. The modules both sides import are imported first, once for both; the server
+    then imports wasmtime and the worker's modules while this process imports its own and
+    links the program (orchestrator/launch.py)."""
     global _early
     if _early is None:
+        for name in COMMON_MODULES:
+            importlib.import_module(name)
         _early = ForkServer.fork_here()
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from wasmgroup.orchestrator.allocator import MemoryAllocator
@@ -58,6 +57,7 @@ from wasmgroup.shared.plan import (
     SymbolAddress,
     TableGrowth,
 )
+from wasmgroup.shared.records import field, record
 from wasmgroup.shared.wasm import Export, FuncType, GlobalType, Import, TagType, WasmModule
 
 MAIN_HANDLE = 1
@@ -82,7 +82,7 @@ EXCEPTION_TAG = TagType(FuncType(("i32",), ()))
 ModuleSource = Callable[[Located], WasmModule]
 
 
-@dataclass
+@record(frozen=False)
 class LoadedModule:
     handle: int
     name: str  # as requested (dlopen string or NEEDED entry); the dedup key
@@ -93,7 +93,7 @@ class LoadedModule:
     table_base: int
 
 
-@dataclass
+@record(frozen=False)
 class PendingLoad:
     """A planned load, between `plan_*` and `commit`/`abort`."""
 
@@ -104,7 +104,7 @@ class PendingLoad:
     allocator_before: tuple[list[tuple[int, int]], int]
 
 
-@dataclass
+@record(frozen=False)
 class _Resolved:
     """One import's resolution before memory bases are final."""
 
@@ -153,7 +153,7 @@ def _dlsym_exports(loaded: LoadedModule) -> dict[str, list[Any]]:
     return exports
 
 
-@dataclass
+@record(frozen=False)
 class _Batch:
     """One load in progress: nothing here touches the committed state."""
 

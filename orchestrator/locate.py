@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import os
 import posixpath
-from dataclasses import dataclass, field
 
 from wasmgroup.shared.errors import LinkError, ModuleNotFound
 from wasmgroup.shared.guestfs import PATH_MAX, GuestFilesystem, Mapping, normalize_guest_dir
+from wasmgroup.shared.records import field, record
 
 DEFAULT_LIBRARY_DIRS = ("/lib", "/usr/lib", "/usr/local/lib")
 # GuestFilesystem, the guest's view of the host's directories, lives in shared/guestfs.py: the
@@ -35,7 +35,7 @@ def host_path_of(fd: int) -> str:
     return os.readlink(f"/proc/self/fd/{fd}")
 
 
-@dataclass(frozen=True)
+@record
 class Located:
     """A library found and opened: read it from `fd` (the caller closes it, e.g. `with`)."""
 

@@ -33,7 +33,6 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +69,7 @@ from wasmgroup.shared.plan import (
     state_from_wire,
     to_wire,
 )
+from wasmgroup.shared.records import field, record
 from wasmgroup.shared.wasm import FuncType, Limits, WasmModule, parse_module
 
 EXIT_TRAP = 134
@@ -90,7 +90,7 @@ class ProgramError(WasmgroupError):
     """wasmgroup could not start the program (the message says why)."""
 
 
-@dataclass
+@record(frozen=False)
 class RunResult:
     exit_code: int
     stdout: bytes = b""
@@ -106,7 +106,7 @@ def default_pool_size() -> int:
     return max(2, min(8, usable_cpus() + 1))
 
 
-@dataclass
+@record(frozen=False)
 class ProgramOptions:
     args: Sequence[str] = ()
     env: dict[str, str] = field(default_factory=dict)
@@ -178,7 +178,7 @@ def _for_guest(message: str) -> str:
     return message.replace("\0", "\\0")
 
 
-@dataclass
+@record(frozen=False)
 class _Assignment:
     done: threading.Event = field(default_factory=threading.Event)
     error: str | None = None
@@ -214,7 +214,6 @@ class Program:
             self.cache = parts.cache.view()
             self.cache.max_module_size = options.max_module_size
         self.pool = parts.pool
-        self.engine = parts.engine
         self._taken: set[WorkerProcess] = set()  # every worker this program holds
         self._memory_base: dict[WorkerProcess, int] = {}  # private bytes when taken
         self._stdout = PipeCapture() if options.capture_output else None
@@ -489,10 +488,11 @@ class Program:
             self.interrupt()
         return self._wind_up()
 
-    def interrupt(self) -> None:
-        """Ctrl-C: end the program (unless it has ended already) and wind up promptly."""
+    def interrupt(self, reason: str = "interrupted") -> None:
+        """Ctrl-C (or a Runtime's cancel): end the program, unless it has ended already, with
+        status 130 and `reason`, and wind up promptly."""
         self._interrupted = True
-        self.finish(EXIT_INTERRUPTED, "interrupted")
+        self.finish(EXIT_INTERRUPTED, reason)
 
     def finish(self, code: int, error: str | None = None) -> None:
         """End the program with this outcome, unless another came first; stop every group."""

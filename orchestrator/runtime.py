@@ -141,8 +141,32 @@ class _StdinSource:
             self._owned = None
 
 
+CANCELLED = "cancelled"  # the error of a program a Runtime's cancel stopped
+
+
+class _Cancel:
+    """Stops one run of a Runtime, whether it has not started, is starting or runs."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._program: Program | None = None
+        self.cancelled = False
+
+    def attach(self, program: Program) -> None:
+        with self._lock:
+            self._program = program
+            if self.cancelled:
+                program.interrupt(CANCELLED)  # Program.run then never starts it
+
+    def cancel(self) -> None:
+        with self._lock:
+            self.cancelled = True
+            if self._program is not None:
+                self._program.interrupt(CANCELLED)
+
+
 def _run_request(request: RunRequest, cache_dir: Path | None, max_module_size: int,
-                 parts: RuntimeParts | None) -> RunResult:
+                 parts: RuntimeParts | None, cancel: _Cancel | None = None) -> RunResult:
     """Run one request; with `parts` on a Runtime's warm workers, else on its own."""
     started = time.monotonic()
     stdin: _StdinSource | None = None
@@ -160,6 +184,8 @@ def _run_request(request: RunRequest, cache_dir: Path | None, max_module_size: i
             stdin_fd=stdin.fd, perturb_seed=request.perturb_seed,
             perturb_max_delay=request.perturb_max_delay)
         program = Program(request.program, options, parts)
+        if cancel is not None:
+            cancel.attach(program)
         result = program.run()
         if result.error is None:
             result.verify_summary = program.verify_summary()
@@ -184,7 +210,10 @@ class Runtime:
     `run` waits for a program's `RunResult`; `submit` returns a `Future` of it. A program that
     kills its worker, traps, hangs past its timeout or exceeds its memory limit fails alone.
     `close` (or leaving the `with` block) waits for submitted programs and stops every worker
-    process: none is left, nor any shared-memory file or descriptor.
+    process: none is left, nor any shared-memory file or descriptor. `cancel` stops one
+    program, `close(cancel=True)` all of them, as does leaving the `with` block by an exception
+    (Ctrl-C included): a program that had not started never does (its future is cancelled), a
+    running one ends at once with status 130 and the error "cancelled".
     """
 
     def __init__(self, workers: int | None = None, cache_dir: str | os.PathLike[str] | None = None,
@@ -201,37 +230,68 @@ class Runtime:
         self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="wasmgroup-run")
         self._lock = threading.Lock()
         self._closed = False
+        self._runs: dict[Future[RunResult], _Cancel] = {}  # submitted, not yet done
 
     def submit(self, program: str | os.PathLike[str], args: Sequence[str] = (),
                **options: Any) -> Future[RunResult]:
         """Start running `program` (as soon as a slot is free); the future's result is its
         RunResult. Options: see `RunRequest`."""
         request = _check_request(program, args, options)
+        cancel = _Cancel()
         with self._lock:
             if self._closed:
                 raise UsageError("this Runtime is closed")
-            return self._executor.submit(_run_request, request, self.cache_dir,
-                                         self.max_module_size, self.parts)
+            future = self._executor.submit(_run_request, request, self.cache_dir,
+                                           self.max_module_size, self.parts, cancel)
+            self._runs[future] = cancel
+        future.add_done_callback(self._forget)
+        return future
+
+    def _forget(self, future: Future[RunResult]) -> None:
+        with self._lock:
+            self._runs.pop(future, None)
 
     def run(self, program: str | os.PathLike[str], args: Sequence[str] = (),
             **options: Any) -> RunResult:
-        """Run `program` to its end and return its RunResult."""
-        return self.submit(program, args, **options).result()
+        """Run `program` to its end and return its RunResult. Interrupted while it waits
+        (Ctrl-C), it cancels the program before the KeyboardInterrupt goes on."""
+        future = self.submit(program, args, **options)
+        try:
+            return future.result()
+        except BaseException:
+            self.cancel(future)
+            raise
 
-    def close(self) -> None:
-        """Wait for submitted programs, then release every worker (idempotent)."""
+    def cancel(self, future: Future[RunResult]) -> bool:
+        """Stop the program of `future` (one `submit` returned): not started, it never starts
+        (the future is cancelled); running, it ends at once (status 130, error "cancelled").
+        False when it had already ended (or is not this Runtime's)."""
         with self._lock:
-            if self._closed:
-                return
-            self._closed = True
+            cancel = self._runs.get(future)
+        if cancel is None:
+            return False
+        if future.cancel():
+            return True
+        cancel.cancel()
+        return True
+
+    def close(self, cancel: bool = False) -> None:
+        """Wait for submitted programs (with `cancel`, stop them first), then release every
+        worker (idempotent)."""
+        with self._lock:
+            first, self._closed = not self._closed, True
+            runs = list(self._runs) if cancel else []
+        for future in runs:
+            self.cancel(future)
         self._executor.shutdown(wait=True)
-        self.parts.close()
+        if first:
+            self.parts.close()
 
     def __enter__(self) -> Runtime:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        self.close(cancel=exc_type is not None)
 
 
 def run(program: str | os.PathLike[str], args: Sequence[str] = (), **options: Any) -> RunResult:
@@ -241,4 +301,4 @@ def run(program: str | os.PathLike[str], args: Sequence[str] = (), **options: An
     return _run_request(request, None, DEFAULT_MAX_MODULE_SIZE, None)
 
 
-__all__ = ["RunRequest", "RunResult", "Runtime", "UsageError", "run"]
+__all__ = ["CANCELLED", "RunRequest", "RunResult", "Runtime", "UsageError", "run"]

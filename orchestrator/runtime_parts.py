@@ -10,12 +10,14 @@ worker it used goes back to the pool, reset, when it ends.
 from __future__ import annotations
 
 from pathlib import Path
-
-import wasmtime
+from typing import TYPE_CHECKING
 
 from wasmgroup.orchestrator.cache import DEFAULT_MAX_MODULE_SIZE, ModuleCache
 from wasmgroup.orchestrator.workers import WorkerPool
-from wasmgroup.worker.group import ENGINE_SETTINGS, make_engine_config
+from wasmgroup.shared.engine import ENGINE_SETTINGS
+
+if TYPE_CHECKING:
+    import wasmtime
 
 
 class RuntimeParts:
@@ -24,11 +26,15 @@ class RuntimeParts:
     def __init__(self, pool_size: int, cache_dir: Path | None = None,
                  max_module_size: int = DEFAULT_MAX_MODULE_SIZE,
                  keep: int | None = None, urgent: int = 0) -> None:
-        # Workers start first: their Python start-up overlaps this process's engine creation
-        # (and a program's compiling).
+        # Workers start first: their Python start-up overlaps a program's compiling. The
+        # engine is made (and wasmtime imported) by the first compile: when every module is
+        # in the compile cache, this process never needs one.
         self.pool = WorkerPool(pool_size, keep, urgent)
-        self.engine = wasmtime.Engine(make_engine_config())
-        self.cache = ModuleCache(self.engine, ENGINE_SETTINGS, cache_dir, max_module_size)
+        self.cache = ModuleCache(None, ENGINE_SETTINGS, cache_dir, max_module_size)
+
+    @property
+    def engine(self) -> wasmtime.Engine:
+        return self.cache.engine
 
     def close(self) -> None:
         """Stop every worker and drop the compiled modules (after the last program)."""

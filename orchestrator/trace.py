@@ -17,7 +17,7 @@ of an operation). `FILE` `-` is stderr.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import sys
 import threading
 import time
@@ -45,16 +45,36 @@ class Tracer:
     def record(self, **fields: Any) -> None:
         if self._file is None:
             return
+        import json  # (with --trace only: not on every run's path)
+
         fields["at_ms"] = round((time.monotonic() - self._origin) * 1000, 3)
         line = json.dumps(fields, sort_keys=True)
         with self._lock:
-            self._file.write(line + "\n")
-            self._file.flush()
+            if self._file is None:
+                return
+            try:
+                self._file.write(line + "\n")
+                self._file.flush()
+            except (OSError, ValueError) as err:
+                # A trace is diagnostics: a reader that went away (`--trace - | head`) or
+                # a full disk stops it, never the program (or the thread that recorded).
+                failed, self._file = self._file, None
+                if self._own_file:
+                    with contextlib.suppress(OSError):  # (it flushes what failed again)
+                        failed.close()
+                    _warn(f"wasmgroup: cannot write the trace ({err}): tracing stopped")
 
     def close(self) -> None:
-        if self._file is not None and self._own_file:
-            self._file.close()
-        self._file = None
+        with self._lock:
+            if self._file is not None and self._own_file:
+                with contextlib.suppress(OSError):
+                    self._file.close()
+            self._file = None
+
+
+def _warn(text: str) -> None:
+    with contextlib.suppress(OSError, ValueError):  # stderr is gone too
+        print(text, file=sys.stderr, flush=True)
 
 
 def ms(seconds: float) -> float:

@@ -6,8 +6,6 @@ magic but with `(` or a comment; anything else is left for the binary reader to 
 
 from __future__ import annotations
 
-import wasmtime
-
 from wasmgroup.shared.errors import LinkError
 from wasmgroup.shared.wasm import MAGIC
 
@@ -20,6 +18,8 @@ def wasm_bytes(data: bytes, source: str) -> bytes:
         return data
     if not (source.endswith(".wat") or data.lstrip().startswith(TEXT_STARTS)):
         return data
+    import wasmtime  # only for text: a binary module needs no wasmtime here
+
     try:
         text = data.decode("utf-8")
         return bytes(wasmtime.wat2wasm(text))

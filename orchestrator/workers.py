@@ -31,7 +31,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from wasmgroup.orchestrator import forkserver
@@ -39,6 +38,7 @@ from wasmgroup.orchestrator.descriptors import REQUESTS as DESCRIPTOR_REQUESTS
 from wasmgroup.orchestrator.forkserver import ForkedProcess, ForkServer, ForkServerError
 from wasmgroup.shared import protocol
 from wasmgroup.shared.errors import WasmgroupError
+from wasmgroup.shared.records import field, record
 
 # Requests answered at once on the reader thread: they never wait on another group, and a
 # group applying a broadcast operation inside a long request (its dlopen or spawn waiting on
@@ -81,7 +81,7 @@ class CallWouldWait(Exception):
     """worker_call_now cannot answer without waiting: the request thread will."""
 
 
-@dataclass
+@record(frozen=False)
 class WithDescriptor:
     """A request's answer with an OS descriptor that travels beside it (SCM_RIGHTS); the
     descriptor is the answer's to close once sent."""
@@ -90,7 +90,7 @@ class WithDescriptor:
     fd: int
 
 
-@dataclass
+@record(frozen=False)
 class OperationFuture:
     """One link operation posted to one worker, completed by its ack."""
 
@@ -425,7 +425,9 @@ class WorkerPool:
                 if not closed:
                     self.started += 1
                     self._all.append(worker)
-                    self._idle.append(worker)
+                    # First in the idle list, so handed out last: a worker given back (its
+                    # modules deserialized) goes before one a top-up started meanwhile.
+                    self._idle.insert(0, worker)
             if closed:  # a background top-up that lost the race with close()
                 worker.kill()
                 raise WorkerStartError("the worker pool is closed")

@@ -1,11 +1,11 @@
 """Runs WASIX programs under the real Wasmer (PyPI wasmer-sdk), for scripts/bench-peers.
 
 Started by bench-peers with the Python of its own venv (build/peer-venv, wasmer-sdk pinned
-there). Reads one JSON request a line on stdin, {"program", "args", "lib_dir"}, runs the
-program in a fresh sandbox (every *.so of lib_dir under /workspace/lib, LD_LIBRARY_PATH set,
-cwd /workspace) and answers one JSON line: {"exit_code", "stdout", "stderr", "run_s"} or
-{"error"} when Wasmer refuses to start it. `--once` serves one request and exits (a whole
-fresh-process run).
+there). Reads one JSON request a line on stdin, {"program", "args", "lib_dir"} and optionally
+"files" ({guest path: host file}), runs the program in a fresh sandbox (every *.so of lib_dir
+under /workspace/lib, LD_LIBRARY_PATH set, the files, cwd /workspace) and answers one JSON
+line: {"exit_code", "stdout", "stderr", "run_s"} or {"error"} when Wasmer refuses to start it.
+`--once` serves one request and exits (a whole fresh-process run).
 """
 
 import asyncio
@@ -33,6 +33,8 @@ async def serve(once: bool) -> None:
             package = packages[program]
             files = {f"/workspace/lib/{p.name}": p.read_bytes()
                      for p in sorted(pathlib.Path(request["lib_dir"]).glob("*.so"))}
+            files.update({guest: pathlib.Path(host).read_bytes()
+                          for guest, host in request.get("files", {}).items()})
             try:
                 async with await wasmer.sandboxes.create(packages=[package], files=files,
                                                          env=ENV) as sandbox:

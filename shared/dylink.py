@@ -14,9 +14,8 @@ most `MAX_TABLE_SLOTS`. A module asking for more is refused, naming the field.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from wasmgroup.shared.binary import Reader
+from wasmgroup.shared.records import field, record
 
 DYLINK_SECTION = "dylink.0"
 
@@ -57,7 +56,7 @@ def flag_names(flags: int) -> list[str]:
     return names
 
 
-@dataclass(frozen=True)
+@record
 class MemInfo:
     memory_size: int = 0
     memory_alignment: int = 0  # log2
@@ -65,7 +64,7 @@ class MemInfo:
     table_alignment: int = 0  # log2
 
 
-@dataclass
+@record(frozen=False)
 class DylinkInfo:
     mem_info: MemInfo = field(default_factory=MemInfo)
     needed: list[str] = field(default_factory=list)

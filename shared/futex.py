@@ -59,13 +59,32 @@ class _Waiter(ctypes.Structure):  # struct futex_waitv
                 ("flags", ctypes.c_uint32), ("reserved", ctypes.c_uint32)]
 
 
+_TWO_WAITERS = ctypes.c_uint(2)
+_NO_FLAGS = ctypes.c_uint(0)
+_MONOTONIC = ctypes.c_int(CLOCK_MONOTONIC)
+_waitv_works = _SYS_FUTEX_WAITV is not None
+
+
+def futex_waitv_works() -> bool:
+    """Whether `WakeWord.wait` waits on both words (not known to fail so far)."""
+    return _waitv_works
+
+
 class WakeWord:
-    """A futex of this process's own, to wake one thread out of `futex_wait_or_wake`
-    without waking everyone else waiting on the guest's futex (in every process)."""
+    """A futex of this process's own, to wake one thread out of `wait` without waking
+    everyone else waiting on the guest's futex (in every process). One thread at a time
+    waits with a given word (a group's own thread): the futex_waitv arguments are built once
+    and filled in per wait, so that a wait costs a few field stores and one syscall."""
 
     def __init__(self) -> None:
         self._word = ctypes.c_uint32(0)
         self.address = ctypes.addressof(self._word)
+        self._waiters = (_Waiter * 2)(
+            _Waiter(0, 0, FUTEX2_SIZE_U32, 0),
+            _Waiter(0, self.address, FUTEX2_SIZE_U32 | FUTEX_PRIVATE_FLAG, 0))
+        self._guest, self._own = self._waiters[0], self._waiters[1]  # views into the array
+        self._deadline = _Timespec()
+        self._deadline_ref = ctypes.byref(self._deadline)
 
     @property
     def value(self) -> int:
@@ -78,53 +97,44 @@ class WakeWord:
             _libc.syscall(_SYS_FUTEX, ctypes.c_void_p(self.address),
                           FUTEX_WAKE | FUTEX_PRIVATE_FLAG, ctypes.c_int(1), None, None, 0)
 
-
-_waitv_works = _SYS_FUTEX_WAITV is not None
-
-
-def futex_waitv_works() -> bool:
-    """Whether `futex_wait_or_wake` waits on both words (not known to fail so far)."""
-    return _waitv_works
-
-
-def futex_wait_or_wake(address: int, expected: int, wake: WakeWord, wake_seen: int,
-                       timeout_ns: int | None) -> str:
-    """`futex_wait` on the shared u32 at `address` that also ends when `wake` changes from
-    `wake_seen` or is woken: then it returns "wake". Falls back to `futex_wait` (where
-    `wake.wake()` cannot reach it) on kernels without futex_waitv."""
-    global _waitv_works
-    if not _waitv_works:
-        return futex_wait(address, expected, timeout_ns)
-    waiters = (_Waiter * 2)(_Waiter(expected & 0xFFFFFFFF, address, FUTEX2_SIZE_U32, 0),
-                            _Waiter(wake_seen, wake.address,
-                                    FUTEX2_SIZE_U32 | FUTEX_PRIVATE_FLAG, 0))
-    ts = None
-    if timeout_ns is not None:
-        deadline = time.clock_gettime_ns(time.CLOCK_MONOTONIC) + timeout_ns
-        ts = ctypes.byref(_Timespec(deadline // 1_000_000_000, deadline % 1_000_000_000))
-    rc = _libc.syscall(_SYS_FUTEX_WAITV, waiters, ctypes.c_uint(2), ctypes.c_uint(0), ts,
-                       ctypes.c_int(CLOCK_MONOTONIC))
-    if rc >= 0:
-        return "wake" if rc == 1 else "woken"
-    err = ctypes.get_errno()
-    if err == errno.EAGAIN:  # a value differed: the wake word's, or the guest's
-        return "wake" if wake.value != wake_seen else "mismatch"
-    if err == errno.ETIMEDOUT:
-        return "timeout"
-    if err == errno.EINTR:
-        return "woken"
-    if err == errno.ENOSYS:
-        _waitv_works = False
-        return futex_wait(address, expected, timeout_ns)
-    raise OSError(err, os.strerror(err))
+    def wait(self, address: int, expected: int, seen: int, timeout_ns: int) -> str:
+        """`futex_wait` on the shared u32 at host `address` for at most `timeout_ns`, which
+        also ends when this word changes from `seen` or is woken: it then returns "wake".
+        Falls back to `futex_wait` (where `wake()` cannot reach it) on kernels without
+        futex_waitv."""
+        global _waitv_works
+        if not _waitv_works:
+            return futex_wait(address, expected, timeout_ns)
+        guest = self._guest
+        guest.val = expected & 0xFFFFFFFF
+        guest.uaddr = address
+        self._own.val = seen
+        deadline = self._deadline
+        deadline.tv_sec, deadline.tv_nsec = divmod(
+            time.clock_gettime_ns(time.CLOCK_MONOTONIC) + timeout_ns, 1_000_000_000)
+        rc = _libc.syscall(_SYS_FUTEX_WAITV, self._waiters, _TWO_WAITERS, _NO_FLAGS,
+                           self._deadline_ref, _MONOTONIC)
+        if rc >= 0:
+            return "wake" if rc == 1 else "woken"
+        err = ctypes.get_errno()
+        if err == errno.EAGAIN:  # a value differed: the wake word's, or the guest's
+            return "wake" if self._word.value != seen else "mismatch"
+        if err == errno.ETIMEDOUT:
+            return "timeout"
+        if err == errno.EINTR:
+            return "woken"
+        if err == errno.ENOSYS:
+            _waitv_works = False
+            return futex_wait(address, expected, timeout_ns)
+        raise OSError(err, os.strerror(err))
 
 
 def futex_wake(address: int, count: int) -> int:
     """Wake up to `count` waiters on host `address`; returns how many were woken."""
     if _SYS_FUTEX is None:
         raise OSError(errno.ENOSYS, f"futex is not supported on {platform.machine()}")
-    rc = int(_libc.syscall(_SYS_FUTEX, ctypes.c_void_p(address), FUTEX_WAKE,
-                           ctypes.c_int(count), None, None, 0))
+    rc = int(_libc.syscall(_SYS_FUTEX, ctypes.c_void_p(address), FUTEX_WAKE, count, None,
+                           None, 0))  # a Python int goes as a C int
     if rc < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))

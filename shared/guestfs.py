@@ -20,9 +20,9 @@ import posixpath
 import stat
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 from wasmgroup.shared.errors import LinkError
+from wasmgroup.shared.records import field, record
 
 SYS_OPENAT2 = 437  # the same number on every Linux architecture
 RESOLVE_NO_MAGICLINKS = 0x02
@@ -144,7 +144,7 @@ def _link_target(dir_fd: int, name: str, original: OSError | None) -> str:
         raise
 
 
-@dataclass(frozen=True)
+@record
 class Mapping:
     host: str  # absolute, symlinks resolved
     guest: str  # absolute, normalised
@@ -165,7 +165,7 @@ def _open_directory(host: str) -> int:
     return os.open(host, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
 
-@dataclass
+@record(frozen=False)
 class GuestFilesystem:
     """The host directories a guest can see, and where it sees them: the one way wasmgroup
     opens a guest path. Holds a descriptor of every mapped directory (`close` releases them).

@@ -1,7 +1,8 @@
 """Link plans: what the coordinator decides and every instance group applies.
 
-A plan is plain data (frozen dataclasses of ints and strings) so that it can cross a process
-boundary as msgpack (`to_wire`/`from_wire`) and be applied identically by every group.
+A plan is plain data (frozen records of ints and strings: shared/records.py) so that it can
+cross a process boundary as msgpack (`to_wire`/`from_wire`) and be applied identically by
+every group.
 
 - `LoadPlan`: modules to instantiate in load order, with one `Binding` per import, the table
   length afterwards and the GOT.func slots to fill (`SlotAssignment`).
@@ -20,8 +21,9 @@ for (`SlotAssignment.dlsym_handle`), so that the same dlsym later finds its slot
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
+
+from wasmgroup.shared.records import field, record, record_fields
 
 # How an import is satisfied (Binding.how).
 B_MEMORY = "memory"  # the program's linear memory
@@ -38,7 +40,7 @@ BINDING_KINDS = (B_MEMORY, B_TABLE, B_STACK_POINTER, B_TAG, B_CONST, B_TLS, B_FU
                  B_HOST)
 
 
-@dataclass(frozen=True)
+@record
 class Binding:
     module: str
     name: str
@@ -54,7 +56,7 @@ class Binding:
 X_FUNC, X_DATA, X_TLS, X_OTHER = "func", "data", "tls", "other"
 
 
-@dataclass(frozen=True)
+@record
 class SlotAssignment:
     slot: int
     handle: int
@@ -62,13 +64,13 @@ class SlotAssignment:
     dlsym_handle: int = -1  # for a dlsym'd function: the handle it was asked of (0: global)
 
 
-@dataclass(frozen=True)
+@record
 class TableGrowth:
     index: int
     size: int
 
 
-@dataclass(frozen=True)
+@record
 class ClosurePlan:
     slot: int
     module: str  # the generated module's key (plans name modules by host path)
@@ -84,7 +86,7 @@ class ClosurePlan:
                 f" backing {self.backing} env {self.env:#x}")
 
 
-@dataclass(frozen=True)
+@record
 class ModulePlan:
     handle: int
     name: str
@@ -99,7 +101,7 @@ class ModulePlan:
     exports: dict[str, list[Any]] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@record
 class SymbolAddress:
     """A dlsym result: a table slot (function), an address, or a TLS offset (per thread)."""
 
@@ -108,7 +110,7 @@ class SymbolAddress:
     handle: int
 
 
-@dataclass(frozen=True)
+@record
 class GroupState:
     """What one group has linked (see orchestrator/verify.py)."""
 
@@ -118,7 +120,7 @@ class GroupState:
     got: tuple[tuple[str, int], ...]  # ("handle:GOT.mem.name", value), sorted
 
 
-@dataclass
+@record(frozen=False)
 class LoadPlan:
     modules: list[ModulePlan]
     table_length: int  # every group's table length once applied
@@ -147,7 +149,7 @@ def to_wire(obj: Operation) -> dict[str, Any]:
                 "export": obj.export, "dlsym_handle": obj.dlsym_handle}
     return {
         "op": "load_modules",
-        "modules": [{**{k: getattr(m, k) for k in ModulePlan.__dataclass_fields__
+        "modules": [{**{k: getattr(m, k) for k in record_fields(ModulePlan)
                         if k != "bindings"},
                      "bindings": [[b.module, b.name, b.how, b.value, b.source, b.export]
                                   for b in m.bindings]} for m in obj.modules],

@@ -13,12 +13,12 @@ So every index a `WasmModule` holds can be looked up. (Full validation is wasmti
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Literal
 
 from wasmgroup.shared.binary import Reader
 from wasmgroup.shared.dylink import DYLINK_SECTION, DylinkInfo, parse_dylink
 from wasmgroup.shared.errors import WasmFormatError
+from wasmgroup.shared.records import field, record
 
 MAGIC = b"\x00asm"
 VERSION = b"\x01\x00\x00\x00"
@@ -44,7 +44,7 @@ ExternKind = Literal["func", "table", "memory", "global", "tag"]
 EXTERN_KINDS: dict[int, ExternKind] = {0: "func", 1: "table", 2: "memory", 3: "global", 4: "tag"}
 
 
-@dataclass(frozen=True)
+@record
 class FuncType:
     params: tuple[str, ...]
     results: tuple[str, ...]
@@ -53,7 +53,7 @@ class FuncType:
         return f"({', '.join(self.params)}) -> ({', '.join(self.results)})"
 
 
-@dataclass(frozen=True)
+@record
 class Limits:
     minimum: int
     maximum: int | None
@@ -61,24 +61,24 @@ class Limits:
     is64: bool = False
 
 
-@dataclass(frozen=True)
+@record
 class TableType:
     element: str
     limits: Limits
 
 
-@dataclass(frozen=True)
+@record
 class MemoryType:
     limits: Limits
 
 
-@dataclass(frozen=True)
+@record
 class GlobalType:
     value: str
     mutable: bool
 
 
-@dataclass(frozen=True)
+@record
 class TagType:
     func_type: FuncType
 
@@ -86,7 +86,7 @@ class TagType:
 ExternType = FuncType | TableType | MemoryType | GlobalType | TagType
 
 
-@dataclass(frozen=True)
+@record
 class Import:
     module: str
     name: str
@@ -94,21 +94,21 @@ class Import:
     type: ExternType
 
 
-@dataclass(frozen=True)
+@record
 class Export:
     name: str
     kind: ExternKind
     index: int
 
 
-@dataclass(frozen=True)
+@record
 class Global:
     type: GlobalType
     # The constant value of a plain `i32.const`/`i64.const` initialiser, else None.
     init_value: int | None
 
 
-@dataclass(frozen=True)
+@record
 class Section:
     id: int
     offset: int  # of the section's payload
@@ -120,7 +120,7 @@ class Section:
         return SECTION_NAMES.get(self.id, f"unknown({self.id})")
 
 
-@dataclass
+@record(frozen=False)
 class WasmModule:
     types: list[FuncType] = field(default_factory=list)
     imports: list[Import] = field(default_factory=list)

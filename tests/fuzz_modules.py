@@ -195,5 +195,5 @@ def progress_every() -> int:
 
 
 def make_cache(directory: Path) -> ModuleCache:
-    from wasmgroup.worker.group import ENGINE_SETTINGS, make_engine_config
+    from wasmgroup.shared.engine import ENGINE_SETTINGS, make_engine_config
     return ModuleCache(wasmtime.Engine(make_engine_config()), ENGINE_SETTINGS, directory)

@@ -22,6 +22,7 @@ from wasm_bytes import dylink, mem_info, module, name, section, strings, uleb
 from wasmgroup.orchestrator.cache import ModuleCache
 from wasmgroup.orchestrator.program import EXIT_RUNTIME_ERROR, run_program
 from wasmgroup.shared import dylink as dl
+from wasmgroup.shared.engine import ENGINE_SETTINGS, make_engine_config
 from wasmgroup.shared.errors import (
     LinkError,
     ModuleNotFound,
@@ -31,7 +32,6 @@ from wasmgroup.shared.errors import (
     printable,
 )
 from wasmgroup.shared.wasm import TagType, parse_module
-from wasmgroup.worker.group import ENGINE_SETTINGS, make_engine_config
 
 WASMGROUP = [sys.executable, "-m", "wasmgroup.orchestrator.cli"]
 U32_MAX = 2**32 - 1

@@ -68,6 +68,34 @@ def test_trace_to_stderr(guests: Path) -> None:
     assert ops == ["trace", "start", "thread_exit"]
 
 
+def test_a_trace_that_cannot_be_written_stops_alone(guests: Path) -> None:
+    """A full disk (/dev/full): one warning, the program runs on and its output is whole."""
+    proc = wasmgroup("--trace", "/dev/full", guests / "threads" / "pthreads.wasm")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("cannot write the trace") == 1
+    assert "wasmgroup: cannot write the trace ([Errno 28] No space left on device): " \
+        "tracing stopped" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stdout.strip(), "the program's output is missing"
+
+
+def test_a_trace_reader_that_goes_away_stops_nothing(guests: Path) -> None:
+    """`--trace - 2>&1 | head -1`: the trace's pipe breaks; the program still ends (it once
+    hung: the thread recording a thread's exit died of the broken pipe)."""
+    mark = uuid.uuid4().hex
+    proc = subprocess.Popen([*WASMGROUP, "--trace", "-", str(guests / "threads" / "pthreads.wasm")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "WASMGROUP_TEST_MARK": mark})
+    assert proc.stderr is not None
+    proc.stderr.readline()
+    proc.stderr.close()
+    assert proc.wait(timeout=60) == 0
+    deadline = time.monotonic() + 10
+    while processes_marked(mark) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not processes_marked(mark)
+
+
 def test_trace_command_summarises(traced: Path) -> None:
     proc = wasmgroup("trace", traced)
     assert proc.returncode == 0, proc.stderr

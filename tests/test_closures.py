@@ -30,10 +30,10 @@ from wasmgroup.orchestrator.linker import (
 )
 from wasmgroup.orchestrator.program import EXIT_RUNTIME_ERROR, EXIT_TRAP, run_program
 from wasmgroup.shared.closure import decode_types, encode_types, trampoline_module
+from wasmgroup.shared.engine import make_engine_config
 from wasmgroup.shared.errors import LinkError
 from wasmgroup.shared.plan import ClosurePlan, TableGrowth, from_wire, to_wire
 from wasmgroup.shared.wasm import FuncType, parse_module
-from wasmgroup.worker.group import make_engine_config
 from wasmgroup.worker.wasmtime_compat import value_type_name
 
 ENOTSUP = 58

@@ -6,10 +6,12 @@ from __future__ import annotations
 import ctypes
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
-from wasmgroup.shared.futex import WakeWord, futex_wait_or_wake, futex_waitv_works, futex_wake
+from wasmgroup.orchestrator.program import run_program
+from wasmgroup.shared.futex import WakeWord, futex_waitv_works, futex_wake
 
 SECOND = 1_000_000_000
 
@@ -32,8 +34,8 @@ def test_a_wake_ends_only_the_waiter_of_its_own_word(word: ctypes.c_uint32) -> N
         pytest.skip("no futex_waitv on this kernel")
     address = ctypes.addressof(word)
     mine, other = WakeWord(), WakeWord()
-    waiter, outcome = _waiting(futex_wait_or_wake, address, 7, mine, mine.value, 10 * SECOND)
-    bystander, seen = _waiting(futex_wait_or_wake, address, 7, other, other.value, 10 * SECOND)
+    waiter, outcome = _waiting(mine.wait, address, 7, mine.value, 10 * SECOND)
+    bystander, seen = _waiting(other.wait, address, 7, other.value, 10 * SECOND)
     mine.wake()
     waiter.join(5)
     assert outcome == ["wake"]
@@ -48,7 +50,7 @@ def test_a_wake_before_the_wait_is_not_lost(word: ctypes.c_uint32) -> None:
     seen = wake.value
     wake.wake()  # between reading the word and sleeping: the kernel sees it changed
     started = time.monotonic()
-    outcome = futex_wait_or_wake(ctypes.addressof(word), 7, wake, seen, SECOND // 2)
+    outcome = wake.wait(ctypes.addressof(word), 7, seen, SECOND // 2)
     assert outcome == ("wake" if futex_waitv_works() else "timeout")
     if futex_waitv_works():
         assert time.monotonic() - started < 1
@@ -57,7 +59,57 @@ def test_a_wake_before_the_wait_is_not_lost(word: ctypes.c_uint32) -> None:
 def test_the_guest_word_still_decides(word: ctypes.c_uint32) -> None:
     wake = WakeWord()
     address = ctypes.addressof(word)
-    assert futex_wait_or_wake(address, 8, wake, wake.value, SECOND) == "mismatch"
+    assert wake.wait(address, 8, wake.value, SECOND) == "mismatch"
     started = time.monotonic()
-    assert futex_wait_or_wake(address, 7, wake, wake.value, 50_000_000) == "timeout"
+    assert wake.wait(address, 7, wake.value, 50_000_000) == "timeout"
     assert 0.04 < time.monotonic() - started < 2
+
+
+FUTEX_CALLS = """(module
+  (import "wasix_32v1" "futex_wait" (func $wait (param i32 i32 i32 i32) (result i32)))
+  (import "wasix_32v1" "futex_wake" (func $wake (param i32 i32) (result i32)))
+  (import "wasix_32v1" "futex_wake_all" (func $wake_all (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  MEMORY
+  (func $expect (param $got i32) (param $want i32) (param $step i32)
+    (if (i32.ne (local.get $got) (local.get $want)) (then (call $exit (local.get $step)))))
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 5))  ;; the futex word; results at 8
+    ;; pointers outside memory: EMEMVIOLATION (78), nothing waits
+    (call $expect (call $wait (i32.const 65534) (i32.const 0) (i32.const 0) (i32.const 8))
+                  (i32.const 78) (i32.const 1))
+    (call $expect (call $wait (i32.const 0) (i32.const 5) (i32.const 0) (i32.const 65536))
+                  (i32.const 78) (i32.const 2))
+    (call $expect (call $wait (i32.const 0) (i32.const 5) (i32.const 65536) (i32.const 8))
+                  (i32.const 78) (i32.const 3))
+    (call $expect (call $wake (i32.const -4) (i32.const 8)) (i32.const 78) (i32.const 4))
+    (call $expect (call $wake_all (i32.const 0) (i32.const -1)) (i32.const 78) (i32.const 5))
+    ;; the word differs: back at once, "woken"
+    (call $expect (call $wait (i32.const 0) (i32.const 6) (i32.const 0) (i32.const 8))
+                  (i32.const 0) (i32.const 6))
+    (call $expect (i32.load8_u (i32.const 8)) (i32.const 1) (i32.const 7))
+    ;; a 1 ms timeout (an option_timestamp at 64: tag 1, nanoseconds at 72): not woken
+    (i32.store8 (i32.const 64) (i32.const 1))
+    (i64.store (i32.const 72) (i64.const 1000000))
+    (call $expect (call $wait (i32.const 0) (i32.const 5) (i32.const 64) (i32.const 8))
+                  (i32.const 0) (i32.const 8))
+    (call $expect (i32.load8_u (i32.const 8)) (i32.const 0) (i32.const 9))
+    ;; a wake with nobody waiting: no one woken
+    (i32.store8 (i32.const 8) (i32.const 7))
+    (call $expect (call $wake_all (i32.const 0) (i32.const 8)) (i32.const 0) (i32.const 10))
+    (call $expect (i32.load8_u (i32.const 8)) (i32.const 0) (i32.const 11))
+    (call $exit (i32.const 0))))
+"""
+
+
+@pytest.mark.parametrize("memory", ['(memory (export "memory") 1 1)',
+                                    '(import "env" "memory" (memory 1 1 shared))'])
+def test_futex_calls_check_every_pointer(tmp_path: Path, memory: str) -> None:
+    """The wasix futex calls against the main's own memory and the program's shared one:
+    a pointer outside memory fails the call (EMEMVIOLATION) before anything waits; a word
+    that differs returns at once; a timeout ends the wait not woken. The program exits
+    with the number of the first step that went wrong."""
+    program = tmp_path / "futex_calls.wat"
+    program.write_text(FUTEX_CALLS.replace("MEMORY", memory))
+    result = run_program(str(program))
+    assert (result.exit_code, result.error) == (0, None), result.stderr

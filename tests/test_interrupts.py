@@ -51,11 +51,13 @@ def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
         time.sleep(0.005)
 
 
-def wasmtime_loaded(pid: int) -> bool:
-    """The coordinator is inside wasmgroup's own code: it is importing wasmtime (or later)."""
+def started_up(pid: int) -> bool:
+    """The coordinator is inside wasmgroup's own code: it has forked its fork server, which
+    it does before importing most of its modules (or later). (Not "it has loaded wasmtime":
+    with every module in the compile cache, the coordinator never does.)"""
     try:
-        return "wasmtime" in Path(f"/proc/{pid}/maps").read_text()
-    except (FileNotFoundError, ProcessLookupError):
+        return bool(psutil.Process(pid).children())
+    except psutil.NoSuchProcess:
         return False
 
 
@@ -106,7 +108,7 @@ def assert_gone(processes: list[psutil.Process]) -> None:
     assert alive == [], f"left behind: {alive}"
 
 
-# Where ^C lands: seconds after the coordinator starts importing wasmtime (its own start-up,
+# Where ^C lands: seconds after the coordinator forks its fork server (its own start-up,
 # the pool's workers mid-import at idle priority, compiling, the main group starting), or
 # after both threads run; the second number, if any, is a second ^C during the wind-up.
 CTRL_C_POINTS = [("start", 0.0, None), ("start", 0.1, None), ("start", 0.3, None),
@@ -119,7 +121,7 @@ def test_ctrl_c_at_a_terminal_prints_one_line_and_exits_130(
     term = Terminal(["run", str(guests / "libc" / "interruptible.wasm"), "--", "forever"])
     try:
         if phase == "start":
-            wait_for(lambda: wasmtime_loaded(term.process.pid))
+            wait_for(lambda: started_up(term.process.pid))
         else:
             wait_for(lambda: "forever: running" in term.text())
         time.sleep(delay)
@@ -164,7 +166,7 @@ def test_sigint_to_the_coordinator_alone_at_any_point(guests: Path, delay: float
     with tempfile.TemporaryFile() as err:
         process = psutil.Popen([*WASMGROUP, "run", str(guests / "libc" / "interruptible.wasm"),
                                 "--", "forever"], stdout=subprocess.DEVNULL, stderr=err)
-        wait_for(lambda: wasmtime_loaded(process.pid))
+        wait_for(lambda: started_up(process.pid))
         time.sleep(delay)
         workers = process.children(recursive=True)
         process.send_signal(signal.SIGINT)

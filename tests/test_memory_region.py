@@ -16,9 +16,9 @@ import pytest
 import wasmtime
 from leaks import open_fds
 
+from wasmgroup.shared.engine import make_engine_config
 from wasmgroup.shared.memory import CONTROL_BYTES, PAGE, SharedRegion
 from wasmgroup.worker import wasmtime_compat
-from wasmgroup.worker.group import make_engine_config
 
 
 @pytest.fixture(autouse=True)
@@ -167,7 +167,7 @@ import sys
 import wasmtime
 from wasmgroup.shared.memory import PAGE, SharedRegion
 from wasmgroup.worker import wasmtime_compat
-from wasmgroup.worker.group import make_engine_config
+from wasmgroup.shared.engine import make_engine_config
 
 WAT = {WAT!r}
 {inspect.getsource(wasm_over)}

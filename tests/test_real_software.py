@@ -1,14 +1,17 @@
 """Real third-party C code under wasmgroup, compared line by line with a native build.
 
-SQLite (the amalgamation from the npm package better-sqlite3) and Lua 5.4 (from the PyPI sdist
-of lupa) are fetched by scripts/fetch-sources and built by scripts/build-guests twice: for
-wasix-libc (build/guests/) and with the host's C compiler (build/native/). Each test runs both
-with the same arguments, each in a fresh directory of its own, and wants the same output.
+SQLite (the amalgamation from the npm package better-sqlite3), Lua 5.4 (from the PyPI sdist of
+lupa) and Zstandard 1.5.4 (Debian's source package libzstd) are fetched by scripts/fetch-sources
+and built by scripts/build-guests twice: for wasix-libc (build/guests/) and with the host's C
+compiler (build/native/). Each test runs both with the same arguments, each in a fresh directory
+of its own, and wants the same output.
 """
 
 from __future__ import annotations
 
 import os
+import random
+import re
 import shutil
 import subprocess
 import sys
@@ -17,6 +20,7 @@ from pathlib import Path
 import pytest
 from leaks import assert_nothing_left, open_fds
 
+import wasmgroup
 from wasmgroup.orchestrator.program import RunResult, run_program
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -217,6 +221,94 @@ def test_parallel_compressor_reader_and_writer_threads(guests: Path, native: Pat
     assert wasm == nat
 
 
+# ---- Zstandard ---------------------------------------------------------------------------------
+# The real `zstd` command (Debian's libzstd 1.5.4 sources): -T2 runs two compression threads and,
+# multi-threaded, reads and writes the files main opened from asynchronous I/O threads. Its
+# output does not depend on the thread count, so the native and the wasm output are the same.
+
+ZSTD_JOB = ["-T2", "-B1MiB", "-3"]  # 1 MiB jobs: both compression threads have work
+
+
+@pytest.fixture(scope="module")
+def zstd_input(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """6 MiB of seeded pseudo-text (compressible, but not trivially)."""
+    rng = random.Random(7)
+    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9)))
+             for _ in range(2000)]
+    text = " ".join(rng.choice(words) for _ in range(1_100_000)).encode()[:6 << 20]
+    path = tmp_path_factory.mktemp("zstd") / "input.txt"
+    path.write_bytes(text)
+    return path
+
+
+def zstd_both(guests: Path, native: Path, tmp_path: Path, args: list[str], files: dict[str, Path]
+              ) -> tuple[subprocess.CompletedProcess[str], RunResult, Path, Path]:
+    """`zstd ARGS` natively and under wasmgroup, each in a fresh directory holding `files`
+    (guest view: /data); {d} in ARGS is that directory."""
+    ndir, wdir = fresh(tmp_path, "native"), fresh(tmp_path, "wasm")
+    for name, source in files.items():
+        shutil.copy(source, ndir / name)
+        shutil.copy(source, wdir / name)
+    nat = run_native([str(native / "zstd" / "zstd"), *[a.replace("{d}", str(ndir)) for a in args]])
+    res = run_wasm(guests / "zstd" / "zstd.wasm", [a.replace("{d}", "/data") for a in args],
+                   [f"{wdir}::/data"])
+    return nat, res, ndir, wdir
+
+
+def test_zstd_threads_compress_as_native_and_round_trip(guests: Path, native: Path,
+                                                        tmp_path: Path, zstd_input: Path) -> None:
+    nat, res, ndir, wdir = zstd_both(guests, native, tmp_path, [
+        "-q", *ZSTD_JOB, "-f", "{d}/input.txt", "-o", "{d}/input.txt.zst"],
+        {"input.txt": zstd_input})
+    assert nat.returncode == 0, nat.stderr
+    assert (res.exit_code, res.error, res.stderr) == (0, None, b"")
+    packed = (wdir / "input.txt.zst").read_bytes()
+    assert packed == (ndir / "input.txt.zst").read_bytes()
+    assert len(packed) < zstd_input.stat().st_size // 2
+    (wdir / "input.txt").unlink()
+    back = run_wasm(guests / "zstd" / "zstd.wasm",
+                    ["-q", "-d", "-T2", "/data/input.txt.zst", "-o", "/data/back.txt"],
+                    [f"{wdir}::/data"])
+    assert (back.exit_code, back.error) == (0, None), back.stderr
+    assert (wdir / "back.txt").read_bytes() == zstd_input.read_bytes()
+
+
+def test_zstd_threads_from_stdin_to_stdout(guests: Path, native: Path, zstd_input: Path) -> None:
+    """A pipe: the I/O threads read fd 0 and write fd 1, the descriptors the program started
+    with."""
+    with zstd_input.open("rb") as stdin:
+        nat = subprocess.run([str(native / "zstd" / "zstd"), "-q", *ZSTD_JOB, "-c"],
+                             stdin=stdin, capture_output=True, timeout=120, check=False)
+    assert nat.returncode == 0, nat.stderr
+    fds = open_fds()
+    res = wasmgroup.run(guests / "zstd" / "zstd.wasm", ["-q", *ZSTD_JOB, "-c"],
+                        stdin=zstd_input)
+    assert_nothing_left(fds)
+    assert (res.exit_code, res.error, res.stderr) == (0, None, b"")
+    assert res.stdout == nat.stdout
+
+
+def test_zstd_damaged_input_fails_as_native(guests: Path, native: Path, tmp_path: Path,
+                                            zstd_input: Path) -> None:
+    packed = tmp_path / "good.zst"
+    subprocess.run([str(native / "zstd" / "zstd"), "-q", *ZSTD_JOB, str(zstd_input), "-o",
+                    str(packed)], check=True, timeout=120)
+    data = bytearray(packed.read_bytes())
+    for at in range(len(data) // 2, len(data) // 2 + 64):
+        data[at] ^= 0x5A
+    damaged = tmp_path / "bad.zst"
+    damaged.write_bytes(bytes(data))
+    nat, res, _, wdir = zstd_both(guests, native, tmp_path, [
+        "-d", "-T2", "-f", "{d}/bad.zst", "-o", "{d}/out.txt"], {"bad.zst": damaged})
+    assert nat.returncode != 0
+    assert res.exit_code == nat.returncode and res.error is None
+    # (zstd shortens a long file name to its end: the names are left out)
+    assert re.sub(r"\S*bad\.zst", "FILE", res.stderr.decode()) \
+        == re.sub(r"\S*bad\.zst", "FILE", nat.stderr)
+    assert "Data corruption detected" in nat.stderr
+    assert not (wdir / "out.txt").exists()  # zstd removes its half-written output, as natively
+
+
 # ---- scripts/fetch-sources -------------------------------------------------------------------
 
 @pytest.mark.parametrize("name, what", [("sqlite", "better-sqlite3 12.11.1 from npm"),
@@ -240,6 +332,27 @@ def test_fetch_sources_offline_is_one_clear_line(tmp_path: Path, name: str, what
     assert lines[0].startswith(f"fetch-sources: error: could not fetch {what} "
                                "(offline, or that version is gone)")
     assert not (tmp_path / "src" / name).exists()
+    assert os.listdir(tmp_path / "cache") == []
+
+
+def test_fetch_sources_debian_failure_is_one_clear_line(tmp_path: Path) -> None:
+    """apt-get cannot fetch the source package: one line with apt's reason, nothing left."""
+    bindir = fresh(tmp_path, "bin")
+    apt = bindir / "apt-get"
+    apt.write_text('#!/bin/sh\ncase "$*" in *update*) exit 0 ;; esac\n'
+                   'echo "E: Failed to fetch libzstd_1.5.4+dfsg2.orig.tar.xz  404  Not Found"\n'
+                   'exit 100\n')
+    apt.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}",
+           "WASMGROUP_SOURCES": str(tmp_path / "src"),
+           "WASMGROUP_SOURCES_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run([str(ROOT / "scripts" / "fetch-sources"), "zstd"], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [
+        "fetch-sources: error: could not fetch libzstd 1.5.4+dfsg2-5 from debian (offline, or "
+        "that version is gone): E: Failed to fetch libzstd_1.5.4+dfsg2.orig.tar.xz  404  Not Found"]
+    assert not (tmp_path / "src" / "zstd").exists()
     assert os.listdir(tmp_path / "cache") == []
 
 

@@ -11,10 +11,10 @@ import pytest
 import wasmtime
 
 from wasmgroup.orchestrator.rewrite import rewrite_memory_instructions
+from wasmgroup.shared.engine import make_engine_config
 from wasmgroup.shared.hostabi import HELPER_MODULE
 from wasmgroup.shared.wasm import parse_module
 from wasmgroup.worker import wasmtime_compat
-from wasmgroup.worker.group import make_engine_config
 
 wasmtime_compat.apply()
 

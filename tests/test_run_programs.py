@@ -6,6 +6,7 @@ process through the CLI) and must print exactly what its C source says.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -232,6 +233,25 @@ def test_compile_cache_hits_and_rebuilds_corrupt_entries(guests: Path, tmp_path:
     replace_file(artefacts[0], artefacts[0].read_bytes()[:100])  # truncated
     replace_file(tmp_path / (artefacts[1].stem + ".sha256"), b"0" * 64)  # checksum mismatch
     assert run().cache.compiled == 2
+
+
+def test_a_cached_module_wasmtime_refuses_is_one_line(guests: Path, tmp_path: Path) -> None:
+    """An artefact whose checksum holds but that wasmtime refuses (not one wasmgroup wrote:
+    entries are keyed by wasmtime version, settings and host CPU) is refused in the worker
+    that deserializes it (the coordinator does not deserialize a cache hit): 125, one line
+    naming the module and how to remove it."""
+    hello = str(guests / "pie_threads" / "hello.wasm")
+    assert run_program(hello, cache_dir=tmp_path).exit_code == 0
+    [artefact] = tmp_path.glob("*.cwasm")
+    forged = b"\x7fELF" + bytes(200)
+    replace_file(artefact, forged)
+    replace_file(artefact.with_suffix(".sha256"), hashlib.sha256(forged).hexdigest().encode())
+    result = run_program(hello, cache_dir=tmp_path)
+    assert result.exit_code == 125
+    assert result.error is not None and "\n" not in result.error
+    assert result.error.startswith(f"cannot start: {hello}: wasmtime refused the compiled "
+                                   "module in the compile cache (")
+    assert result.error.endswith("`wasmgroup cache clean` removes it")
 
 
 def test_cli_run_exit_status_and_errors(guests: Path) -> None:

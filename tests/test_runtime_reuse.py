@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from leaks import assert_nothing_left, open_fds
 
 from wasmgroup import Runtime
@@ -166,6 +167,55 @@ def test_close_while_programs_run_leaves_nothing(guests: Path) -> None:
     closer.join(timeout=60)
     assert not closer.is_alive()
     assert all(f.result().timed_out for f in futures)
+    assert_nothing_left(fds)
+
+
+def test_cancel_stops_a_running_program_and_a_queued_one(guests: Path) -> None:
+    probe = guests / "cli" / "probe.wasm"
+    fds = open_fds()
+    with Runtime(workers=1) as runtime:
+        spinning = runtime.submit(probe, ["spin"])
+        queued = runtime.submit(probe, ["env", "X"])  # waits for the one slot
+        time.sleep(1.0)  # the first is in guest code by now
+        assert runtime.cancel(queued) and queued.cancelled()
+        asked = time.monotonic()
+        assert runtime.cancel(spinning)
+        result = spinning.result(timeout=30)
+        assert time.monotonic() - asked < 5
+        assert (result.exit_code, result.error, result.stdout) == (130, "cancelled",
+                                                                   b"spinning\n")
+        assert not runtime.cancel(spinning)  # ended already
+        after = runtime.run(probe, ["env", "X"], env={"X": "1"})  # the runtime goes on
+        assert (after.exit_code, after.stdout) == (0, b"X=1\n"), after.error
+    assert_nothing_left(fds)
+
+
+def test_leaving_the_with_block_by_an_exception_cancels_its_programs(guests: Path) -> None:
+    fds = open_fds()
+    asked = 0.0
+    with pytest.raises(RuntimeError, match="the caller failed"), Runtime(workers=2) as runtime:
+        futures = [runtime.submit(guests / "cli" / "probe.wasm", ["spin"]) for _ in range(3)]
+        time.sleep(1.0)
+        asked = time.monotonic()
+        raise RuntimeError("the caller failed")
+    assert time.monotonic() - asked < 10
+    assert [f.result().error for f in futures[:2]] == ["cancelled", "cancelled"]
+    assert futures[2].cancelled()  # it never started: two slots
+    assert_nothing_left(fds)
+
+
+def test_ctrl_c_in_run_cancels_the_program(guests: Path) -> None:
+    """Runtime.run interrupted in the main thread stops its program, then raises."""
+    fds = open_fds()
+    with Runtime(workers=1) as runtime:
+        timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            runtime.run(guests / "cli" / "probe.wasm", ["spin"])
+        timer.join()
+        asked = time.monotonic()
+        again = runtime.run(guests / "cli" / "probe.wasm", ["env", "X"])
+        assert again.exit_code == 0 and time.monotonic() - asked < 10  # the slot is free
     assert_nothing_left(fds)
 
 

@@ -18,14 +18,17 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import wasmtime
 
 from wasmgroup.shared.closure import CLOSURE_EXPORT
+
+# Re-exported where they used to be defined (shared/engine.py keeps them free of wasmtime).
+from wasmgroup.shared.engine import ENGINE_SETTINGS as ENGINE_SETTINGS
+from wasmgroup.shared.engine import make_engine_config as make_engine_config
 from wasmgroup.shared.errors import LinkError
-from wasmgroup.shared.futex import WakeWord, futex_wait_or_wake, futex_waitv_works, futex_wake
+from wasmgroup.shared.futex import WakeWord, futex_waitv_works, futex_wake
 from wasmgroup.shared.hostabi import HELPER_MODULE, abi_signature
 from wasmgroup.shared.memory import SharedRegion
 from wasmgroup.shared.plan import (
@@ -48,6 +51,7 @@ from wasmgroup.shared.plan import (
     SymbolAddress,
     TableGrowth,
 )
+from wasmgroup.shared.records import record
 from wasmgroup.shared.wasm import FuncType
 from wasmgroup.worker import epoch, wasmtime_compat
 from wasmgroup.worker.host import poll
@@ -107,7 +111,7 @@ class PurgeDescriptors:
     (fire and forget: no one waits for it)."""
 
 
-@dataclass
+@record(frozen=False)
 class PendingOperation:
     """A link operation another group instigated, to apply at this group's next safe point."""
 
@@ -124,21 +128,6 @@ class PendingOperation:
             self.on_done(self)
 
 
-def make_engine_config() -> wasmtime.Config:
-    """The one engine configuration every process uses (serialized modules depend on it)."""
-    config = wasmtime.Config()
-    config.wasm_threads = True
-    config.shared_memory = True
-    config.wasm_bulk_memory = True
-    config.wasm_reference_types = True
-    config.wasm_multi_value = True
-    config.wasm_exceptions = True
-    config.epoch_interruption = True  # safe points inside guest code (worker/epoch.py)
-    return config
-
-
-ENGINE_SETTINGS = ("threads,shared_memory,bulk_memory,reference_types,multi_value,exceptions,"
-                   "epochs")
 FUTEX_SLICE_NS = 20_000_000  # a futex wait re-checks pending work this often at least
 SLEEP_SLICE = 0.05  # seconds: a sleep re-checks pending work this often even if never nudged
 
@@ -752,11 +741,15 @@ class InstanceGroup:
         return not self.service.stopping()
 
     def futex_wait(self, offset: int, expected: int, timeout_ns: int | None) -> str:
-        """Wait in slices, so that a pending operation or a stop never waits on a sleeper."""
+        """Wait while the guest's u32 at `offset` (bounds checked by the caller) holds
+        `expected`, in slices, so that a pending operation or a stop never waits on a
+        sleeper."""
         address = self.memory.address + offset
         deadline = None if timeout_ns is None else time.monotonic_ns() + timeout_ns
+        wake_word = self._wake_word
         while True:
-            self.service_pending()
+            if not self._pending.empty():
+                self.service_pending()
             if self.service.stopping():
                 self.raise_stopped()
             slice_ns = FUTEX_SLICE_NS
@@ -764,13 +757,12 @@ class InstanceGroup:
                 slice_ns = min(slice_ns, deadline - time.monotonic_ns())
                 if slice_ns <= 0:
                     return "timeout"
-            wake_seen = self._wake_word.value  # before the check: a later post changes it
+            wake_seen = wake_word.value  # before the check: a later post changes it
             self._waiting_on = address
             try:
                 if not self._pending.empty():
                     continue  # posted between the check above and now: apply it first
-                outcome = futex_wait_or_wake(address, expected, self._wake_word, wake_seen,
-                                             slice_ns)
+                outcome = wake_word.wait(address, expected, wake_seen, slice_ns)
             finally:
                 self._waiting_on = None
             if outcome == "wake":

@@ -46,13 +46,13 @@ import socket
 import sys
 import threading
 import time
-import traceback
 from typing import Any
 
 import wasmtime
 
 from wasmgroup.shared import protocol
-from wasmgroup.shared.errors import LinkError, UnsupportedCall
+from wasmgroup.shared.engine import make_engine_config
+from wasmgroup.shared.errors import LinkError, UnsupportedCall, one_line
 from wasmgroup.shared.fdtable import GenerationPage
 from wasmgroup.shared.memory import SharedRegion
 from wasmgroup.shared.plan import (
@@ -72,7 +72,6 @@ from wasmgroup.worker.group import (
     InstanceGroup,
     PendingOperation,
     PurgeDescriptors,
-    make_engine_config,
 )
 from wasmgroup.worker.host import poll
 from wasmgroup.worker.host.descriptors import DescriptorCache
@@ -473,7 +472,12 @@ class Worker:
             raise LinkError(f"{host_path}: the coordinator sent no compiled module")
         module = self._modules.pop(artefact, None)
         if module is None:
-            module = wasmtime.Module.deserialize_file(self.engine, artefact)
+            try:
+                module = wasmtime.Module.deserialize_file(self.engine, artefact)
+            except wasmtime.WasmtimeError as err:  # its checksum held: not made by us
+                raise LinkError(f"{host_path}: wasmtime refused the compiled module in the "
+                                f"compile cache ({one_line(str(err))}); `wasmgroup cache "
+                                "clean` removes it") from None
         self._modules[artefact] = module  # last: the most recently used
         return module
 
@@ -568,6 +572,8 @@ def _ending(err: Exception) -> dict[str, Any]:
     # A lazy stub no module serves, or a call wasmgroup provides only so that programs start.
     if isinstance(err, (LinkError, UnsupportedCall)):
         return {"how": "trap", "code": 0, "message": str(err)}
+    import traceback  # (a bug of ours: not worth importing at every worker's start)
+
     text = "".join(traceback.format_exception(err))
     return {"how": "failed", "code": 0, "message": text}
 

@@ -27,8 +27,11 @@ class GuestMemory:
         # than most host calls.
         self._fixed_extent = fixed
         self._fixed: tuple[int, int] | None = None
+        # A fixed memory's bytes as a view: single-byte stores without a ctypes object.
+        self._bytes: memoryview | None = None
         if fixed:
-            self._base_and_len()
+            base, length = self._base_and_len()
+            self._bytes = memoryview((ctypes.c_char * length).from_address(base)).cast("B")
 
     def _base_and_len(self) -> tuple[int, int]:
         if self._fixed is not None:
@@ -70,6 +73,13 @@ class GuestMemory:
 
     def write_u32(self, addr: int, value: int) -> None:
         _U32.from_address(self._check(addr, 4)).value = value & 0xFFFFFFFF
+
+    def write_u8(self, addr: int, value: int) -> None:
+        view = self._bytes
+        if view is not None and 0 <= addr < len(view):
+            view[addr] = value & 0xFF
+        else:
+            ctypes.memset(self._check(addr, 1), value & 0xFF, 1)
 
     def read_str(self, addr: int, size: int) -> str:
         return ctypes.string_at(self._check(addr, size), size).decode("utf-8",

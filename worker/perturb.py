@@ -17,7 +17,6 @@ uniformly from [0, max_delay]):
 
 from __future__ import annotations
 
-import random
 import time
 
 PAUSE_PROBABILITY = 0.5
@@ -27,6 +26,8 @@ class Perturbation:
     """The delays of one group: `pause()` at each perturbation point."""
 
     def __init__(self, seed: int, thread_id: int, max_delay: float) -> None:
+        import random  # (`stress` only: every worker imports this module at start)
+
         # A string seed is hashed with SHA-512 by `random`: stable across processes and runs
         # (unlike hash() of a tuple under hash randomisation).
         self._random = random.Random(f"wasmgroup-perturb:{seed}:{thread_id}")

@@ -146,6 +146,15 @@ _RAW_PARAM = {"i32": "i12x", "i64": "q8x", "f32": "f12x", "f64": "d8x"}
 _RAW_RESULT: dict[str, Any] = {"i32": ctypes.c_int32, "i64": ctypes.c_int64,
                                "f32": ctypes.c_float, "f64": ctypes.c_double}
 _RAW_SIZE = 16  # sizeof(wasmtime_val_raw_t)
+# An i32/i64 result as struct format, written masked to its width (as a ctypes field would).
+_RAW_INT_RESULT = {"i32": ("<I", 0xFFFFFFFF), "i64": ("<Q", 0xFFFFFFFFFFFFFFFF)}
+# The process's address space from its second page on, as one byte view (nothing is read
+# until asked): the short way below reads a call's arguments with `unpack_from` and writes
+# its result with `pack_into` at the values array's address, with no ctypes object or bytes
+# copy per call (~0.7 µs of the ~3 µs a host call costs in Python).
+_SPACE_START = 4096
+_SPACE = memoryview((ctypes.c_char * ((1 << 48) - _SPACE_START)).from_address(_SPACE_START)
+                    ).cast("B")
 # env index -> the function's call on its raw values array
 _RAW_FUNCTIONS: Slab[Callable[[int], None]] = Slab()
 # The unchecked callback, declared with plain addresses: ctypes then hands the trampoline ints
@@ -162,7 +171,7 @@ _func_new_unchecked.argtypes = [ctypes.POINTER(ffi.wasmtime_context_t),
 @_RAW_CALLBACK  # type: ignore[untyped-decorator]
 def _raw_trampoline(env: int | None, caller: int | None, values: int | None, count: int) -> int:
     try:
-        _RAW_FUNCTIONS.get(env or 0)(values or 0)
+        _RAW_FUNCTIONS.handles[env or 0](values or 0)
         return 0
     except BaseException as e:
         _LOCAL.exception = e
@@ -176,15 +185,21 @@ def _raw_finalize(env: Any) -> None:
 
 
 @functools.lru_cache(maxsize=256)
-def _unpacker(params: tuple[str, ...]) -> Callable[[bytes], tuple[Any, ...]]:
-    return struct.Struct("<" + "".join(_RAW_PARAM[p] for p in params)).unpack
+def _params_struct(params: tuple[str, ...]) -> struct.Struct:
+    return struct.Struct("<" + "".join(_RAW_PARAM[p] for p in params))
+
+
+@functools.lru_cache(maxsize=4)
+def _result_struct(result_format: str) -> struct.Struct:
+    return struct.Struct(result_format)
 
 
 def _raw_call(func: Callable[..., Any], params: list[str], results: list[str]
               ) -> Callable[[int], None]:
     """`func` called on a raw values array: the arguments read with one unpack, the results
     written over the first values."""
-    unpack = _unpacker(tuple(params))
+    params_struct = _params_struct(tuple(params))
+    unpack = params_struct.unpack
     size = _RAW_SIZE * len(params)
     string_at = ctypes.string_at
     writers = [_RAW_RESULT[r].from_address for r in results]
@@ -192,11 +207,19 @@ def _raw_call(func: Callable[..., Any], params: list[str], results: list[str]
     def args(values: int) -> tuple[Any, ...]:
         return unpack(string_at(values, size)) if size else ()
 
-    if len(writers) == 1 and size:  # most WASI/WASIX calls: the short way
-        write = writers[0]
+    if len(results) == 1 and size and results[0] in _RAW_INT_RESULT:
+        # Most WASI/WASIX calls: integers in, one integer out, the short way.
+        unpack_from = params_struct.unpack_from
+        result_format, mask = _RAW_INT_RESULT[results[0]]
+        pack_into = _result_struct(result_format).pack_into
+        space, start, end = _SPACE, _SPACE_START, _SPACE_START + len(_SPACE) - size
 
         def call_one(values: int) -> None:
-            write(values).value = func(*unpack(string_at(values, size)))
+            if start <= values <= end:
+                at = values - start
+                pack_into(space, at, func(*unpack_from(space, at)) & mask)
+            else:
+                writers[0](values).value = func(*unpack(string_at(values, size)))
         return call_one
 
     def call(values: int) -> None:

@@ -22,16 +22,15 @@ coordinator closed it, or died): the server leaves.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
-import platform
 import signal
 import socket
 import sys
 
 # clone(2)'s number, and whether the architecture takes (flags, stack, parent_tid, tls,
 # child_tid) or (flags, stack, parent_tid, child_tid, tls): with all but flags 0, either.
-SYS_CLONE = {"x86_64": 56, "aarch64": 220}.get(platform.machine())
+# (os.uname, not platform: a command line start imports this module, and platform costs ms.)
+SYS_CLONE = {"x86_64": 56, "aarch64": 220}.get(os.uname().machine)
 CLONE_PARENT = 0x8000
 REQUEST_SIZE = 1
 
@@ -44,6 +43,8 @@ def fork_sibling() -> int:
     """fork(), with the new process a child of this one's parent. Python's own before/after
     fork work (import lock, threading state, at-fork hooks) is done as os.fork does it; the
     syscall is made through PyDLL, so the GIL stays held across it."""
+    import ctypes  # (in the server, imported already by wasmtime)
+
     assert SYS_CLONE is not None
     libc = ctypes.PyDLL(None, use_errno=True)
     libc.syscall.restype = ctypes.c_long

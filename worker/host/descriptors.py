@@ -19,20 +19,20 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from wasmgroup.shared import wasi
 from wasmgroup.shared.fdtable import MAX_DESCRIPTORS, GenerationPage
 from wasmgroup.shared.guestfs import GuestFilesystem, Mapping
 from wasmgroup.shared.pathcalls import PathCalls, resolve_guest_path
+from wasmgroup.shared.records import record
 from wasmgroup.shared.wasi import WasiError
 
 # name, args -> (answer [errno, values...], an OS descriptor that came with it)
 Request = Callable[..., tuple[list[Any], int | None]]
 
 
-@dataclass
+@record(frozen=False)
 class Cached:
     os_fd: int
     generation: int
