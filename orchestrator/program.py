@@ -28,6 +28,7 @@ import itertools
 import logging
 import os
 import posixpath
+import queue
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -50,6 +51,7 @@ from wasmgroup.orchestrator.workers import (
     AckCount,
     CallFailed,
     CallStopped,
+    CallWouldWait,
     OperationFuture,
     ServeElsewhere,
     WithDescriptor,
@@ -143,6 +145,10 @@ JOIN_TIMEOUT = 5.0  # seconds stopped threads get to reach a safe point at exit
 INTERRUPT_GRACE = 0.5
 WAIT_SLICE = 0.05  # seconds between checks for a stopping program while waiting on workers
 STANDBY_QUIET = 0.01  # seconds without link operations before standby groups catch up
+# Standby groups kept ready once a program on workers of its own has spawned more than once
+# (one before, and in a Runtime): a spawn-and-join loop or a burst of pthread_creates finds
+# the next group replayed.
+STANDBY_GROUPS = 2
 
 
 # The requests a group's host functions make, with their arguments' types ("strs": a list of
@@ -181,6 +187,13 @@ def _for_guest(message: str) -> str:
 class _Assignment:
     done: threading.Event = field(default_factory=threading.Event)
     error: str | None = None
+    # A standby group started as this thread before its build ended: a failed build ends
+    # the program as soon as it is reported (before the worker's `exited` for its run).
+    started_as: int | None = None
+    # A standby group's: one that failed before a spawn took it is given back.
+    standby: WorkerProcess | None = None
+    kept: bool = False  # a kept group's `rearm`, which may be refused (a spawn waits for it)
+    fresh: tuple[int, float] | None = None  # a spawned thread's: (tid, perf_counter at spawn)
 
 
 class Program:
@@ -255,6 +268,8 @@ class Program:
         self._backlog_since = 0.0
         self._backlog_due = threading.Event()
         self._standby_builds: dict[WorkerProcess, _Assignment] = {}  # still being built
+        self._spawning = 0  # spawns answered whose group is not registered yet
+        self._spawns: queue.SimpleQueue[tuple[int, int, float]] | None = None  # their queue
         lib_path = options.env.get("LD_LIBRARY_PATH", "")
         self.linker = LinkerState(self.fs, self._parsed_module, self.grow_memory,
                                   [e for e in lib_path.split(":") if e])
@@ -612,6 +627,13 @@ class Program:
             assignment = self._assignments.pop(worker.pid, None)
             if assignment is not None:
                 assignment.error = message["error"]
+                if assignment.error is not None and assignment.started_as is not None:
+                    self.finish(EXIT_RUNTIME_ERROR, f"cannot start thread "
+                                                    f"{assignment.started_as}: {assignment.error}")
+                elif assignment.error is not None and assignment.standby is not None:
+                    self._drop_standby(assignment.standby)
+                elif assignment.fresh is not None:
+                    self._fresh_built(worker, assignment)
                 assignment.done.set()
             return
         self._thread_ended(worker, message["how"], message["code"], message["message"])
@@ -623,7 +645,12 @@ class Program:
         with self._groups_lock:
             self.groups.pop(tid, None)
             others_left = bool(self.groups)
-        self.tracer.record(op="thread_exit", thread=tid, pid=worker.pid, how=how, code=code)
+            # Kept as a standby group in the same step, so that no broadcast misses it and no
+            # spawn takes it before its `rearm` is sent.
+            kept = tid != 1 and how in ("returned", "thread_exit") and self._keep_as_standby(
+                worker, tid)
+        self.tracer.record(op="thread_exit", thread=tid, pid=worker.pid, how=how, code=code,
+                           **({"kept": True} if kept else {}))
         log.debug("%s (worker %d) ended: %s %s", name, worker.pid, how, code)
         if how == "trap":
             self.finish(EXIT_TRAP, f"the program trapped in {name}: {text}")
@@ -643,12 +670,12 @@ class Program:
                                  daemon=True).start()
             else:
                 self.finish(code)
-        if tid != 1:
+        if tid != 1 and not kept:
             self._release_arenas(tid)
             self._give_back(worker)
 
     def _finish_after_threads(self, code: int) -> None:
-        while self.groups and not self._stop.is_set():
+        while (self.groups or self._spawning) and not self._stop.is_set():
             time.sleep(0.01)
         self.finish(code)
 
@@ -677,6 +704,14 @@ class Program:
         """A request from a group's host function. Raises CallFailed (the guest sees the
         error) or CallStopped (the program is ending). Never anything else: whatever goes
         wrong while serving becomes one of the two, so no request goes unanswered."""
+        return self._call(worker, name, args, now=False)
+
+    def worker_call_now(self, worker: WorkerProcess, name: str, args: list[Any]) -> Any:
+        """As worker_call, on the worker's reader thread: raises CallWouldWait instead of
+        waiting (for the topology lock, or a spawn's group with --verify-groups)."""
+        return self._call(worker, name, args, now=True)
+
+    def _call(self, worker: WorkerProcess, name: str, args: list[Any], now: bool) -> Any:
         if self._stop.is_set():
             raise CallStopped()
         spec = REQUEST_ARGS.get(name)
@@ -686,6 +721,10 @@ class Program:
             self.finish(EXIT_RUNTIME_ERROR, f"thread {worker.thread_id} sent {problem}")
             raise CallStopped()
         try:
+            if now:
+                if name != "spawn" or self.options.verify_groups:
+                    raise CallWouldWait()
+                return self.spawn_thread(worker, args[0], now=True)
             return self._serve(worker, name, args)
         except LinkError as err:
             raise CallFailed(_for_guest(str(err))) from None
@@ -693,7 +732,7 @@ class Program:
             # A file changed under a lookup (a guest renaming while another thread loads):
             # the request fails; the message names no host path.
             raise CallFailed(f"{name} failed: {err.strerror or err}") from None
-        except (CallFailed, CallStopped, ServeElsewhere):
+        except (CallFailed, CallStopped, CallWouldWait, ServeElsewhere):
             raise
         except Exception as err:  # a bug must end the program, not kill this thread
             self.finish(EXIT_RUNTIME_ERROR, f"internal error serving {name!r} for thread "
@@ -737,20 +776,22 @@ class Program:
 
     # ------------------------------------------------------------------ the barrier
     @contextmanager
-    def _topology_lock(self, requester: WorkerProcess | None) -> Iterator[float]:
+    def _topology_lock(self, requester: WorkerProcess | None, now: bool = False
+                       ) -> Iterator[float]:
         """Held for every change of link topology. The groups waiting for it keep applying
         what the holder broadcasts (their worker services operations while it waits). It is
         held for a group, not a thread: a request the holder's group makes while its own
         operation runs (dlsym or a lazy stub in a constructor) goes through. Yields the
-        seconds spent waiting for it (--trace's `lock_wait_ms`)."""
+        seconds spent waiting for it (--trace's `lock_wait_ms`). With `now`, raises
+        CallWouldWait if it is held."""
         if requester is not None and self._topology_holder is requester:
             yield 0.0
             return
         started = time.perf_counter()
-        if requester is not None and WorkerProcess.reading_here() is requester:
-            # On the requester's reader thread, which must never wait for another group.
+        if now or (requester is not None and WorkerProcess.reading_here() is requester):
+            # On a reader thread, which must never wait for another group.
             if not self._topology.acquire(blocking=False):
-                raise ServeElsewhere()
+                raise CallWouldWait() if now else ServeElsewhere()
         else:
             while not self._topology.acquire(timeout=WAIT_SLICE):
                 if self._stop.is_set():
@@ -1035,71 +1076,113 @@ class Program:
             stack_pointer=0 if self.linker.main_imports_stack_pointer else None)
         return config, fds
 
-    def spawn_thread(self, spawner: WorkerProcess, start_arg: int) -> int:
+    def spawn_thread(self, spawner: WorkerProcess, start_arg: int, now: bool = False) -> int:
         """wasi-threads `thread-spawn`: a new group, in a worker of its own, replays the log,
-        then runs `wasi_thread_start(tid, start_arg)`. Returns the tid, or -errno."""
+        then runs `wasi_thread_start(tid, start_arg)`. Returns the tid, or -errno.
+
+        The spawner waits for neither the worker nor the build: a standby group is told to
+        run (its worker applies what it still has to, in order, first), and otherwise a
+        worker is taken and given the log in the background. Either way the new group has
+        every library loaded before the spawn, and a build that fails ends the program.
+        With `now` (on the spawner's reader thread), raises CallWouldWait rather than wait
+        for the topology lock."""
         if self.region is None or not self._shared_memory:
             return -EAGAIN  # threads need a shared memory
         if self.linker.modules[MAIN_HANDLE].module.export_named("wasi_thread_start") is None:
             return -ENOTCAPABLE  # as Wasmer: nothing to start the thread with
         started = time.perf_counter()
-        with self._topology_lock(spawner) as waited:
+        with self._topology_lock(spawner, now) as waited:
             tid = next(self._thread_ids)
             if tid > MAX_THREAD_ID:
                 return -EAGAIN
-            with self._groups_lock:
-                # One still being built is left for a later spawn while an idle worker is
-                # ready: waiting for its build would make back-to-back spawns take turns,
-                # and a fresh group builds beside it. Without one, its head start wins.
-                standby = self._standby.pop(0) if self._standby and (self._standby_built(
-                    self._standby[0]) or not self.pool.has_ready()) else None
-            if standby is not None and self._standby_is_current(standby):
+            standby = self._take_standby()
+            if standby is not None:
+                built = self._standby_built(standby)
                 self._start_standby(standby, tid, start_arg)
                 self._trace_op("spawn", spawner, started, ok=True, new_thread=tid,
-                               standby=True, pid=standby.pid, lock_wait_ms=ms(waited))
+                               standby=True, built=built, pid=standby.pid,
+                               lock_wait_ms=ms(waited))
             else:
                 self._spawn_fresh(spawner, tid, start_arg, started, waited)
         self._replenish_standby_later()
         return tid
 
+    def _take_standby(self) -> WorkerProcess | None:
+        """The standby group that has come furthest (built, else the oldest being built), or
+        None. A dead one is forgotten; a kept one not yet rearmed is left (its worker may
+        refuse: worker/group.py, InstanceGroup.rearm)."""
+        with self._groups_lock:
+            alive = [w for w in self._standby if w.lost is None]
+            built = [w for w in alive if self._standby_built(w)]
+            building = [w for w in alive if not self._standby_builds[w].kept] \
+                if not built else []
+            if not built and not building:
+                return None
+            chosen = (built or building)[0]
+            self._standby.remove(chosen)
+        return chosen
+
     def _standby_built(self, standby: WorkerProcess) -> bool:
         building = self._standby_builds.get(standby)
         return building is None or building.done.is_set()
 
-    def _standby_is_current(self, standby: WorkerProcess) -> bool:
-        """Whether a standby group applied every operation broadcast since it was built
-        (waits for those still under way). One that failed or died is shut down."""
-        building = self._standby_builds.pop(standby, None)
-        built = True
-        if building is not None:
-            try:
-                self._await_assignment(standby, building)
-            except LinkError:
-                built = False
-        with self._groups_lock:
-            self._send_backlog(standby)
-        pending = self._standby_pending.pop(standby, [])
-        for future in pending:
-            self._await(future)
-        if built and standby.lost is None and all(f.error is None and not f.gone
-                                                  for f in pending):
-            return True
-        self._give_back(standby)  # its reset drops the group; a dead one is forgotten
-        return False
-
     def _start_standby(self, child: WorkerProcess, tid: int, start_arg: int) -> None:
+        """Make a standby group thread `tid` and start it: its worker reads the `run` after
+        its build and the operations posted to it so far, and applies them first."""
         with self._memory_lock:
             if child.thread_id in self._arenas:
                 self._arenas[tid] = self._arenas.pop(child.thread_id)
+        building = self._standby_builds.pop(child, None)
+        with self._groups_lock:
+            self._send_backlog(child)  # before the run: the worker applies them first
+        pending = self._standby_pending.pop(child, [])
+        if building is not None:
+            building.started_as = tid
         child.thread_id = tid
         with self._groups_lock:
             self.groups[tid] = child
         self.threads[tid] = child
         child.send("run", entry="wasi_thread_start", args=[tid, start_arg], thread=tid)
         self.tracer.record(op="thread_start", thread=tid, pid=child.pid, standby=True)
+        if building is not None and building.done.is_set() and building.error is not None:
+            self.finish(EXIT_RUNTIME_ERROR, f"cannot start thread {tid}: {building.error}")
+        elif not all(f.done.is_set() for f in pending):
+            threading.Thread(target=self._check_applied, args=(tid, pending),
+                             name=f"wasmgroup-standby-{tid}", daemon=True).start()
+        else:
+            self._check_applied(tid, pending)
+
+    def _check_applied(self, tid: int, pending: list[OperationFuture]) -> None:
+        """A started standby group failed none of the operations it had still to apply, or
+        the program ends (as when any group fails one)."""
+        for future in pending:
+            try:
+                self._await(future)
+            except CallStopped:
+                return
+            if future.error is not None:
+                self.finish(EXIT_RUNTIME_ERROR,
+                            f"thread {tid} could not apply a link operation: {future.error}")
+                return
 
     def _spawn_fresh(self, spawner: WorkerProcess, tid: int, start_arg: int,
                      started: float, waited: float) -> None:
+        if not self.options.verify_groups:
+            # The worker is taken, given the log and starts the thread in the background
+            # (applying what is broadcast meanwhile first): the spawner goes on, so the
+            # pthread_creates of a burst neither wait for a worker nor for a build.
+            with self._groups_lock:
+                self._spawning += 1
+            self._trace_op("spawn", spawner, started, ok=True, new_thread=tid,
+                           lock_wait_ms=ms(waited))
+            if self._spawns is None:
+                # One thread for them all, started once: Thread.start() waits until the new
+                # thread runs, a wait this spawn (on the reader thread) should not make.
+                self._spawns = queue.SimpleQueue()
+                threading.Thread(target=self._spawn_in_background, args=(self._spawns,),
+                                 name="wasmgroup-spawns", daemon=True).start()
+            self._spawns.put((tid, start_arg, time.perf_counter()))
+            return
         try:
             child = self._take()
         except WorkerStartError as err:
@@ -1109,20 +1192,6 @@ class Program:
         with self._groups_lock:
             self.groups[tid] = child
         self.threads[tid] = child
-        if not self.options.verify_groups:
-            # The worker starts the thread as soon as it has replayed, and applies what is
-            # broadcast meanwhile first: the spawner goes on (the next pthread_create of a
-            # burst need not wait for this build), and a failed build ends the program.
-            config["entry"] = ["wasi_thread_start", [tid, start_arg]]
-            assignment = self._send_assign(child, tid, "thread", config, fds)
-            sent = time.perf_counter()
-            # The spawner's part ends here; the build is the new thread's (its thread_start
-            # line says how long it took).
-            self._trace_op("spawn", spawner, started, ok=True, new_thread=tid, pid=child.pid,
-                           lock_wait_ms=ms(waited))
-            threading.Thread(target=self._finish_spawn, name=f"wasmgroup-spawn-{tid}",
-                             args=(child, tid, assignment, sent), daemon=True).start()
-            return
         try:
             self._assign(child, tid, "thread", config, fds)
         except LinkError as err:
@@ -1136,13 +1205,48 @@ class Program:
         child.send("run", entry="wasi_thread_start", args=[tid, start_arg], thread=tid)
         self.tracer.record(op="thread_start", thread=tid, pid=child.pid, standby=False)
 
-    def _finish_spawn(self, child: WorkerProcess, tid: int, assignment: _Assignment,
-                      sent: float) -> None:
-        """A spawned thread's group is built (its thread then starts) or the program ends."""
+    def _spawn_in_background(self, spawns: queue.SimpleQueue[tuple[int, int, float]]
+                             ) -> None:
+        """For each spawn answered without a group: a worker taken, the group registered
+        (under the topology lock: from then on it gets every broadcast) and sent to be built
+        and started (worker_message follows it); or the program ends."""
+        while not self._stop.is_set():  # then a spawn still queued has nothing to start
+            try:
+                tid, start_arg, sent = spawns.get(timeout=WAIT_SLICE)
+            except queue.Empty:
+                continue
+            try:
+                self._start_fresh(tid, start_arg, sent)
+            finally:
+                with self._groups_lock:
+                    self._spawning -= 1
+
+    def _start_fresh(self, tid: int, start_arg: int, sent: float) -> None:
         try:
-            self._await_assignment(child, assignment)
-        except LinkError as err:
-            self._spawn_failed(child, tid, err)
+            child = self._take()
+        except WorkerStartError as err:
+            self.finish(EXIT_RUNTIME_ERROR, f"cannot start thread {tid}: {err}")
+            return
+        try:
+            with self._topology_lock(None):
+                if self._stop.is_set():
+                    raise CallStopped()
+                config, fds = self._thread_config()
+                config["entry"] = ["wasi_thread_start", [tid, start_arg]]
+                with self._groups_lock:
+                    self.groups[tid] = child
+                self.threads[tid] = child
+                assignment = self._send_assign(child, tid, "thread", config, fds)
+                assignment.fresh = (tid, sent)
+        except CallStopped:
+            self._give_back(child)
+
+    def _fresh_built(self, child: WorkerProcess, assignment: _Assignment) -> None:
+        """A spawned thread's group is built (its thread then starts) or the program ends."""
+        assert assignment.fresh is not None
+        tid, sent = assignment.fresh
+        if assignment.error is not None:
+            self._spawn_failed(child, tid, LinkError(assignment.error))
             return
         self.tracer.record(op="thread_start", thread=tid, pid=child.pid, standby=False,
                            build_ms=ms(time.perf_counter() - sent))
@@ -1153,10 +1257,33 @@ class Program:
         self._give_back(child)
         self.finish(EXIT_RUNTIME_ERROR, f"cannot start thread {tid}: {err}")
 
+    def _keep_as_standby(self, worker: WorkerProcess, tid: int) -> bool:
+        """Whether the group of a thread that exited is kept as a standby group (under the
+        groups lock): up to one more than are wanted (the spawn that took a standby started
+        another one's build). Its worker has it still, current (it applies what is
+        broadcast until told otherwise): a spawn-and-join loop soon rebuilds nothing."""
+        if self._stop.is_set() or not self._shared_memory or self.options.verify_groups \
+                or worker.lost is not None or not self.pool.keep \
+                or len(self._standby) > self._standby_wanted_count():
+            return False  # (a pool that keeps no idle worker, `--pool 0`, keeps no group)
+        # Its worker sets up the side modules' TLS blocks again, for the next thread, in the
+        # arenas it has.
+        worker.thread_id = next(self._standby_ids)
+        with self._memory_lock:
+            if tid in self._arenas:
+                self._arenas[worker.thread_id] = self._arenas.pop(tid)
+        assignment = _Assignment(standby=worker, kept=True)
+        self._standby_builds[worker] = assignment
+        self._assignments[worker.pid] = assignment
+        self._standby.append(worker)
+        worker.send("rearm", thread=worker.thread_id)
+        return True
+
     def _replenish_standby_later(self) -> None:
-        """Prepare the next thread's group in the background (threaded programs only; not
+        """Prepare the next threads' groups in the background (threaded programs only; not
         with --verify-groups, whose checks at each spawn want the group built then)."""
-        if not self._shared_memory or self.options.verify_groups or self._standby:
+        if not self._shared_memory or self.options.verify_groups \
+                or len(self._standby) >= self._standby_wanted_count():
             return
         if self._standby_wanted is None:
             self._standby_wanted = threading.Event()
@@ -1164,13 +1291,18 @@ class Program:
                              name="wasmgroup-standby", daemon=True).start()
         self._standby_wanted.set()
 
+    def _standby_wanted_count(self) -> int:
+        # In a Runtime the pool's workers are every program's: one standby each.
+        return STANDBY_GROUPS if self._own_parts and len(self.threads) >= 2 else 1
+
     def _keep_standby(self, wanted: threading.Event) -> None:
         threading.Thread(target=self._deliver_backlog, name="wasmgroup-standby-backlog",
                          daemon=True).start()
         while not self._stop.is_set():
             if wanted.wait(WAIT_SLICE):
                 wanted.clear()
-                self._replenish_standby()
+                while self._replenish_standby():
+                    pass
 
     def _deliver_backlog(self) -> None:
         """Send the standby groups what was broadcast, once link operations pause."""
@@ -1192,36 +1324,43 @@ class Program:
         for packed in self._standby_backlog.pop(standby, []):
             self._standby_pending.setdefault(standby, []).append(standby.post(packed))
 
-    def _replenish_standby(self) -> None:
+    def _replenish_standby(self) -> bool:
+        """Start building one more standby group, if one is wanted and an idle worker is
+        ready; whether it did."""
         try:
             with self._topology_lock(None):
-                if self._standby or self._stop.is_set():
-                    return
+                if len(self._standby) >= self._standby_wanted_count() or self._stop.is_set():
+                    return False
                 child = self._take_ready()
                 if child is None:
-                    return  # no idle worker ready: the next spawn builds its group itself
+                    return False  # no idle worker ready: the next spawn builds its group
                 config, fds = self._thread_config()
                 with self._groups_lock:
                     self._standby.append(child)
                 assignment = self._send_assign(child, next(self._standby_ids), "thread",
                                                config, fds)
+                assignment.standby = child
                 self._standby_builds[child] = assignment
         except CallStopped:
-            return
+            return False
         # Built without the lock (what is broadcast meanwhile is applied once built): a
-        # spawn or dlopen need not wait for it; a spawn taking it first waits (above).
-        try:
-            self._await_assignment(child, assignment)
-        except LinkError:
-            with self._groups_lock:
-                taken = child not in self._standby
-                if not taken:
-                    self._standby.remove(child)
+        # spawn or dlopen need not wait for it. One that fails before a spawn took it is
+        # given back; one a spawn took ends the program (both in worker_message).
+        return True
+
+    def _drop_standby(self, child: WorkerProcess) -> None:
+        """A standby group that could not be built (or kept): given back, unless a spawn
+        took it meanwhile."""
+        with self._groups_lock:
+            taken = child not in self._standby
             if not taken:
-                self._standby_builds.pop(child, None)
-                self._standby_pending.pop(child, None)
-                self._standby_backlog.pop(child, None)
-                self._give_back(child)
+                self._standby.remove(child)
+        if not taken:
+            self._standby_builds.pop(child, None)
+            self._standby_pending.pop(child, None)
+            self._standby_backlog.pop(child, None)
+            self._release_arenas(child.thread_id)
+            self._give_back(child)
 
 
 def private_bytes(pid: int) -> int | None:

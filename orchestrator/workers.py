@@ -55,6 +55,10 @@ IMMEDIATE_CALLS = frozenset({"grow", "tls_arena", "cwd", "chdir", "is_side_modul
 # request goes to the request thread, so that no reader ever blocks on another group.
 LINK_CALLS = frozenset({"dlopen", "dlsym", "resolve_stub", "closure_allocate",
                         "closure_prepare", "closure_free"})
+# Requests tried first on the reader thread (`worker_call_now`): answered there when that
+# needs no waiting (a spawn while no link operation holds the topology lock), one thread
+# hand-over fewer on their path; else served by the request thread as any other.
+TRY_NOW_CALLS = frozenset({"spawn"})
 READY_TIMEOUT = 60.0  # seconds for a new worker to import wasmtime and create its engine
 log = logging.getLogger("wasmgroup")
 SHUTDOWN_GRACE = 2.0  # seconds a worker gets to leave on its own before it is killed
@@ -71,6 +75,8 @@ class WorkerStartError(WasmgroupError):
 class WorkerListener(Protocol):
     def worker_message(self, worker: WorkerProcess, message: dict[str, Any]) -> None: ...
     def worker_call(self, worker: WorkerProcess, name: str, args: list[Any]) -> Any: ...
+    # As worker_call, for TRY_NOW_CALLS, but raises CallWouldWait rather than wait.
+    def worker_call_now(self, worker: WorkerProcess, name: str, args: list[Any]) -> Any: ...
     def worker_lost(self, worker: WorkerProcess, reason: str) -> None: ...
 
 
@@ -88,6 +94,8 @@ class ServeElsewhere(Exception):
 
 
 _READING = threading.local()  # .worker: the worker whose reader thread this is
+class CallWouldWait(Exception):
+    """worker_call_now cannot answer without waiting: the request thread will."""
 
 
 @record(frozen=False)
@@ -191,9 +199,11 @@ class WorkerProcess:
         self.on_clean: Callable[[WorkerProcess, bool, str | None], None] | None = None
         self.resets = 0  # programs (or threads) this worker served and was reset after
         self.reset_at = 0.0  # time.monotonic() of the last reset
+        # The request thread is started by the reader at the first request that needs it:
+        # Thread.start() waits until the new thread runs, a wait (a millisecond or more on a
+        # busy machine) a worker's start, on a cold spawn's path, need not make.
+        self._request_thread: threading.Thread | None = None
         threading.Thread(target=self._read, name=f"wasmgroup-read-{self.pid}",
-                         daemon=True).start()
-        threading.Thread(target=self._serve_requests, name=f"wasmgroup-req-{self.pid}",
                          daemon=True).start()
 
     @staticmethod
@@ -307,6 +317,9 @@ class WorkerProcess:
             self._complete(message)
         elif kind == "call" and message["name"] in IMMEDIATE_CALLS:
             self._answer(message)
+        elif kind == "call" and not self._busy and message["name"] in TRY_NOW_CALLS \
+                and self._answer(message, now=True):
+            pass
         elif kind == "call" and self._busy:
             # Made while the worker's own request is under way (a constructor's dlsym
             # during its dlopen): answered beside it, or neither could finish.
@@ -315,7 +328,7 @@ class WorkerProcess:
             self._busy = True
             try:
                 if not self._answer(message, inline=True):
-                    self._requests.put(message)  # the request thread clears _busy
+                    self._queue_request(message)  # the request thread clears _busy
                     return
             except BaseException:
                 self._busy = False
@@ -323,7 +336,7 @@ class WorkerProcess:
             self._busy = False
         elif kind == "call":
             self._busy = True
-            self._requests.put(message)
+            self._queue_request(message)
         elif kind in ("assigned", "exited") and self.listener is not None:
             self.listener.worker_message(self, message)
         elif kind == "clean" and self.on_clean is not None:
@@ -331,6 +344,14 @@ class WorkerProcess:
         else:
             raise protocol.ProtocolError(f"unexpected message {kind!r} from worker "
                                          f"{self.pid}")
+
+    def _queue_request(self, message: dict[str, Any]) -> None:
+        """For the request thread (started at the first request that needs it)."""
+        if self._request_thread is None:
+            self._request_thread = threading.Thread(
+                target=self._serve_requests, name=f"wasmgroup-req-{self.pid}", daemon=True)
+            self._request_thread.start()
+        self._requests.put(message)
 
     def _end(self, reason: str) -> None:
         if not self._closing:
@@ -375,23 +396,31 @@ class WorkerProcess:
             finally:
                 self._busy = False
 
-    def _answer(self, message: dict[str, Any], inline: bool = False) -> bool:
+    def _answer(self, message: dict[str, Any], now: bool = False, inline: bool = False
+                ) -> bool:
         """Serve one request and always reply (the listener turns every failure into
         CallFailed or CallStopped), unless the worker went back to a pool meanwhile (the
         reply then belongs to no one: its thread is gone); a lost connection is the reader's
-        to notice. `inline` (on the reader thread): False, and no reply, when the listener
-        says it must be served elsewhere."""
+        to notice. With `now`, only if that needs no waiting; `inline` (a link operation on
+        the reader thread), only if the listener does not say it must be served elsewhere:
+        whether it was served."""
         listener = self.listener
         fds: list[int] = []
         try:
             if listener is None:
                 raise CallFailed("this worker hosts no thread")
-            try:
-                value = listener.worker_call(self, message["name"], message["args"])
-            except ServeElsewhere:
-                if inline:
+            if now:
+                try:
+                    value = listener.worker_call_now(self, message["name"], message["args"])
+                except CallWouldWait:
                     return False
-                raise CallFailed("internal error: a request bounced twice") from None
+            else:
+                try:
+                    value = listener.worker_call(self, message["name"], message["args"])
+                except ServeElsewhere:
+                    if inline:
+                        return False
+                    raise CallFailed("internal error: a request bounced twice") from None
             if isinstance(value, WithDescriptor):
                 value, fds = value.value, [value.fd]
             reply: dict[str, Any] = {"ok": True, "value": value, "error": None}
@@ -653,6 +682,7 @@ __all__ = [
     "AckCount",
     "CallFailed",
     "CallStopped",
+    "CallWouldWait",
     "OperationFuture",
     "ServeElsewhere",
     "WithDescriptor",

@@ -13,6 +13,10 @@ Messages, by direction (W = worker, C = coordinator):
                                           the descriptor table's generation memfd)
   W→C assigned(error)                     the group exists (replayed), or why not
   C→W run(entry, args, thread)            call the group's entry point, as wasm thread `thread`
+  C→W rearm(thread)                       the group of a thread that exited (returned or
+                                          pthread_exit) stays, as standby group `thread`:
+                                          its side modules' TLS blocks initialised again;
+                                          answered by `assigned`
   W→C exited(how, code, message)          the entry point ended: returned / exit /
                                           thread_exit / trap / stopped / failed /
                                           signal (code: its number, message: its name)
@@ -56,6 +60,7 @@ MESSAGES: dict[str, dict[str, tuple[type, ...]]] = {
     "assign": {"thread": (int,), "role": (str,), "config": (dict,)},
     "assigned": {"error": (str, _NONE)},
     "run": {"entry": (str,), "args": (list,), "thread": (int,)},
+    "rearm": {"thread": (int,)},
     "exited": {"how": (str,), "code": (int,), "message": (str, _NONE)},
     "call": {"id": (int,), "name": (str,), "args": (list,)},
     "reply": {"id": (int,), "ok": (bool,), "value": (object,), "error": (str, _NONE)},

@@ -71,6 +71,7 @@ ROUND_TRIPS: list[tuple[str, dict[str, Any]]] = [
     ("assigned", {"error": None}),
     ("assigned", {"error": "no such module"}),
     ("run", {"entry": "_start", "args": [1, -2, 3.5, "x"], "thread": 1}),
+    ("rearm", {"thread": -3}),
     ("exited", {"how": "exit", "code": -1, "message": None}),
     ("call", {"id": 7, "name": "dlopen", "args": ["libfoo.so", 2]}),
     ("reply", {"id": 7, "ok": True, "value": {"handle": 12}, "error": None}),

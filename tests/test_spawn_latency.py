@@ -5,10 +5,17 @@ Correctness only: timings depend on the machine, so no figure is checked beyond 
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import signal
+import threading
+import time
 from pathlib import Path
 
-from wasmgroup.orchestrator.program import run_program
+from leaks import assert_nothing_left, open_fds
+
+from wasmgroup.orchestrator.program import RunResult, run_program
 
 LINE = re.compile(r"spawn_latency: spawns=5 p50_us=(\d+) p90_us=(\d+) max_us=(\d+)")
 
@@ -32,3 +39,36 @@ def test_spawn_burst_reports_its_line(guests: Path) -> None:
     assert len(lines) == 1 and match, lines
     first, last = (int(v) for v in match.groups())
     assert 0 < first <= last  # every thread entered after the burst began
+
+
+def test_a_kept_standby_group_whose_worker_dies_is_forgotten(guests: Path, tmp_path: Path
+                                                            ) -> None:
+    """The burst program's first thread exits and its group is kept as a standby group
+    (trace: `kept`); its worker is killed during the program's 300 ms sleep. No thread was
+    running there: the burst's spawns use other workers and the program ends normally, with
+    nothing left behind."""
+    trace = tmp_path / "trace.jsonl"
+    fds = open_fds()
+    outcome: list[RunResult] = []
+    runner = threading.Thread(target=lambda: outcome.append(run_program(
+        str(guests / "threads" / "spawn_latency.wasm"), ["4", "burst"], trace=trace)))
+    runner.start()
+    deadline = time.monotonic() + 60
+    kept = None
+    while kept is None and runner.is_alive() and time.monotonic() < deadline:
+        if trace.exists():
+            for line in trace.read_text().splitlines():
+                record = json.loads(line)
+                if record["op"] == "thread_exit" and record.get("kept"):
+                    kept = int(record["pid"])
+        time.sleep(0.005)
+    assert kept is not None, "no group was kept"
+    os.kill(kept, signal.SIGKILL)
+    runner.join(60)
+    assert outcome and outcome[0].exit_code == 0, outcome
+    assert re.fullmatch(r"spawn_burst: threads=4 first_us=\d+ last_us=\d+\n",
+                        outcome[0].stdout.decode())
+    starts = [json.loads(line) for line in trace.read_text().splitlines()
+              if json.loads(line)["op"] == "thread_start"]
+    assert len(starts) == 5 and kept not in [s["pid"] for s in starts[1:]]
+    assert_nothing_left(fds)

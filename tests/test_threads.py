@@ -52,8 +52,8 @@ def test_each_thread_has_its_own_group(guests: Path) -> None:
     spawned: list[int] = []
     original = program.spawn_thread
 
-    def counting_spawn(group: object, start_arg: int) -> int:
-        tid = original(group, start_arg)  # type: ignore[arg-type]
+    def counting_spawn(group: object, start_arg: int, now: bool = False) -> int:
+        tid = original(group, start_arg, now)  # type: ignore[arg-type]
         spawned.append(tid)
         return tid
 
@@ -189,3 +189,19 @@ def test_standby_groups_follow_every_link_operation(guests: Path, tmp_path: Path
     # Not every one: a spawn that finds the standby still being built while an idle worker
     # is ready builds a fresh group beside it (20-24 of 49 from a standby on a loaded machine).
     assert sum(1 for s in spawns if s.get("standby")) >= 12
+
+
+def test_a_kept_group_gives_the_next_thread_fresh_tls(guests: Path, tmp_path: Path) -> None:
+    """Threads started one after another: the group of one that exited is kept as the next
+    thread's standby group (trace: `kept`), and that thread still finds the plugin's and the
+    main module's thread-locals at their initial values (the program checks every round)."""
+    trace = tmp_path / "trace.jsonl"
+    fds = open_fds()
+    result = run_program(str(guests / "threads" / "tls_reuse.wasm"), ["16"],
+                         dirs=[f"{guests / 'threads'}::/"], trace=trace)
+    assert result.exit_code == 0, (result.stdout, result.error)
+    assert result.stdout.decode() == "tls_reuse: rounds=16 plugin_calls=1 main_tls=8\n"
+    exits = [json.loads(line) for line in trace.read_text().splitlines()
+             if json.loads(line)["op"] == "thread_exit"]
+    assert any(e.get("kept") for e in exits), exits
+    assert_nothing_left(fds)

@@ -213,7 +213,9 @@ class InstanceGroup:
         # Provisional loads (applied beside their instigator): handles -> the table length
         # before, until a LoadUndo drops them or the next operation commits them.
         self._provisional: dict[tuple[int, ...], int] = {}
+        self._thread_tls: dict[int, int] = {}  # side modules' TLS blocks placed by this group
         self._pending: queue.SimpleQueue[PendingOperation] = queue.SimpleQueue()
+        self._servicing = False  # applying an operation that runs no constructors
         self._got: dict[str, wasmtime.Global] = {}  # non-TLS GOT globals, for verification
         self.closures: dict[int, ClosurePlan] = {}  # closure slot -> what was prepared there
         self._closure_labels: dict[int, str] = {}  # function identity -> label (describe)
@@ -407,6 +409,7 @@ class InstanceGroup:
                 if isinstance(relocs, wasmtime.Func):
                     relocs(self.store)
                 self._tls_bases[plan.handle] = block
+                self._thread_tls[plan.handle] = block
                 return
             wasix_init = self.find_export(plan.handle, "__wasix_init_tls")
             if isinstance(wasix_init, wasmtime.Func):
@@ -414,6 +417,36 @@ class InstanceGroup:
         except WASM_ERRORS as err:
             raise LinkError(f"{plan.name}: TLS initialisation failed: {_trap_text(err)}"
                             ) from None
+
+    def rearm(self, thread_id: int) -> None:
+        """Make this group, whose thread exited, ready for another thread (`wasi_thread_start`
+        sets the stack pointer and the main module's TLS): each side module's TLS block is
+        initialised again, in place; the signal callback is forgotten. LinkError if a block
+        cannot be (this group loaded the module, or the block came from the guest's
+        allocator): such a group is not reused."""
+        self.thread_id = thread_id
+        self.signals = SignalState()
+        for handle, instance in self.instances.items():
+            if handle == MAIN_HANDLE:
+                continue
+            exports = instance.exports(self.store)
+            init = exports.get("__wasm_init_tls")
+            block = self._thread_tls.get(handle)
+            if isinstance(init, wasmtime.Func) and block is not None:
+                try:
+                    init(self.store, block)
+                    relocs = exports.get("__wasm_apply_tls_relocs")
+                    if isinstance(relocs, wasmtime.Func):
+                        relocs(self.store)
+                except WASM_ERRORS as err:
+                    raise LinkError(f"{self._plans[handle].name}: TLS initialisation failed: "
+                                    f"{_trap_text(err)}") from None
+            elif isinstance(init, wasmtime.Func) \
+                    or isinstance(exports.get("__wasix_init_tls"), wasmtime.Func):
+                # This group loaded it (its TLS is where the load put it), or its block
+                # came from the guest's allocator.
+                raise LinkError(f"{self._plans[handle].name}: its TLS block cannot be set "
+                                "up again")
 
     def memory_pages(self) -> int:
         """memory.size as the guest sees it: the program's logical size."""
@@ -745,9 +778,16 @@ class InstanceGroup:
                 return taken
 
     def service_pending(self) -> None:
-        """A safe point: apply every operation other groups are waiting on, in order."""
+        """A safe point: apply every operation other groups are waiting on, in order. Not
+        while one that runs no constructors is being applied: the guest code it does run (a
+        start function, TLS set-up) reaches safe points too, and the next operation (queued
+        behind it on a standby group, say a slot in the module being instantiated) must
+        wait until it is complete. (Constructors are the program's code, which may wait for
+        another thread that waits for this group.)"""
         # Only this group's thread takes from the queue: once it is not empty, get_nowait
         # succeeds (and every host call passes here, so the empty case costs no exception).
+        if self._servicing:
+            return
         while not self._pending.empty():
             pending = self._pending.get_nowait()
             if self._provisional and not isinstance(pending.op, (LoadUndo, PurgeDescriptors)):
@@ -756,6 +796,7 @@ class InstanceGroup:
             if perturbation is not None:
                 perturbation.pause()  # before applying: other groups run on meanwhile
             started = time.perf_counter()
+            self._servicing = not pending.initialise
             try:
                 if isinstance(pending.op, SlotAssignment):
                     self.apply_slot(pending.op)
@@ -774,6 +815,7 @@ class InstanceGroup:
             except LinkError as err:
                 pending.error = str(err)
             finally:
+                self._servicing = False
                 pending.seconds = time.perf_counter() - started
                 if perturbation is not None:
                     perturbation.pause()  # before acknowledging: the instigator waits on

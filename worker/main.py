@@ -7,16 +7,27 @@ goes away: its socket closes (as it does when the coordinator dies), and the rea
 ends the process. (Not the kernel's parent-death signal: that follows the thread that started
 the worker, and the pool starts workers from short-lived threads.)
 
-Threads of this process:
-- the main thread runs the group: it applies the assignment, runs the entry point, and while it
-  waits (idle, or inside a host call that waits on the coordinator) it applies link operations;
-- the reader thread reads every frame: operations are queued on the group (and the epoch ticked,
-  and a futex sleeper woken, so that they are applied at the next safe point), everything else
-  goes to the main thread's inbox;
-- the ticker thread ticks the engine's epoch while operations wait or the program is stopping,
-  so that a thread spinning in guest code reaches a safe point (not for a main thread that
-  waits at a safe point already: its inbox, or a futex wait, which applies what was posted
-  before it returns to guest code).
+Threads of this process: two take turns (leader/follower) at two roles, and a third ticks.
+- The reader reads every frame: operations are queued on the group (and the epoch ticked, and
+  a futex sleeper woken, so that they are applied at the next safe point), everything else is
+  the group's work.
+- The group's work (apply an assignment, run the entry point, apply link operations while
+  idle, reset) is done by one thread at a time, the *working* thread; while it waits inside a
+  host call for the coordinator's answer, the reader hands it frames through the inbox and it
+  applies link operations meanwhile.
+- When the group is idle, nobody works: a frame with work for it is done by the thread that
+  read it, which first hands the reader role to the other thread (a wake-up that runs beside
+  the work, not before it). So a `run` sent to an idle worker starts guest code on the thread
+  that received it, without waiting for another thread to be scheduled (that hand-over cost
+  a millisecond or more on a busy machine); done, the thread waits to read again. The main
+  thread reads first, once it has taken the baseline (below).
+- A thread's group stays after its entry returns or calls pthread_exit (what is broadcast
+  meanwhile is held) until the coordinator resets the worker or keeps the group as a standby
+  group for a later thread (`rearm`: its side modules' TLS set up again).
+- The ticker thread ticks the engine's epoch while operations wait or the program is stopping,
+  so that a thread spinning in guest code reaches a safe point (not for a working thread
+  that waits at a safe point already: its inbox, or a futex wait, which applies what was
+  posted before it returns to guest code).
 
 A worker outlives the programs it serves (a Runtime's pool): after each program the
 coordinator sends `reset`, and the worker drops everything of that program (its group: store,
@@ -78,6 +89,8 @@ MAX_LOADED_MODULES = 64  # compiled modules kept between programs (least recentl
 RESET_SLACK_BYTES = 64 << 20
 PROGRAM_MEMFDS = ("memfd:wasmgroup-memory", "memfd:wasmgroup-descriptors")
 EARLY_REPLY: dict[str, Any] = {"t": "early"}  # next_message: look at the replies set aside
+IDLE_WORK = frozenset({"run", "rearm", "reset"})  # frames only an idle group's loop takes
+MAIN_STACK_BYTES = 8 << 20  # the stack of either thread that may run guest code
 
 
 def private_resident_bytes() -> int:
@@ -182,15 +195,41 @@ class Worker:
         # Replies that came while a request made inside another one (at a safe point, applying
         # an operation) waited for its own: by call id, for the request they answer.
         self._early_replies: dict[int, tuple[dict[str, Any], list[int]]] = {}
-        self.in_entry = False  # the main thread runs guest code (not the idle loop)
-        self._waiting_safely = False  # the main thread waits on its inbox at a safe point
+        self._waiting_safely = False  # the working thread waits on its inbox at a safe point
+        self.in_entry = False  # the working thread runs guest code (not the idle loop)
+        # Leader/follower (see the module's docstring): whether a thread does the group's
+        # work now, and whether the reader role waits for a thread to take it.
+        self._roles = threading.Condition(threading.Lock())
+        self._working = False
+        self._reader_free = False
 
     # ------------------------------------------------------------------ threads
-    def read_frames(self) -> None:
-        fds: list[int] = []
+    def take_turns(self, reading: bool) -> None:
+        """The body of both taking-turns threads: read (if `reading`, else wait to), do the
+        group's work when this thread read it while the group was idle, wait to read again."""
+        if not reading:
+            self._take_reader_role()
         try:
             while True:
-                fds = []
+                self._read_until_work()
+                self._work()
+                self._take_reader_role()
+        except protocol.ProtocolError as err:  # a frame the idle group cannot take
+            print(f"wasmgroup worker {os.getpid()}: {err}", file=sys.stderr, flush=True)
+            os._exit(3)
+
+    def _take_reader_role(self) -> None:
+        with self._roles:
+            while not self._reader_free:
+                self._roles.wait()
+            self._reader_free = False
+
+    def _read_until_work(self) -> None:
+        """Read and dispatch frames; return once this thread has taken the group's work (the
+        other thread is reading then)."""
+        try:
+            while True:
+                fds: list[int] = []
                 message = protocol.receive(self.conn.sock, fds)
                 kind = message["t"]
                 if kind == "op":
@@ -202,18 +241,55 @@ class Worker:
                     self._wake()
                 elif kind == "shutdown":
                     # Leave from here: the coordinator is closing and waits for this exit
-                    # (a hand-over to the main thread cost milliseconds on a loaded machine).
+                    # (a hand-over to the working thread cost milliseconds on a loaded
+                    # machine).
                     _leave()
                 else:
                     if kind == "assign":
                         with self._group_lock:
                             self._building = True
                     self.inbox.put((message, fds))
+                if self._claim_work():
+                    return
         except protocol.ConnectionClosed:
             os._exit(0)  # the coordinator is gone: nothing here is worth keeping
         except protocol.ProtocolError as err:
             print(f"wasmgroup worker {os.getpid()}: {err}", file=sys.stderr, flush=True)
             os._exit(3)
+
+    def _claim_work(self) -> bool:
+        """Whether this (reading) thread takes the work waiting in the inbox: only when no
+        thread works (one that does takes it from the inbox); the other thread reads then."""
+        with self._roles:
+            if self._working or (self.inbox.empty() and not self._deferred):
+                return False
+            self._working = True
+            self._reader_free = True
+            self._roles.notify()
+        return True
+
+    def _work(self) -> None:
+        """Do the group's work in the inbox until there is none (then no thread works)."""
+        while True:
+            with self._roles:
+                if self._deferred:
+                    item: tuple[dict[str, Any], list[int]] | None = self._deferred.pop(0)
+                else:
+                    try:
+                        item = self.inbox.get_nowait()
+                    except queue.Empty:
+                        self._working = False
+                        return
+            if item is None:
+                group = self.group
+                if group is not None:
+                    try:
+                        group.service_pending()
+                    except Exception as err:  # guest code of an operation applied while idle
+                        self._retire()
+                        self.conn.send("exited", **_ending(err))
+                continue
+            self._handle(*item)
 
     def _post(self, message: dict[str, Any]) -> None:
         wire = message["op"]
@@ -251,7 +327,8 @@ class Worker:
                        seconds=float(pending.seconds), state=state, gone=gone)
 
     def _wake(self, tick: bool = True) -> None:
-        """Bring the main thread to a safe point: its inbox, its futex wait, guest code."""
+        """Bring the working thread to a safe point (its inbox, its futex wait, guest code),
+        or, with none working, the reader to the work (_claim_work)."""
         self.inbox.put(None)
         group = self.group
         if group is not None:
@@ -275,9 +352,10 @@ class Worker:
     # ------------------------------------------------------------------ the main thread
     def next_message(self, stop_aware: bool = False, safe_point: bool = True
                      ) -> tuple[dict[str, Any], list[int]]:
-        """The next frame for the main thread. At a `safe_point` it applies link operations
-        meanwhile. With `stop_aware` (a guest thread waiting on the coordinator), a stopping
-        program raises ProgramStopping instead of waiting on."""
+        """The next frame for the working thread (one inside a host call that waits on the
+        coordinator). At a `safe_point` it applies link operations meanwhile. With
+        `stop_aware` (a guest thread waiting on the coordinator), a stopping program raises
+        ProgramStopping instead of waiting on."""
         while True:
             if stop_aware and self._stop.is_set():
                 raise ProgramStopping()
@@ -301,35 +379,37 @@ class Worker:
             return item
 
     def serve(self) -> None:
+        """Note how this worker looks with no program, say `ready`, then read first, taking
+        turns with the other thread (never returns: the worker leaves with os._exit, told to
+        or when the coordinator is gone). Nothing is read before the baseline is taken."""
         self.baseline = Baseline()
         self.conn.send("ready", pid=os.getpid())
-        while True:
-            try:
-                message, fds = self.next_message()
-            except Exception as err:  # guest code of an operation applied while idle
-                self._retire()
-                self.conn.send("exited", **_ending(err))
-                continue
-            kind = message["t"]
-            if kind == "shutdown":
-                return
-            if kind == "reset":
-                problem = self._reset()
-                self.conn.send("clean", ok=problem is None, problem=problem)
-            elif kind == "assign":
-                self._assign(message, fds)
-            elif kind == "run":
-                if self.group is not None:
-                    self.group.thread_id = message["thread"]  # a standby group gets its id
-                    if self.group.perturbation is not None:  # and the delays of that id
-                        self.group.perturbation = perturb.from_config(
-                            self._perturb, message["thread"])
-                self._run(message["entry"], message["args"])
-            elif kind == "reply":
-                for fd in fds:  # a reply to a request the program's stop cut short
-                    os.close(fd)
-            else:
-                raise protocol.ProtocolError(f"unexpected message {kind!r} for an idle worker")
+        self.take_turns(reading=True)
+
+    def _handle(self, message: dict[str, Any], fds: list[int]) -> None:
+        """One frame of work for the idle group."""
+        kind = message["t"]
+        if kind == "shutdown":
+            _leave()
+        if kind == "reset":
+            problem = self._reset()
+            self.conn.send("clean", ok=problem is None, problem=problem)
+        elif kind == "assign":
+            self._assign(message, fds)
+        elif kind == "run":
+            if self.group is not None:
+                self.group.thread_id = message["thread"]  # a standby group gets its id
+                if self.group.perturbation is not None:  # and the delays of that id
+                    self.group.perturbation = perturb.from_config(
+                        self._perturb, message["thread"])
+            self._run(message["entry"], message["args"], message["thread"])
+        elif kind == "rearm":
+            self._rearm(message["thread"])
+        elif kind == "reply":
+            for fd in fds:  # a reply to a request the program's stop cut short
+                os.close(fd)
+        else:
+            raise protocol.ProtocolError(f"unexpected message {kind!r} for an idle worker")
 
     def _assign(self, message: dict[str, Any], fds: list[int]) -> None:
         config = message["config"]
@@ -345,19 +425,13 @@ class Worker:
             self._retire()
             self.conn.send("assigned", error=str(err).strip())
             return
-        with self._group_lock:
-            self._building = False
-            held, self._held = self._held, []
-            group = self.group
-            assert group is not None
-            for pending in held:
-                group.post(pending)
-        if held:
-            group.service_pending()
+        group = self.group
+        assert group is not None
+        self._apply_held(group)
         self.conn.send("assigned", error=None)
         if config["entry"] is not None:
             entry, args = config["entry"]
-            self._run(entry, args)
+            self._run(entry, args, message["thread"])
 
     def _build_group(self, thread: int, role: str, config: dict[str, Any], fds: list[int]
                      ) -> None:
@@ -436,7 +510,7 @@ class Worker:
         self._modules[artefact] = module  # last: the most recently used
         return module
 
-    def _run(self, entry: str, args: list[int]) -> None:
+    def _run(self, entry: str, args: list[int], thread: int) -> None:
         group = self.group
         ending: dict[str, Any] = {"how": "returned", "code": 0, "message": None}
         if group is None:
@@ -449,8 +523,41 @@ class Worker:
                 ending = _ending(err)
             finally:
                 self.in_entry = False
-        self._retire()
+        if thread == 1 or ending["how"] not in ("returned", "thread_exit"):
+            self._retire()
+        else:
+            # The group stays until the coordinator resets the worker or makes the group a
+            # standby group (`rearm`); what is broadcast meanwhile is held until then (on a
+            # reset it is answered as never applied, as for a group that is gone).
+            with self._group_lock:
+                self._building = True
         self.conn.send("exited", **ending)
+
+    def _rearm(self, thread: int) -> None:
+        """The group of the thread that exited here becomes standby group `thread`, and
+        applies what was held since."""
+        group = self.group
+        if group is None:
+            self.conn.send("assigned", error="no group to keep")
+            return
+        try:
+            group.rearm(thread)
+        except LinkError as err:
+            self._retire()
+            self.conn.send("assigned", error=str(err))
+            return
+        self._apply_held(group)
+        self.conn.send("assigned", error=None)
+
+    def _apply_held(self, group: InstanceGroup) -> None:
+        """Operations held while the group was being built (or kept), applied in order."""
+        with self._group_lock:
+            self._building = False
+            held, self._held = self._held, []
+            for pending in held:
+                group.post(pending)
+        if held:
+            group.service_pending()
 
     def _retire(self) -> None:
         """The group is done: answer what it will never apply, release it and its fds."""
@@ -536,9 +643,10 @@ class WorkerService:
                 continue
             if message["t"] == "shutdown":
                 os._exit(0)  # the coordinator is closing down while this group was building
-            if message["t"] == "run" and not self.worker.in_entry:
+            if message["t"] in IDLE_WORK and not self.worker.in_entry:
                 # An idle group applying an operation (its TLS set-up asks for an arena) as
-                # the coordinator starts its thread: the run waits for the idle loop.
+                # the coordinator starts its thread, keeps it as a standby group after its
+                # thread exited, or resets its worker: that waits for the idle loop.
                 self.worker._deferred.append((message, fds))
                 continue
             if message["t"] != "reply":
@@ -632,7 +740,14 @@ def main(argv: list[str] | None = None) -> int:
     worker = Worker(sock)
     with contextlib.suppress(AttributeError, OSError):  # started in the background
         os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
-    threading.Thread(target=worker.read_frames, name="wasmgroup-reader", daemon=True).start()
+    # Either taking-turns thread may run guest code: give the second the main thread's
+    # stack size (8 MiB by default), whatever the system's default for threads is.
+    previous = threading.stack_size(MAIN_STACK_BYTES)
+    try:
+        threading.Thread(target=worker.take_turns, args=(False,), name="wasmgroup-turns",
+                         daemon=True).start()
+    finally:
+        threading.stack_size(previous)
     threading.Thread(target=worker.tick, name="wasmgroup-ticker", daemon=True).start()
     worker.serve()
     return 0
