@@ -531,6 +531,14 @@ class Worker:
             # reset it is answered as never applied, as for a group that is gone).
             with self._group_lock:
                 self._building = True
+                # So are those queued before the entry returned and not applied yet: applied
+                # now, a request of theirs would reach a coordinator that no longer counts
+                # this group among the program's (a dlopen's other groups get it at once).
+                for pending in group.drain_pending():
+                    if pending.on_done is not None:
+                        self._held.append(pending)
+                    else:
+                        group.post(pending)  # a purge: local, answered to no one
         self.conn.send("exited", **ending)
 
     def _rearm(self, thread: int) -> None:
