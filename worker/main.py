@@ -529,6 +529,7 @@ class Worker:
             # The group stays until the coordinator resets the worker or makes the group a
             # standby group (`rearm`); what is broadcast meanwhile is held until then (on a
             # reset it is answered as never applied, as for a group that is gone).
+            assert group is not None  # (a group that ran its entry)
             with self._group_lock:
                 self._building = True
                 # So are those queued before the entry returned and not applied yet: applied
