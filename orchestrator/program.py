@@ -51,7 +51,6 @@ from wasmgroup.orchestrator.workers import (
     AckCount,
     CallFailed,
     CallStopped,
-    CallWouldWait,
     OperationFuture,
     ServeElsewhere,
     WithDescriptor,
@@ -703,15 +702,9 @@ class Program:
     def worker_call(self, worker: WorkerProcess, name: str, args: list[Any]) -> Any:
         """A request from a group's host function. Raises CallFailed (the guest sees the
         error) or CallStopped (the program is ending). Never anything else: whatever goes
-        wrong while serving becomes one of the two, so no request goes unanswered."""
-        return self._call(worker, name, args, now=False)
-
-    def worker_call_now(self, worker: WorkerProcess, name: str, args: list[Any]) -> Any:
-        """As worker_call, on the worker's reader thread: raises CallWouldWait instead of
-        waiting (for the topology lock, or a spawn's group with --verify-groups)."""
-        return self._call(worker, name, args, now=True)
-
-    def _call(self, worker: WorkerProcess, name: str, args: list[Any], now: bool) -> Any:
+        wrong while serving becomes one of the two, so no request goes unanswered. On the
+        worker's reader thread (workers.READER_CALLS), raises ServeElsewhere rather than wait
+        (for the topology lock, or a spawn's group with --verify-groups)."""
         if self._stop.is_set():
             raise CallStopped()
         spec = REQUEST_ARGS.get(name)
@@ -721,10 +714,9 @@ class Program:
             self.finish(EXIT_RUNTIME_ERROR, f"thread {worker.thread_id} sent {problem}")
             raise CallStopped()
         try:
-            if now:
-                if name != "spawn" or self.options.verify_groups:
-                    raise CallWouldWait()
-                return self.spawn_thread(worker, args[0], now=True)
+            if name == "spawn" and self.options.verify_groups \
+                    and WorkerProcess.reading_here() is worker:
+                raise ServeElsewhere()
             return self._serve(worker, name, args)
         except LinkError as err:
             raise CallFailed(_for_guest(str(err))) from None
@@ -732,7 +724,7 @@ class Program:
             # A file changed under a lookup (a guest renaming while another thread loads):
             # the request fails; the message names no host path.
             raise CallFailed(f"{name} failed: {err.strerror or err}") from None
-        except (CallFailed, CallStopped, CallWouldWait, ServeElsewhere):
+        except (CallFailed, CallStopped, ServeElsewhere):
             raise
         except Exception as err:  # a bug must end the program, not kill this thread
             self.finish(EXIT_RUNTIME_ERROR, f"internal error serving {name!r} for thread "
@@ -776,22 +768,21 @@ class Program:
 
     # ------------------------------------------------------------------ the barrier
     @contextmanager
-    def _topology_lock(self, requester: WorkerProcess | None, now: bool = False
-                       ) -> Iterator[float]:
+    def _topology_lock(self, requester: WorkerProcess | None) -> Iterator[float]:
         """Held for every change of link topology. The groups waiting for it keep applying
         what the holder broadcasts (their worker services operations while it waits). It is
         held for a group, not a thread: a request the holder's group makes while its own
         operation runs (dlsym or a lazy stub in a constructor) goes through. Yields the
-        seconds spent waiting for it (--trace's `lock_wait_ms`). With `now`, raises
-        CallWouldWait if it is held."""
+        seconds spent waiting for it (--trace's `lock_wait_ms`). On the requester's reader
+        thread, raises ServeElsewhere if it is held."""
         if requester is not None and self._topology_holder is requester:
             yield 0.0
             return
         started = time.perf_counter()
-        if now or (requester is not None and WorkerProcess.reading_here() is requester):
+        if requester is not None and WorkerProcess.reading_here() is requester:
             # On a reader thread, which must never wait for another group.
             if not self._topology.acquire(blocking=False):
-                raise CallWouldWait() if now else ServeElsewhere()
+                raise ServeElsewhere()
         else:
             while not self._topology.acquire(timeout=WAIT_SLICE):
                 if self._stop.is_set():
@@ -1076,7 +1067,7 @@ class Program:
             stack_pointer=0 if self.linker.main_imports_stack_pointer else None)
         return config, fds
 
-    def spawn_thread(self, spawner: WorkerProcess, start_arg: int, now: bool = False) -> int:
+    def spawn_thread(self, spawner: WorkerProcess, start_arg: int) -> int:
         """wasi-threads `thread-spawn`: a new group, in a worker of its own, replays the log,
         then runs `wasi_thread_start(tid, start_arg)`. Returns the tid, or -errno.
 
@@ -1084,14 +1075,14 @@ class Program:
         run (its worker applies what it still has to, in order, first), and otherwise a
         worker is taken and given the log in the background. Either way the new group has
         every library loaded before the spawn, and a build that fails ends the program.
-        With `now` (on the spawner's reader thread), raises CallWouldWait rather than wait
-        for the topology lock."""
+        On the spawner's reader thread, raises ServeElsewhere rather than wait for the
+        topology lock."""
         if self.region is None or not self._shared_memory:
             return -EAGAIN  # threads need a shared memory
         if self.linker.modules[MAIN_HANDLE].module.export_named("wasi_thread_start") is None:
             return -ENOTCAPABLE  # as Wasmer: nothing to start the thread with
         started = time.perf_counter()
-        with self._topology_lock(spawner, now) as waited:
+        with self._topology_lock(spawner) as waited:
             tid = next(self._thread_ids)
             if tid > MAX_THREAD_ID:
                 return -EAGAIN

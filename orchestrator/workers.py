@@ -49,16 +49,13 @@ from wasmgroup.shared.records import field, record
 # the topology lock) makes them nested in that request, so they must not queue behind it.
 IMMEDIATE_CALLS = frozenset({"grow", "tls_arena", "cwd", "chdir", "is_side_module",
                              *DESCRIPTOR_REQUESTS})
-# Link operations are served on the reader thread too, when the topology lock is free (one
-# thread hand-over fewer each way): while it waits for its own group's ack it reads the
-# socket itself (`pump`); when the lock is held, the listener raises ServeElsewhere and the
-# request goes to the request thread, so that no reader ever blocks on another group.
-LINK_CALLS = frozenset({"dlopen", "dlsym", "resolve_stub", "closure_allocate",
-                        "closure_prepare", "closure_free"})
-# Requests tried first on the reader thread (`worker_call_now`): answered there when that
-# needs no waiting (a spawn while no link operation holds the topology lock), one thread
-# hand-over fewer on their path; else served by the request thread as any other.
-TRY_NOW_CALLS = frozenset({"spawn"})
+# Link operations and spawns are served on the reader thread too, when the topology lock is
+# free (one thread hand-over fewer each way): while it waits for its own group's ack it reads
+# the socket itself (`pump`); when serving would wait (the lock is held; a spawn under
+# --verify-groups), the listener raises ServeElsewhere and the request goes to the request
+# thread, so that no reader ever blocks on another group.
+READER_CALLS = frozenset({"dlopen", "dlsym", "resolve_stub", "closure_allocate",
+                          "closure_prepare", "closure_free", "spawn"})
 READY_TIMEOUT = 60.0  # seconds for a new worker to import wasmtime and create its engine
 log = logging.getLogger("wasmgroup")
 SHUTDOWN_GRACE = 2.0  # seconds a worker gets to leave on its own before it is killed
@@ -75,8 +72,6 @@ class WorkerStartError(WasmgroupError):
 class WorkerListener(Protocol):
     def worker_message(self, worker: WorkerProcess, message: dict[str, Any]) -> None: ...
     def worker_call(self, worker: WorkerProcess, name: str, args: list[Any]) -> Any: ...
-    # As worker_call, for TRY_NOW_CALLS, but raises CallWouldWait rather than wait.
-    def worker_call_now(self, worker: WorkerProcess, name: str, args: list[Any]) -> Any: ...
     def worker_lost(self, worker: WorkerProcess, reason: str) -> None: ...
 
 
@@ -94,8 +89,6 @@ class ServeElsewhere(Exception):
 
 
 _READING = threading.local()  # .worker: the worker whose reader thread this is
-class CallWouldWait(Exception):
-    """worker_call_now cannot answer without waiting: the request thread will."""
 
 
 @record(frozen=False)
@@ -317,14 +310,11 @@ class WorkerProcess:
             self._complete(message)
         elif kind == "call" and message["name"] in IMMEDIATE_CALLS:
             self._answer(message)
-        elif kind == "call" and not self._busy and message["name"] in TRY_NOW_CALLS \
-                and self._answer(message, now=True):
-            pass
         elif kind == "call" and self._busy:
             # Made while the worker's own request is under way (a constructor's dlsym
             # during its dlopen): answered beside it, or neither could finish.
             threading.Thread(target=self._answer, args=(message,), daemon=True).start()
-        elif kind == "call" and message["name"] in LINK_CALLS:
+        elif kind == "call" and message["name"] in READER_CALLS:
             self._busy = True
             try:
                 if not self._answer(message, inline=True):
@@ -396,31 +386,23 @@ class WorkerProcess:
             finally:
                 self._busy = False
 
-    def _answer(self, message: dict[str, Any], now: bool = False, inline: bool = False
-                ) -> bool:
+    def _answer(self, message: dict[str, Any], inline: bool = False) -> bool:
         """Serve one request and always reply (the listener turns every failure into
         CallFailed or CallStopped), unless the worker went back to a pool meanwhile (the
         reply then belongs to no one: its thread is gone); a lost connection is the reader's
-        to notice. With `now`, only if that needs no waiting; `inline` (a link operation on
-        the reader thread), only if the listener does not say it must be served elsewhere:
-        whether it was served."""
+        to notice. `inline` (on the reader thread): only if the listener does not say it
+        must be served elsewhere; whether it was served."""
         listener = self.listener
         fds: list[int] = []
         try:
             if listener is None:
                 raise CallFailed("this worker hosts no thread")
-            if now:
-                try:
-                    value = listener.worker_call_now(self, message["name"], message["args"])
-                except CallWouldWait:
+            try:
+                value = listener.worker_call(self, message["name"], message["args"])
+            except ServeElsewhere:
+                if inline:
                     return False
-            else:
-                try:
-                    value = listener.worker_call(self, message["name"], message["args"])
-                except ServeElsewhere:
-                    if inline:
-                        return False
-                    raise CallFailed("internal error: a request bounced twice") from None
+                raise CallFailed("internal error: a request bounced twice") from None
             if isinstance(value, WithDescriptor):
                 value, fds = value.value, [value.fd]
             reply: dict[str, Any] = {"ok": True, "value": value, "error": None}
@@ -682,7 +664,6 @@ __all__ = [
     "AckCount",
     "CallFailed",
     "CallStopped",
-    "CallWouldWait",
     "OperationFuture",
     "ServeElsewhere",
     "WithDescriptor",

@@ -52,8 +52,8 @@ def test_each_thread_has_its_own_group(guests: Path) -> None:
     spawned: list[int] = []
     original = program.spawn_thread
 
-    def counting_spawn(group: object, start_arg: int, now: bool = False) -> int:
-        tid = original(group, start_arg, now)  # type: ignore[arg-type]
+    def counting_spawn(group: object, start_arg: int) -> int:
+        tid = original(group, start_arg)  # type: ignore[arg-type]
         spawned.append(tid)
         return tid
 
