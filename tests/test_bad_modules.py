@@ -204,6 +204,20 @@ def plugin_dir(guests: Path, tmp_path: Path, damaged: dict[str, bytes]) -> Path:
     return plugins
 
 
+def plugin_host_lines(guests: Path, plugins: Path) -> list[str]:
+    """The real plugin host run over `plugins` (guest view /plugins): its output lines (it
+    exits 0 whatever its dlopens say)."""
+    result = run_program(str(guests / "plugins" / "host.wasm"), ["/plugins"],
+                         dirs=[f"{guests / 'plugins'}::/", f"{plugins}::/plugins"])
+    assert result.exit_code == 0, result.error
+    return result.stdout.decode().splitlines()
+
+
+def failures_by_library(lines: list[str]) -> dict[str, str]:
+    """The host's `failed NAME: why` lines, by NAME."""
+    return {line.split(":")[0].split()[1]: line for line in lines if line.startswith("failed ")}
+
+
 def test_dlopen_of_impossible_dylink_fields_fails_without_allocating(guests: Path,
                                                                      tmp_path: Path) -> None:
     """table_align 31 used to grow every worker's table to 2^31 slots (GBs); 2^32-1 broke
@@ -217,11 +231,8 @@ def test_dlopen_of_impossible_dylink_fields_fails_without_allocating(guests: Pat
     }
     plugins = plugin_dir(guests, tmp_path, damaged)
     fds = open_fds()
-    result = run_program(str(guests / "plugins" / "host.wasm"), ["/plugins"],
-                         dirs=[f"{guests / 'plugins'}::/", f"{plugins}::/plugins"])
-    assert result.exit_code == 0, result.error
-    lines = result.stdout.decode().splitlines()
-    failed = {line.split(":")[0].split()[1]: line for line in lines if line.startswith("failed ")}
+    lines = plugin_host_lines(guests, plugins)
+    failed = failures_by_library(lines)
     assert "table_align of at most 2^16" in failed["liba.so"] and "found 2^31" in failed["liba.so"]
     assert f"table_align of at most 2^16 (a power of two up to the page size), found 2^{U32_MAX}" \
         in failed["libb.so"]
@@ -247,11 +258,8 @@ def test_constructors_of_another_type_or_that_trap_fail_the_dlopen(guests: Path,
         "libtrap.so": side_module(b"\x00\x0b", b""),  # unreachable
     })
     fds = open_fds()
-    result = run_program(str(guests / "plugins" / "host.wasm"), ["/plugins"],
-                         dirs=[f"{guests / 'plugins'}::/", f"{plugins}::/plugins"])
-    assert result.exit_code == 0, result.error
-    lines = result.stdout.decode().splitlines()
-    failed = {line.split(":")[0].split()[1]: line for line in lines if line.startswith("failed ")}
+    lines = plugin_host_lines(guests, plugins)
+    failed = failures_by_library(lines)
     assert "/plugins/libargs.so: __wasm_call_ctors must be a function of type () -> ()" \
         in failed["libargs.so"]
     assert "/plugins/libtrap.so: __wasm_call_ctors failed: wasm trap: wasm `unreachable` " \
@@ -268,10 +276,7 @@ def test_control_characters_from_a_module_stay_escaped_in_one_line(guests: Path,
     plugins = plugin_dir(guests, tmp_path, {"libbar.so": bar.replace(b"libfoo.so",
                                                                      b"lib\nfoo.s")})
     fds = open_fds()
-    result = run_program(str(guests / "plugins" / "host.wasm"), ["/plugins"],
-                         dirs=[f"{guests / 'plugins'}::/", f"{plugins}::/plugins"])
-    assert result.exit_code == 0, result.error
-    lines = result.stdout.decode().splitlines()
+    lines = plugin_host_lines(guests, plugins)
     [failed] = [line for line in lines if line.startswith("failed ")]
     assert failed.startswith("failed libbar.so: ")
     assert "library 'lib\\nfoo.s' (needed by /plugins/libbar.so) not found" in failed
@@ -307,10 +312,7 @@ def test_invalid_library_and_main_are_refused_before_rewrite(guests: Path,
         (guests / "plugins" / "plugins" / "libhello.so").read_bytes())
     plugins = plugin_dir(guests, tmp_path, {"libhello.so": bad_lib})
     fds = open_fds()
-    result = run_program(str(guests / "plugins" / "host.wasm"), ["/plugins"],
-                         dirs=[f"{guests / 'plugins'}::/", f"{plugins}::/plugins"])
-    assert result.exit_code == 0, result.error
-    lines = result.stdout.decode().splitlines()
+    lines = plugin_host_lines(guests, plugins)
     [failed] = [line for line in lines if line.startswith("failed ")]
     assert failed.endswith(f"/plugins/libhello.so: invalid module: {validator}")
     assert str(tmp_path) not in failed
