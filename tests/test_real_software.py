@@ -381,6 +381,27 @@ def test_xz_refuses_an_existing_output_as_native(guests: Path, native: Path, tmp
         assert (d / "input.txt").read_bytes() == text_input.read_bytes()
 
 
+def test_xz_skips_links_as_native(guests: Path, native: Path, tmp_path: Path) -> None:
+    """Without --keep, xz will not remove a symbolic link or a file with more hard links
+    (lstat/fstat through the guest's view): it skips them, with the native messages."""
+    dirs = {"native": fresh(tmp_path, "native"), "wasm": fresh(tmp_path, "wasm")}
+    for d in dirs.values():
+        (d / "a.txt").write_text("text\n" * 1000)
+        (d / "link.txt").symlink_to("a.txt")
+        os.link(d / "a.txt", d / "hard.txt")
+    nat = run_native([str(native / "xz" / "xz"), *[str(dirs["native"] / n)
+                                                   for n in ("link.txt", "hard.txt")]])
+    res = run_wasm(guests / "xz" / "xz.wasm", ["/data/link.txt", "/data/hard.txt"],
+                   [f"{dirs['wasm']}::/data"])
+    assert nat.returncode == 2 and (res.exit_code, res.error) == (2, None)
+    assert "Is a symbolic link, skipping" in nat.stderr
+    assert "more than one hard link, skipping" in nat.stderr
+    program = res.stderr.decode().split(":")[0]
+    assert xz_message(res.stderr, program) == xz_message(nat.stderr, str(native / "xz" / "xz"))
+    for d in dirs.values():
+        assert sorted(p.name for p in d.iterdir()) == ["a.txt", "hard.txt", "link.txt"]
+
+
 def test_xz_damaged_input_fails_as_native(guests: Path, native: Path, tmp_path: Path,
                                           text_input: Path) -> None:
     packed = tmp_path / "good.xz"
