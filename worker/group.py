@@ -746,6 +746,11 @@ class InstanceGroup:
         self._pending.put(pending)
         self.nudge()
 
+    def enqueue(self, pending: PendingOperation) -> None:
+        """Queue an operation without waking this group's thread (the caller nudges it, or
+        leaves it to apply the operation at its next safe point)."""
+        self._pending.put(pending)
+
     def nudge(self) -> None:
         """Parked in futex_wait: wake it now rather than at the end of its wait slice (this
         thread alone, through its wake word; where the kernel lacks futex_waitv, everyone on
@@ -764,6 +769,12 @@ class InstanceGroup:
         applied when its wake word wakes it, or before it returns to guest code, so it
         needs no epoch tick."""
         return self._waiting_on is not None
+
+    @property
+    def applying(self) -> bool:
+        """Applying an operation that runs guest code of its own (a start function, TLS
+        set-up) but no constructors: a safe point reached meanwhile applies nothing."""
+        return self._servicing
 
     def has_pending(self) -> bool:
         return not self._pending.empty()
