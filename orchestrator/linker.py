@@ -119,6 +119,15 @@ class _Resolved:
         return Binding(b.module, b.name, b.how, value=b.value + bases[self.add_base_of])
 
 
+def _typed(binding: Binding, import_type: object) -> Binding:
+    """`binding` with the type of the global it makes (B_CONST, B_TLS), for the groups."""
+    if binding.how not in (B_CONST, B_TLS) or not isinstance(import_type, GlobalType):
+        return binding
+    b = binding
+    return Binding(b.module, b.name, b.how, b.value, b.source, b.export,
+                   f"mut {import_type.value}" if import_type.mutable else import_type.value)
+
+
 def _global_value(module: WasmModule, export: Export) -> int | None:
     """The constant value of an exported global defined by `module`, if it has one."""
     imported = len(module.imports_of("global"))
@@ -410,7 +419,9 @@ class LinkerState:
         bases = {m.handle: m.memory_base for m in everything}
         module_plans = []
         for loaded in planned:
-            bindings = [r.final(bases) for r in resolved[loaded.handle]]
+            bindings = [_typed(r.final(bases), imp.type)
+                        for r, imp in zip(resolved[loaded.handle], loaded.module.imports,
+                                          strict=True)]
             info = loaded.module.dylink
             module_plans.append(ModulePlan(
                 handle=loaded.handle, name=loaded.name, guest_path=loaded.guest_path,

@@ -52,6 +52,10 @@ class Binding:
     value: int = 0
     source: int = 0
     export: str = ""
+    # B_CONST/B_TLS: the imported global's type ("i32", "i64", "mut i32", "mut i64"), so
+    # that a group makes it without reading the compiled module's import types (the
+    # module's, not part of what the import is bound to: left out of comparisons).
+    global_type: str = field(default="", compare=False)
 
 
 # What a dlsym of an export finds (ModulePlan.exports): a function (it needs a table slot), a
@@ -165,8 +169,9 @@ def to_wire(obj: Operation) -> dict[str, Any]:
         "op": "load_modules",
         "modules": [{**{k: getattr(m, k) for k in record_fields(ModulePlan)
                         if k != "bindings"},
-                     "bindings": [[b.module, b.name, b.how, b.value, b.source, b.export]
-                                  for b in m.bindings]} for m in obj.modules],
+                     "bindings": [[b.module, b.name, b.how, b.value, b.source, b.export,
+                                   b.global_type] for b in m.bindings]}
+                    for m in obj.modules],
         "table_length": obj.table_length,
         "slots": [[s.slot, s.handle, s.export, s.dlsym_handle] for s in obj.slots],
         "stack_low": obj.stack_low,

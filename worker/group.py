@@ -17,7 +17,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from typing import Any, Protocol
 
 import wasmtime
@@ -75,8 +75,10 @@ from wasmgroup.worker.perturb import Perturbation
 from wasmgroup.worker.wasmtime_compat import (
     call_nullary,
     const_global,
+    global_type,
     host_func,
     instance_export,
+    module_import_count,
     module_imports,
     new_instance,
     table_grow,
@@ -119,6 +121,22 @@ class CompiledModule:
     def __init__(self, module: wasmtime.Module) -> None:
         self.module = module
         self._imports: list[tuple[str, str, Any, bool]] | None = None
+        self._import_count: int | None = None
+
+    def helpers(self, start: int, made: Container[tuple[str, str]]
+                ) -> list[tuple[str, str, Any, bool]]:
+        """The imports from `start` on (the load-time rewrite's helpers), without the types
+        of those `made` already (a group makes each helper once)."""
+        if self._imports is not None:
+            return self._imports[start:]
+        return module_imports(self.module, start, made)
+
+    @property
+    def import_count(self) -> int:
+        if self._import_count is None:
+            self._import_count = (len(self._imports) if self._imports is not None
+                                  else module_import_count(self.module))
+        return self._import_count
 
     @property
     def imports(self) -> list[tuple[str, str, Any, bool]]:
@@ -620,16 +638,20 @@ class InstanceGroup:
 
     def _instantiate(self, plan: ModulePlan) -> None:
         compiled = self._load_module(plan.host_path)
-        wanted = compiled.imports
         # The plan covers the module's own imports; the load-time rewrite appends host
-        # helpers (orchestrator/rewrite.py) after them.
-        helpers = wanted[len(plan.bindings):]
-        if any(module != HELPER_MODULE for module, _, _, _ in helpers):
+        # helpers (orchestrator/rewrite.py) after them. The compiled module's import types
+        # (~10 µs an import to read) are read only when a binding needs one the plan does
+        # not carry, or for the helpers.
+        count = compiled.import_count
+        if count < len(plan.bindings):
             raise LinkError(f"{plan.name}: the compiled module does not match its plan")
-        imports = [self._import_value(plan, binding, ty, is_i64)
-                   for binding, (_, _, ty, is_i64) in zip(plan.bindings, wanted, strict=False)]
-        imports += [self._helper(name, ty)
-                    for _, name, ty, _ in helpers if isinstance(ty, wasmtime.FuncType)]
+        imports = [self._import_value(plan, binding, compiled, index)
+                   for index, binding in enumerate(plan.bindings)]
+        if count > len(plan.bindings):
+            helpers = compiled.helpers(len(plan.bindings), self._host_funcs)
+            if any(module != HELPER_MODULE for module, _, _, _ in helpers):
+                raise LinkError(f"{plan.name}: the compiled module does not match its plan")
+            imports += [self._helper(plan, name, ty) for _, name, ty, _ in helpers]
         try:
             self.instances[plan.handle] = new_instance(self.store, compiled.module, imports)
         except WASM_ERRORS as err:
@@ -645,7 +667,8 @@ class InstanceGroup:
             if isinstance(sp, wasmtime.Global):
                 self.stack_pointer = sp
 
-    def _import_value(self, plan: ModulePlan, binding: Any, ty: Any, is_i64: bool) -> Any:
+    def _import_value(self, plan: ModulePlan, binding: Any, compiled: CompiledModule,
+                      index: int) -> Any:
         how = binding.how
         if how == B_MEMORY:
             return self.memory_object
@@ -662,6 +685,11 @@ class InstanceGroup:
                     self.store, wasmtime.TagType(wasmtime.FuncType([wasmtime.ValType.i32()], [])))
             return self._tags[binding.name]
         if how in (B_CONST, B_TLS):
+            if binding.global_type:  # (wasmtime checks it against the module's import)
+                ty: Any = global_type(binding.global_type)
+                is_i64 = binding.global_type.endswith("i64")
+            else:
+                _, _, ty, is_i64 = compiled.imports[index]
             if not isinstance(ty, wasmtime.GlobalType):
                 raise LinkError(f"{plan.name}: {binding.module}.{binding.name} is not a global")
             value = binding.value
@@ -673,10 +701,16 @@ class InstanceGroup:
             if binding.module.startswith("GOT.") and how == B_CONST:
                 self._got[f"{plan.name}:{binding.module}.{binding.name}"] = created
             return created
-        assert isinstance(ty, wasmtime.FuncType)
+        if how == B_FUNC and binding.source in self.instances:
+            return self.export(binding.source, binding.export)
+        if how == B_HOST:
+            made = self._host_funcs.get((binding.module, binding.name))
+            if made is not None:
+                return made
+        ty = compiled.imports[index][2]
+        if not isinstance(ty, wasmtime.FuncType):
+            raise LinkError(f"{plan.name}: {binding.module}.{binding.name} is not a function")
         if how == B_FUNC:
-            if binding.source in self.instances:
-                return self.export(binding.source, binding.export)
             return self._forwarder(ty, binding.source, binding.export)
         if how == B_STUB:
             return self._stub(ty, plan, binding.name)
@@ -708,12 +742,15 @@ class InstanceGroup:
 
         return wasmtime.Func(self.store, ty, call)
 
-    def _helper(self, name: str, ty: wasmtime.FuncType) -> wasmtime.Func:
+    def _helper(self, plan: ModulePlan, name: str, ty: wasmtime.FuncType | None
+                ) -> wasmtime.Func:
         """A host helper the load-time rewrite imports (one type per name): made once per
         group, shared by every module that imports it."""
         key = (HELPER_MODULE, name)
         func = self._host_funcs.get(key)
         if func is None:
+            if not isinstance(ty, wasmtime.FuncType) or name not in self._memory_helpers:
+                raise LinkError(f"{plan.name}: the compiled module does not match its plan")
             func = self._host_funcs[key] = host_func(self.store, ty, self._memory_helpers[name])
         return func
 

@@ -25,7 +25,7 @@ import ctypes
 import functools
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from ctypes import c_void_p, cast
 from typing import Any
 
@@ -300,22 +300,30 @@ def new_instance(store: wasmtime.Store, module: wasmtime.Module, imports: list[A
     return wasmtime.Instance._from_raw(instance)
 
 
-def module_imports(module: wasmtime.Module) -> list[tuple[str, str, Any, bool]]:
-    """(module, name, type, whether a global is an i64) per import of `module`, in order;
-    the type is a `wasmtime.GlobalType` or `FuncType` for globals and functions, else None
-    (what instantiating needs). Read through the C API: the bindings' `Module.imports` wraps
-    every import, its names and its type in objects (~20 µs an import)."""
+def module_imports(module: wasmtime.Module, start: int = 0,
+                   untyped: Container[tuple[str, str]] = ()
+                   ) -> list[tuple[str, str, Any, bool]]:
+    """(module, name, type, whether a global is an i64) per import of `module` from index
+    `start`, in order; the type is a `wasmtime.GlobalType` or `FuncType` for globals and
+    functions, else None (what instantiating needs), and None for the (module, name) pairs
+    in `untyped` (reading a type is most of the cost). Read through the C API: the
+    bindings' `Module.imports` wraps every import, its names and its type in objects (~20 µs
+    an import)."""
     owner = _ImportTypeList()
     ffi.wasmtime_module_imports(module.ptr(), ctypes.byref(owner.vec))
     found = []
-    for i in range(owner.vec.size):
+    for i in range(start, owner.vec.size):
         item = owner.vec.data[i]
         names = [ffi.wasm_importtype_module(item).contents, ffi.wasm_importtype_name(item)]
         module_name = ctypes.string_at(names[0].data, names[0].size).decode()
-        name = names[1].contents
-        extern = ffi.wasm_importtype_type(item)
+        name_vec = names[1].contents
+        name = ctypes.string_at(name_vec.data, name_vec.size).decode()
         ty: Any = None
         is_i64 = False
+        if (module_name, name) in untyped:
+            found.append((module_name, name, ty, is_i64))
+            continue
+        extern = ffi.wasm_importtype_type(item)
         global_type = ffi.wasm_externtype_as_globaltype(extern)
         if global_type:
             ty = wasmtime.GlobalType._from_ptr(global_type, owner)
@@ -324,8 +332,31 @@ def module_imports(module: wasmtime.Module) -> list[tuple[str, str, Any, bool]]:
             func_type = ffi.wasm_externtype_as_functype(extern)
             if func_type:
                 ty = wasmtime.FuncType._from_ptr(func_type, owner)
-        found.append((module_name, ctypes.string_at(name.data, name.size).decode(), ty, is_i64))
+        found.append((module_name, name, ty, is_i64))
     return found
+
+
+def module_import_count(module: wasmtime.Module) -> int:
+    """How many imports `module` has (one C call; no Python object per import)."""
+    owner = _ImportTypeList()
+    ffi.wasmtime_module_imports(module.ptr(), ctypes.byref(owner.vec))
+    return int(owner.vec.size)
+
+
+_GLOBAL_TYPES: dict[str, wasmtime.GlobalType] = {}
+
+
+def global_type(name: str) -> wasmtime.GlobalType:
+    """The integer global type a plan names ("i32", "i64", "mut i32", "mut i64"), made once
+    per process (a global made from it copies it)."""
+    made = _GLOBAL_TYPES.get(name)
+    if made is None:
+        mutable, _, value = name.rpartition(" ")
+        if value not in ("i32", "i64") or mutable not in ("", "mut"):
+            raise ValueError(f"not an integer global type: {name!r}")
+        made = _GLOBAL_TYPES[name] = wasmtime.GlobalType(
+            getattr(wasmtime.ValType, value)(), bool(mutable))
+    return made
 
 
 class _ImportTypeList:
