@@ -56,6 +56,7 @@ from wasmgroup.shared.plan import (
     SlotAssignment,
     SymbolAddress,
     TableGrowth,
+    type_text,
 )
 from wasmgroup.shared.records import field, record
 from wasmgroup.shared.wasm import Export, FuncType, GlobalType, Import, TagType, WasmModule
@@ -120,12 +121,17 @@ class _Resolved:
 
 
 def _typed(binding: Binding, import_type: object) -> Binding:
-    """`binding` with the type of the global it makes (B_CONST, B_TLS), for the groups."""
-    if binding.how not in (B_CONST, B_TLS) or not isinstance(import_type, GlobalType):
+    """`binding` with the type of what a group makes of it (a global, a function), so that
+    no group reads it from the compiled module."""
+    text = ""
+    if binding.how in (B_CONST, B_TLS) and isinstance(import_type, GlobalType):
+        text = type_text(None, value=import_type.value, mutable=import_type.mutable)
+    elif binding.how in (B_FUNC, B_STUB, B_HOST) and isinstance(import_type, FuncType):
+        text = type_text(import_type.params, import_type.results)
+    if not text:
         return binding
     b = binding
-    return Binding(b.module, b.name, b.how, b.value, b.source, b.export,
-                   f"mut {import_type.value}" if import_type.mutable else import_type.value)
+    return Binding(b.module, b.name, b.how, b.value, b.source, b.export, text)
 
 
 def _global_value(module: WasmModule, export: Export) -> int | None:

@@ -76,8 +76,8 @@ from wasmgroup.worker.perturb import Perturbation
 from wasmgroup.worker.wasmtime_compat import (
     call_nullary,
     const_global,
-    global_type,
     host_func,
+    import_type,
     instance_export,
     module_import_count,
     module_imports,
@@ -694,11 +694,7 @@ class InstanceGroup:
                     self.store, wasmtime.TagType(wasmtime.FuncType([wasmtime.ValType.i32()], [])))
             return self._tags[binding.name]
         if how in (B_CONST, B_TLS):
-            if binding.global_type:  # (wasmtime checks it against the module's import)
-                ty: Any = global_type(binding.global_type)
-                is_i64 = binding.global_type.endswith("i64")
-            else:
-                _, _, ty, is_i64 = compiled.imports[index]
+            ty, is_i64 = self._import_type(binding, compiled, index)
             if not isinstance(ty, wasmtime.GlobalType):
                 raise LinkError(f"{plan.name}: {binding.module}.{binding.name} is not a global")
             value = binding.value
@@ -716,7 +712,7 @@ class InstanceGroup:
             made = self._host_funcs.get((binding.module, binding.name))
             if made is not None:
                 return made
-        ty = compiled.imports[index][2]
+        ty = self._import_type(binding, compiled, index)[0]
         if not isinstance(ty, wasmtime.FuncType):
             raise LinkError(f"{plan.name}: {binding.module}.{binding.name} is not a function")
         if how == B_FUNC:
@@ -726,6 +722,17 @@ class InstanceGroup:
         if how == B_HOST:
             return self._host_function(binding.module, binding.name, ty)
         raise LinkError(f"{plan.name}: unknown binding {how!r} for {binding.module}.{binding.name}")
+
+    @staticmethod
+    def _import_type(binding: Binding, compiled: CompiledModule, index: int
+                     ) -> tuple[Any, bool]:
+        """The type of import `index` (a global's, a function's) and whether it is an i64
+        global: from the plan (wasmtime checks it against the module's at instantiation),
+        else read from the compiled module."""
+        if binding.import_type:
+            return import_type(binding.import_type)
+        _, _, ty, is_i64 = compiled.imports[index]
+        return ty, is_i64
 
     def _forwarder(self, ty: wasmtime.FuncType, handle: int, name: str) -> wasmtime.Func:
         """A function of a module later in the same load: bound when first called."""

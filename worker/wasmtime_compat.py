@@ -343,19 +343,31 @@ def module_import_count(module: wasmtime.Module) -> int:
     return int(owner.vec.size)
 
 
-_GLOBAL_TYPES: dict[str, wasmtime.GlobalType] = {}
+_IMPORT_TYPES: dict[str, tuple[wasmtime.GlobalType | wasmtime.FuncType, bool]] = {}
 
 
-def global_type(name: str) -> wasmtime.GlobalType:
-    """The integer global type a plan names ("i32", "i64", "mut i32", "mut i64"), made once
-    per process (a global made from it copies it)."""
-    made = _GLOBAL_TYPES.get(name)
+def import_type(text: str) -> tuple[wasmtime.GlobalType | wasmtime.FuncType, bool]:
+    """The type a plan's binding names (shared/plan.py `type_text`), and whether it is an
+    i64 global; made once per process (what is made of it copies it)."""
+    made = _IMPORT_TYPES.get(text)
     if made is None:
-        mutable, _, value = name.rpartition(" ")
-        if value not in ("i32", "i64") or mutable not in ("", "mut"):
-            raise ValueError(f"not an integer global type: {name!r}")
-        made = _GLOBAL_TYPES[name] = wasmtime.GlobalType(
-            getattr(wasmtime.ValType, value)(), bool(mutable))
+        if text.startswith("("):
+            params, _, results = text.partition(" -> ")
+            made = (wasmtime.FuncType([_value_type(t) for t in params[1:-1].split()],
+                                      [_value_type(t) for t in results[1:-1].split()]), False)
+        else:
+            mutable, _, value = text.rpartition(" ")
+            if value not in ("i32", "i64") or mutable not in ("", "mut"):
+                raise ValueError(f"not an integer global type: {text!r}")
+            made = (wasmtime.GlobalType(_value_type(value), bool(mutable)), value == "i64")
+        _IMPORT_TYPES[text] = made
+    return made
+
+
+def _value_type(name: str) -> wasmtime.ValType:
+    if name not in ("i32", "i64", "f32", "f64"):
+        raise ValueError(f"not a number type: {name!r}")
+    made: wasmtime.ValType = getattr(wasmtime.ValType, name)()
     return made
 
 
