@@ -435,7 +435,9 @@ class LinkerState:
                 table_base=loaded.table_base,
                 table_size=info.mem_info.table_size if info else 0,
                 memory_size=info.mem_info.memory_size if info else 0, bindings=bindings,
-                exports=_dlsym_exports(loaded)))
+                exports=_dlsym_exports(loaded),
+                thread_tls=any(loaded.module.export_named(n) is not None
+                               for n in ("__wasm_init_tls", "__wasix_init_tls"))))
         plan = LoadPlan(modules=module_plans, table_length=table_length, slots=slots,
                         stack_high=self.stack_high, stack_low=self.stack_low)
         # The table is the plan's from now on, whatever comes of it (tables only grow): a

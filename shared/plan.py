@@ -125,6 +125,9 @@ class ModulePlan:
     bindings: list[Binding]
     # Exports dlsym can see (hidden ones left out): name -> [X_* kind, value].
     exports: dict[str, list[Any]] = field(default_factory=dict)
+    # Whether it exports a TLS initialiser (`__wasm_init_tls`, `__wasix_init_tls`): each
+    # other group sets up a block for its thread; without one it looks for none.
+    thread_tls: bool = True
 
 
 @record

@@ -423,6 +423,8 @@ class InstanceGroup:
         exports its TLS layout, the block comes from the coordinator's allocator instead and
         only the lock-free `__wasm_init_tls` (and `__wasm_apply_tls_relocs`) run in the guest.
         """
+        if not plan.thread_tls:  # (the plan says whether it exports an initialiser)
+            return
         size, align = (self.find_export(plan.handle, "__tls_size"),
                        self.find_export(plan.handle, "__tls_align"))
         init = self.find_export(plan.handle, "__wasm_init_tls")
