@@ -166,7 +166,7 @@ def prepare(*classes: type) -> None:
     for its children, which would each compile it at their first instance)."""
     for cls in classes:
         if cls.__dict__.get("__init__") is _first_init:
-            cls.__init__ = _make_init(cls, *cls.__record_specs__)  # type: ignore[misc]
+            cls.__init__ = _make_init(cls, *cls.__record_specs__)  # type: ignore[misc,attr-defined]
 
 
 @overload
