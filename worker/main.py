@@ -9,8 +9,10 @@ the worker, and the pool starts workers from short-lived threads.)
 
 Threads of this process: two take turns (leader/follower) at two roles, and a third ticks.
 - The reader reads every frame: operations are queued on the group (and the epoch ticked, and
-  a futex sleeper woken, so that they are applied at the next safe point), everything else is
-  the group's work.
+  a futex sleeper woken, so that they are applied at the next safe point; one that only
+  changes table slots, reaching a thread parked at a safe point, is acknowledged at once
+  instead and the sleeper left asleep: it applies it before it runs guest code again),
+  everything else is the group's work.
 - The group's work (apply an assignment, run the entry point, apply link operations while
   idle, reset) is done by one thread at a time, the *working* thread; while it waits inside a
   host call for the coordinator's answer, the reader hands it frames through the inbox and it
