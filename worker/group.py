@@ -456,8 +456,8 @@ class InstanceGroup:
         self.thread_id = thread_id
         self.signals = SignalState()
         for handle, instance in self.instances.items():
-            if handle == MAIN_HANDLE:
-                continue
+            if handle == MAIN_HANDLE or not self._plans[handle].thread_tls:
+                continue  # (no TLS initialiser: nothing to set up again)
             exports = instance.exports(self.store)
             init = exports.get("__wasm_init_tls")
             block = self._thread_tls.get(handle)
