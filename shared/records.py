@@ -161,6 +161,14 @@ def _build(cls: type[T], frozen: bool) -> type[T]:
     return cls
 
 
+def prepare(*classes: type) -> None:
+    """Generate the `__init__` of record `classes` now (a process that forks does this once
+    for its children, which would each compile it at their first instance)."""
+    for cls in classes:
+        if cls.__dict__.get("__init__") is _first_init:
+            cls.__init__ = _make_init(cls, *cls.__record_specs__)  # type: ignore[misc,attr-defined]
+
+
 @overload
 def record(cls: type[T], /) -> type[T]: ...
 @overload
@@ -176,4 +184,4 @@ def record(cls: type[T] | None = None, /, *, frozen: bool = True
     return _build(cls, frozen)
 
 
-__all__ = ["FrozenInstanceError", "field", "record", "record_fields"]
+__all__ = ["FrozenInstanceError", "field", "prepare", "record", "record_fields"]

@@ -76,7 +76,9 @@ def serve(ctrl: socket.socket) -> None:
     """Fork a worker per request until the coordinator closes `ctrl`."""
     # Imported now, so that every child has them (shared copy-on-write) and starts at once.
     from wasmgroup.worker import main as worker_main
+    from wasmgroup.worker.group import prepare_link_records
 
+    prepared = False
     while True:
         try:
             data, fds, _, _ = socket.recv_fds(ctrl, REQUEST_SIZE, 1)
@@ -101,6 +103,9 @@ def serve(ctrl: socket.socket) -> None:
             ctrl.sendall(pid.to_bytes(4, "little", signed=True))
         except OSError:
             return
+        if not prepared:  # after the first worker (off the start's path), for the others
+            prepared = True
+            prepare_link_records()
 
 
 def _become_worker(ctrl: socket.socket, fd: int, worker_main: object) -> None:
