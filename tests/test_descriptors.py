@@ -384,3 +384,19 @@ def test_the_table_hands_out_the_lowest_free_number(tmp_path: Path,
             assert open_one() == 5
         finally:
             table.close()
+
+
+def test_threads_started_after_1100_files_are_open_can_dlopen(guests: Path,
+                                                             tmp_path: Path) -> None:
+    """Their workers' sockets have numbers past 1024 in the coordinator: serving their
+    dlopens must not select() on them (select refuses numbers past FD_SETSIZE)."""
+    (tmp_path / "f.txt").write_text("x")
+    fds = open_fds()
+    result = run_program(str(guests / "fdtable" / "many_files_then_dlopen.wasm"),
+                         ["1100", "/d/f.txt", "6", "/h/libpoke.so"],
+                         dirs=[f"{tmp_path}::/d", f"{guests / 'hostile'}::/h"])
+    assert (result.exit_code, result.error) == (0, None)
+    lines = result.stdout.decode().splitlines()
+    assert lines[0] == "1100 files open"
+    assert sorted(lines[1:]) == [f"thread {i}: 7" for i in range(6)]
+    assert_nothing_left(fds)
