@@ -283,6 +283,10 @@ def _errnos_module(body: str) -> bytes:
     ("(call $write (i32.const 1) (i32.const 65530) (i32.const 2) (i32.const 0))", wasi.EFAULT),
     ("(i32.store (i32.const 0) (i32.const 65000)) (i32.store (i32.const 4) (i32.const 9999))"
      " (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8))", wasi.EFAULT),
+    # more iovecs than IOV_MAX (1024), a count near 2^31: writev's EINVAL, nothing allocated
+    ("(call $write (i32.const 1) (i32.const 0) (i32.const 1025) (i32.const 9000))", wasi.EINVAL),
+    ("(call $write (i32.const 1) (i32.const 0) (i32.const 0x7fffffff) (i32.const 8))",
+     wasi.EINVAL),
     # a seek with no such whence, before the start; a read at a negative offset
     ("(call $seek (i32.const 1) (i64.const 0) (i32.const 9) (i32.const 8))", wasi.EINVAL),
     ("(call $seek (i32.const 3) (i64.const 0) (i32.const 0) (i32.const 8))", wasi.EISDIR),
