@@ -120,6 +120,61 @@ def test_sqlite_shared_cache_threads(guests: Path, native: Path, tmp_path: Path)
     assert wasm == nat
 
 
+# ---- SQLite's own loadable extensions ----------------------------------------------------------
+# ext/misc of SQLite 3.40.1 (Debian's source package): generate_series, a CSV virtual table that
+# reads a file of the guest's, REGEXP, uuid(), sha3(); built as side modules that
+# sqlite3_load_extension dlopens, natively as shared objects.
+
+SQLITE_EXTENSIONS = ("series", "csv", "regexp", "uuid", "shathree")
+
+
+def test_sqlite_real_extensions_answer_as_native(guests: Path, native: Path,
+                                                 tmp_path: Path) -> None:
+    statements = [
+        "SELECT group_concat(value) AS v FROM generate_series(1,20,4)",
+        "CREATE VIRTUAL TABLE temp.items USING csv(filename='{d}/items.csv', header=1)",
+        "SELECT name, qty, qty*2 AS twice FROM items ORDER BY name",
+        "SELECT sum(qty) AS total FROM items WHERE name REGEXP '^[ab]'",
+        "SELECT 'abc123' REGEXP '[0-9]+$' AS m, 'abc' REGEXP '^[0-9]' AS n",
+        "SELECT length(uuid()) AS len, "
+        "uuid_str(uuid_blob('a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11')) AS u",
+        "SELECT hex(sha3('abc', 256)) AS h, hex(sha3(NULL)) AS none",
+        "CREATE VIRTUAL TABLE temp.gone USING csv(filename='{d}/no-such.csv')",
+    ]
+    dirs = {"native": fresh(tmp_path, "native"), "wasm": fresh(tmp_path, "wasm")}
+    for d in dirs.values():
+        (d / "items.csv").write_text("name,qty\nalpha,3\nbravo,5\ncharlie,8\n")
+    libs = ",".join(str(native / "sqlite" / "ext" / f"{e}.so") for e in SQLITE_EXTENSIONS)
+    nat = run_native([str(native / "sqlite" / "sqldrv"), "sql", str(dirs["native"]), libs,
+                      *[q.replace("{d}", str(dirs["native"])) for q in statements]])
+    res = run_wasm(guests / "sqlite" / "sqldrv.wasm",
+                   ["sql", "/data", ",".join(f"/ext/{e}.so" for e in SQLITE_EXTENSIONS),
+                    *[q.replace("{d}", "/data") for q in statements]],
+                   [f"{dirs['wasm']}::/data", f"{guests / 'sqlite' / 'ext'}::/ext"])
+    assert nat.returncode == 1  # the last statement fails, in both
+    assert (res.exit_code, res.error) == (1, None), res.stderr
+    wasm = res.stdout.decode().replace("/data", "DIR").splitlines()
+    assert wasm == nat.stdout.replace(str(dirs["native"]), "DIR").splitlines()
+    assert "6: len=36 u=a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11" in wasm
+    assert wasm[-1] == "FAIL 8: cannot open 'DIR/no-such.csv' for reading"
+
+
+def test_sqlite_refuses_a_damaged_extension_as_a_failed_load(guests: Path,
+                                                             tmp_path: Path) -> None:
+    """A truncated side module: sqlite3_load_extension fails with dlopen's message and the
+    program goes on."""
+    whole = (guests / "sqlite" / "ext" / "series.so").read_bytes()
+    (tmp_path / "series.so").write_bytes(whole[: len(whole) // 2])
+    res = run_wasm(guests / "sqlite" / "sqldrv.wasm",
+                   ["sql", "/data", "/data/series.so", "SELECT 1 AS one"],
+                   [f"{tmp_path}::/data"])
+    assert (res.exit_code, res.error) == (1, None), res.stderr
+    lines = res.stdout.decode().splitlines()
+    assert lines[0].startswith("FAIL load_extension /data/series.so: ")
+    assert "series.so" in lines[0][len("FAIL load_extension /data/series.so: "):]
+    assert lines[1:] == ["1: one=1"]
+
+
 # ---- Lua -------------------------------------------------------------------------------------
 
 def lua_both(guests: Path, native: Path, tmp_path: Path, args: list[str], **kw: object

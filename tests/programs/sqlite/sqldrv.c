@@ -363,6 +363,30 @@ static int cmd_bench(const char *dir, int rows) {
     return failures != 0;
 }
 
+/* ---- sql: extensions loaded, then statements, every row printed ------------------------ */
+static int cmd_sql(const char *dir, const char *extensions, int count, char **statements) {
+    sqlite3 *db = open_db(dir, "sql.db", 0);
+    if (!db) return 1;
+    sqlite3_enable_load_extension(db, 1);
+    char list[1024];
+    snprintf(list, sizeof list, "%s", extensions);
+    for (char *lib = strtok(list, ","); lib && strcmp(lib, "-"); lib = strtok(NULL, ",")) {
+        char *err = NULL;
+        if (sqlite3_load_extension(db, lib, NULL, &err) != SQLITE_OK) {
+            printf("FAIL load_extension %s: %s\n", lib, err ? err : "?");
+            failures++;
+        }
+        sqlite3_free(err);
+    }
+    for (int i = 0; i < count; i++) {
+        char label[16];
+        snprintf(label, sizeof label, "%d", i + 1);
+        query(db, label, statements[i]);
+    }
+    sqlite3_close(db);
+    return failures != 0;
+}
+
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (argc >= 3 && !strcmp(argv[1], "basic")) return cmd_basic(argv[2]);
@@ -370,7 +394,8 @@ int main(int argc, char **argv) {
     if (argc >= 4 && !strcmp(argv[1], "threads")) return cmd_threads(argv[2], atoi(argv[3]), 0);
     if (argc >= 4 && !strcmp(argv[1], "shared")) return cmd_threads(argv[2], atoi(argv[3]), 1);
     if (argc >= 4 && !strcmp(argv[1], "bench")) return cmd_bench(argv[2], atoi(argv[3]));
+    if (argc >= 4 && !strcmp(argv[1], "sql")) return cmd_sql(argv[2], argv[3], argc - 4, argv + 4);
     fprintf(stderr, "usage: sqldrv basic DIR | ext DIR LIB | threads DIR N | shared DIR N"
-                    " | bench DIR N\n");
+                    " | bench DIR N | sql DIR LIB,LIB...|- SQL...\n");
     return 2;
 }
