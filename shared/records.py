@@ -84,6 +84,17 @@ def _frozen_delattr(self: Any, name: str) -> None:
     raise FrozenInstanceError(f"cannot delete field {name!r}")
 
 
+_RECORDS: list[Any] = []  # every record class, for `generate_inits`
+
+
+def generate_inits() -> None:
+    """Generate the __init__ of every record class now (the fork server: its children then
+    share them instead of each compiling those it uses)."""
+    for cls in _RECORDS:
+        if cls.__dict__.get("__init__") is _first_init:
+            cls.__init__ = _make_init(cls, *cls.__record_specs__)
+
+
 def _first_init(self: Any, *args: Any, **kwargs: Any) -> None:
     """A record's __init__ until its first instance: generates the real one (a compile,
     ~0.1 ms, which classes never instantiated in a process do not pay), then runs it."""
@@ -158,6 +169,7 @@ def _build(cls: type[T], frozen: bool) -> type[T]:
         methods.update(__setattr__=_frozen_setattr, __delattr__=_frozen_delattr)
     for name, value in methods.items():
         setattr(cls, name, value)
+    _RECORDS.append(cls)
     return cls
 
 

@@ -133,3 +133,57 @@ def test_nothing_outlives_a_killed_coordinator(tmp_path: Path) -> None:
         time.sleep(0.1)
     assert processes_marked(mark) == []
     assert not [n for n in os.listdir("/dev/shm") if "wasmgroup" in n]
+
+
+def _spare_of(pool: WorkerPool, known: set[int]) -> int:
+    """The pid of the spare the pool's server forked: our child that is neither the server
+    nor a worker we know."""
+    assert pool.fork_server is not None
+    deadline = time.monotonic() + 30
+    while True:
+        others = {p.pid for p in psutil.Process().children()} - known - {pool.fork_server.pid}
+        if others:
+            assert len(others) == 1, others
+            return others.pop()
+        assert time.monotonic() < deadline, "no spare was forked"
+        time.sleep(0.01)
+
+
+def test_a_spare_serves_at_normal_priority_with_only_its_socket() -> None:
+    """From the second worker on, the server keeps a spare (forked and warmed up ahead of
+    need, at idle priority where it can return from it): the next worker is that spare, every
+    thread of it at normal priority, holding nothing of the server's."""
+    fds = open_fds()
+    pool = WorkerPool(0)
+    first = [pool.take() for _ in range(2)]
+    spare = _spare_of(pool, {w.pid for w in first})
+    third = pool.take()
+    assert third.pid == spare
+    third.wait_ready()
+    policies = {int(t): os.sched_getscheduler(int(t)) for t in os.listdir(f"/proc/{spare}/task")}
+    assert set(policies.values()) == {os.SCHED_OTHER}, policies
+    held = [os.readlink(f"/proc/{spare}/fd/{fd}") for fd in os.listdir(f"/proc/{spare}/fd")]
+    assert len([f for f in held if f.startswith("socket:")]) <= 4, held  # its own (+ stdio)
+    assert len(held) <= 5, held  # stdio, its socket, its wake-up eventfd
+    pool.close()
+    assert_nothing_left(fds)
+
+
+def test_a_dead_spare_is_replaced_by_a_forked_worker_and_reaped() -> None:
+    """The spare killed before it is wanted: the next worker is forked then, and the dead
+    spare is reaped (no zombie) when the pool closes; so is an unused one."""
+    fds = open_fds()
+    pool = WorkerPool(0)
+    first = [pool.take() for _ in range(2)]
+    spare = _spare_of(pool, {w.pid for w in first})
+    os.kill(spare, signal.SIGKILL)
+    while psutil.Process(spare).status() != psutil.STATUS_ZOMBIE:  # (gone: its link closed)
+        time.sleep(0.01)
+    third = pool.take()
+    assert third.pid != spare
+    third.wait_ready()
+    assert third.process.poll() is None
+    assert pool.fork_server is not None and spare in pool.fork_server.spares
+    _spare_of(pool, {w.pid for w in first} | {third.pid, spare})  # the next one, unused
+    pool.close()
+    assert_nothing_left(fds)

@@ -147,12 +147,18 @@ class Baseline:
             return f"{grown >> 20} MiB of private memory more than when it started"
         return None
 
+    def replace_fd(self, old: int, new: int) -> None:
+        """Taken before the worker had its socket (a spare, worker/zygote.py): `old` (its
+        link to the fork server) is closed since, and `new` is the socket."""
+        self.fds.discard(old)
+        self.fds.add(new)
+
 
 class Connection:
     """This worker's end of the socket: sends are serialised across threads."""
 
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
+    def __init__(self, sock: socket.socket | None) -> None:
+        self.sock: socket.socket = sock  # type: ignore[assignment]  # (a spare's: given later)
         self._send_lock = threading.Lock()
 
     def send(self, kind: str, **fields: Any) -> None:
@@ -167,7 +173,8 @@ class Connection:
 
 
 class Worker:
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket | None) -> None:
+        """With `sock` None (a spare, worker/zygote.py), `serve` is given it."""
         self.conn = Connection(sock)
         self.engine = wasmtime.Engine(make_engine_config())
         self.inbox: queue.SimpleQueue[tuple[dict[str, Any], list[int]] | None] = \
@@ -378,11 +385,15 @@ class Worker:
                 continue
             return item
 
-    def serve(self) -> None:
-        """Note how this worker looks with no program, say `ready`, then read first, taking
-        turns with the other thread (never returns: the worker leaves with os._exit, told to
-        or when the coordinator is gone). Nothing is read before the baseline is taken."""
-        self.baseline = Baseline()
+    def serve(self, sock: socket.socket | None = None) -> None:
+        """Note how this worker looks with no program (unless a spare did before it had
+        `sock`), say `ready`, then read first, taking turns with the other thread (never
+        returns: the worker leaves with os._exit, told to or when the coordinator is gone).
+        Nothing is read before the baseline is taken."""
+        if sock is not None:
+            self.conn.sock = sock
+        if self.baseline is None:
+            self.baseline = Baseline()
         self.conn.send("ready", pid=os.getpid())
         self.take_turns(reading=True)
 
@@ -743,21 +754,29 @@ class WorkerService:
         return bool(self._call("chdir", path, safe_point=False))
 
 
+def start_threads(worker: Worker) -> list[threading.Thread]:
+    """The worker's other taking-turns thread and its ticker."""
+    # Either taking-turns thread may run guest code: give the second the main thread's
+    # stack size (8 MiB by default), whatever the system's default for threads is.
+    previous = threading.stack_size(MAIN_STACK_BYTES)
+    try:
+        turns = threading.Thread(target=worker.take_turns, args=(False,),
+                                 name="wasmgroup-turns", daemon=True)
+        turns.start()
+    finally:
+        threading.stack_size(previous)
+    ticker = threading.Thread(target=worker.tick, name="wasmgroup-ticker", daemon=True)
+    ticker.start()
+    return [turns, ticker]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     sock = socket.socket(fileno=int(args[0]))
     worker = Worker(sock)
     with contextlib.suppress(AttributeError, OSError):  # started in the background
         os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
-    # Either taking-turns thread may run guest code: give the second the main thread's
-    # stack size (8 MiB by default), whatever the system's default for threads is.
-    previous = threading.stack_size(MAIN_STACK_BYTES)
-    try:
-        threading.Thread(target=worker.take_turns, args=(False,), name="wasmgroup-turns",
-                         daemon=True).start()
-    finally:
-        threading.stack_size(previous)
-    threading.Thread(target=worker.tick, name="wasmgroup-ticker", daemon=True).start()
+    start_threads(worker)
     worker.serve()
     return 0
 

@@ -12,19 +12,33 @@ the coordinator is multi-threaded once it runs programs, so it is never forked a
 
 Each child is created with clone(CLONE_PARENT): a child of the coordinator, not of this
 process, so the coordinator reaps it and reads its exit status like any child of its own.
+
+From the second request on, the server keeps a *spare*: a child forked ahead of need that has
+done, at idle CPU priority where it may return from it, what a worker does before it reads
+(its engine, its threads, its baseline), and waits for its socket on a link of its own. A
+request then hands the spare its socket (and normal priority) and forks the next spare after
+answering, so a worker needed now costs neither the fork (a few milliseconds: page tables,
+Python's after-fork work) nor that start-up. An unused spare leaves when the server does; the
+coordinator reaps it, or kills it when it closes the server.
+
 Wire (one request at a time, on the socket FD): the coordinator sends one byte (0) with the
-new worker's socket (SCM_RIGHTS); the server answers the pid as 4 bytes, little-endian,
-signed (-errno when the clone failed). A forked worker costs a millisecond or two of CPU, so
-unlike a worker started with exec it is not started at idle priority. End of file on FD (the
-coordinator closed it, or died): the server leaves.
+new worker's socket (SCM_RIGHTS). The server sends records of 8 bytes, two little-endian
+signed 32-bit numbers (kind, value): WORKER with the pid of the worker that serves that socket
+(-errno when the clone failed), the answer; SPARE with the pid of a spare it forked (after an
+answer, read with the next one; the coordinator's to reap). A forked worker costs a
+millisecond or two of CPU, so unlike a worker started with exec it is not started at idle
+priority. End of file on FD (the coordinator closed it, or died): the server leaves.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
+import select
 import signal
 import socket
+import struct
 import sys
 
 # clone(2)'s number, and whether the architecture takes (flags, stack, parent_tid, tls,
@@ -33,6 +47,10 @@ import sys
 SYS_CLONE = {"x86_64": 56, "aarch64": 220}.get(os.uname().machine)
 CLONE_PARENT = 0x8000
 REQUEST_SIZE = 1
+RECORD = struct.Struct("<ii")  # (kind, value)
+WORKER = 0  # the answer: the pid of the worker that serves the socket sent, or -errno
+SPARE = 1  # a spare was forked: its pid
+SPARE_AFTER = 2  # requests before the server keeps a spare (a program's main worker is one)
 
 
 def supported() -> bool:
@@ -72,11 +90,56 @@ def close_other_fds(keep: set[int]) -> None:
                 os.close(fd)
 
 
+class Spare:
+    """A worker forked ahead of need (this server's side): its pid and its link."""
+
+    def __init__(self, pid: int, link: socket.socket) -> None:
+        self.pid = pid
+        self.link = link
+
+    def hand(self, fd: int, idle: bool) -> bool:
+        """Give the spare the socket `fd` it is to serve; False if it is gone."""
+        try:
+            if idle:
+                # Every thread it has: one still warming up at idle priority could hold up
+                # the others on a busy machine (a thread it starts meanwhile, it raises).
+                for task in os.listdir(f"/proc/{self.pid}/task"):
+                    with contextlib.suppress(OSError):  # (a thread that has just ended)
+                        os.sched_setscheduler(int(task), os.SCHED_OTHER, os.sched_param(0))
+            socket.send_fds(self.link, [b"\0"], [fd])
+        except OSError:
+            return False
+        finally:
+            self.link.close()
+        return True
+
+
+def can_idle() -> bool:
+    """Whether this process may go to idle CPU priority and back (returning needs
+    CAP_SYS_NICE or a high enough RLIMIT_NICE): a spare may only warm up at idle priority
+    when it can return to normal priority once it is wanted."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        return False
+    try:
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    except OSError:
+        os._exit(1)  # stuck at idle priority: the coordinator falls back to starting workers
+    return True
+
+
 def serve(ctrl: socket.socket) -> None:
     """Fork a worker per request until the coordinator closes `ctrl`."""
     # Imported now, so that every child has them (shared copy-on-write) and starts at once.
+    from wasmgroup.shared import records
     from wasmgroup.worker import main as worker_main
 
+    records.generate_inits()
+
+    idle = can_idle()
+    spare: Spare | None = None
+    requests = 0
     while True:
         try:
             data, fds, _, _ = socket.recv_fds(ctrl, REQUEST_SIZE, 1)
@@ -88,19 +151,89 @@ def serve(ctrl: socket.socket) -> None:
             for fd in fds:
                 os.close(fd)
             return  # not our coordinator's request: stop serving
-        try:
-            pid = fork_sibling()
-        except OSError as err:
-            os.close(fds[0])
-            ctrl.sendall((-(err.errno or 1)).to_bytes(4, "little", signed=True))
-            continue
-        if pid == 0:
-            _become_worker(ctrl, fds[0], worker_main)
+        requests += 1
+        pid = 0
+        if spare is not None:
+            if spare.hand(fds[0], idle):
+                pid = spare.pid
+            spare = None  # (a dead one: the coordinator reaps it, announced)
+        if not pid:
+            try:
+                pid = _fork_worker(ctrl, fds[0], worker_main)
+            except OSError as err:
+                pid = -(err.errno or 1)
         os.close(fds[0])
         try:
-            ctrl.sendall(pid.to_bytes(4, "little", signed=True))
+            ctrl.sendall(RECORD.pack(WORKER, pid))
+            if requests >= SPARE_AFTER:
+                with contextlib.suppress(OSError):  # (no spare: the next request forks)
+                    spare = _fork_spare(ctrl, worker_main, idle)
+                if spare is not None:
+                    ctrl.sendall(RECORD.pack(SPARE, spare.pid))
         except OSError:
             return
+
+
+def _fork_worker(ctrl: socket.socket, fd: int, worker_main: object) -> int:
+    gc.freeze()  # the heap so far is never collected in the child: no copy-on-write for it
+    pid = fork_sibling()
+    if pid == 0:
+        _become_worker(ctrl, fd, worker_main)
+    return pid
+
+
+def _fork_spare(ctrl: socket.socket, worker_main: object, idle: bool) -> Spare:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    gc.freeze()
+    try:
+        pid = fork_sibling()
+    except OSError:
+        ours.close()
+        theirs.close()
+        raise
+    if pid == 0:
+        ours.detach()
+        _become_spare(ctrl, theirs, worker_main, idle)
+    theirs.close()
+    return Spare(pid, ours)
+
+
+def _become_spare(ctrl: socket.socket, link: socket.socket, worker_main: object,
+                  idle: bool) -> None:
+    """In a new spare: do what a worker does before it reads, warm up, wait for the socket
+    to serve (end of file: the server is gone, so leave), serve it; never returns."""
+    from wasmgroup.worker.group import warm_up
+    code = 1
+    try:
+        ctrl.detach()
+        close_other_fds({0, 1, 2, link.fileno()})
+        if idle:  # (the threads started below inherit it)
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        worker = worker_main.Worker(None)  # type: ignore[attr-defined]
+        threads = worker_main.start_threads(worker)  # type: ignore[attr-defined]
+        warm_up(worker.engine, lambda: bool(select.select([link], [], [], 0)[0]))
+        worker.baseline = worker_main.Baseline()  # type: ignore[attr-defined]
+        _, fds, _, _ = socket.recv_fds(link, REQUEST_SIZE, 1)
+        if len(fds) != 1:
+            code = 0
+            return
+        if idle:  # (the server raised those it saw)
+            for thread in threads:
+                os.sched_setscheduler(thread.native_id, os.SCHED_OTHER, os.sched_param(0))
+        worker.baseline.replace_fd(link.fileno(), fds[0])
+        link.close()
+        worker.serve(socket.socket(fileno=fds[0]))
+    except SystemExit as leave:
+        code = leave.code if isinstance(leave.code, int) else 1
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+        os._exit(code)
 
 
 def _become_worker(ctrl: socket.socket, fd: int, worker_main: object) -> None:
