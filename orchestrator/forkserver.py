@@ -21,6 +21,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from wasmgroup.shared.errors import WasmgroupError
@@ -86,6 +87,8 @@ class ForkServer:
         self.broken: str | None = None  # why spawn fails from now on
         self.closed = False
         self.spares: set[int] = set()  # spares announced and not handed out yet
+        self._preload: tuple[str, ...] = ()  # compiled modules for spares to deserialize
+        self._preload_sent: tuple[str, ...] = ()
 
     @classmethod
     def start(cls) -> ForkServer | None:
@@ -147,7 +150,12 @@ class ForkServer:
             if self.broken is not None:
                 raise ForkServerError(self.broken)
             try:
-                socket.send_fds(self.sock, [b"\0"], [worker_sock.fileno()])
+                if self._preload != self._preload_sent:  # before the spare it is for is forked
+                    payload = "\n".join(self._preload).encode()
+                    self.sock.sendall(bytes([zygote.PRELOAD])
+                                      + len(payload).to_bytes(4, "little") + payload)
+                    self._preload_sent = self._preload
+                socket.send_fds(self.sock, [bytes([zygote.WORKER])], [worker_sock.fileno()])
                 self.sock.settimeout(ANSWER_TIMEOUT)
                 while True:
                     record = self._record()
@@ -164,6 +172,11 @@ class ForkServer:
         if pid < 0:
             raise ForkServerError(f"fork server {self.pid}: cannot fork: {os.strerror(-pid)}")
         return pid
+
+    def preload(self, artefacts: Iterable[str]) -> None:
+        """Compiled modules (paths) that the spares forked after the next request deserialize
+        while they wait: what the program's new threads load. Sent with that request."""
+        self._preload = tuple(artefacts)
 
     def _record(self) -> tuple[int, int] | None:
         """The server's next record (kind, value), or None at end of file."""

@@ -49,6 +49,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import wasmtime
@@ -504,6 +505,21 @@ class Worker:
             del self._modules[next(iter(self._modules))]
         assert self.baseline is not None
         return self.baseline.problem()
+
+    def preload(self, artefacts: list[str], wanted: Callable[[], bool]) -> None:
+        """Deserialize compiled modules ahead of need (a spare, worker/zygote.py), until
+        `wanted()`; those that fail are left for when a group needs them (a hint)."""
+        for artefact in artefacts:
+            if wanted():
+                return
+            if not artefact or artefact in self._modules:
+                continue
+            try:
+                module = CompiledModule(wasmtime.Module.deserialize_file(self.engine, artefact))
+            except (wasmtime.WasmtimeError, OSError):
+                continue
+            module.imports  # noqa: B018  (worked out now: what instantiating it needs)
+            self._modules[artefact] = module
 
     def _module(self, host_path: str) -> CompiledModule:
         artefact = self._artefacts.get(host_path)

@@ -21,13 +21,18 @@ answering, so a worker needed now costs neither the fork (a few milliseconds: pa
 Python's after-fork work) nor that start-up. An unused spare leaves when the server does; the
 coordinator reaps it, or kills it when it closes the server.
 
-Wire (one request at a time, on the socket FD): the coordinator sends one byte (0) with the
-new worker's socket (SCM_RIGHTS). The server sends records of 8 bytes, two little-endian
-signed 32-bit numbers (kind, value): WORKER with the pid of the worker that serves that socket
-(-errno when the clone failed), the answer; SPARE with the pid of a spare it forked (after an
-answer, read with the next one; the coordinator's to reap). A forked worker costs a
-millisecond or two of CPU, so unlike a worker started with exec it is not started at idle
-priority. End of file on FD (the coordinator closed it, or died): the server leaves.
+Spares forked after a PRELOAD request also deserialize the compiled modules it names while
+they wait (the program's, which its new threads load), unless wanted first.
+
+Wire (one request at a time, on the socket FD): the coordinator sends one byte (WORKER) with
+the new worker's socket (SCM_RIGHTS), or PRELOAD, the length of a payload (4 bytes,
+little-endian) and the payload (newline-separated paths, UTF-8). The server sends records of
+8 bytes, two little-endian signed 32-bit numbers (kind, value): WORKER with the pid of the
+worker that serves that socket (-errno when the clone failed), the answer; SPARE with the pid
+of a spare it forked (after an answer, read with the next one; the coordinator's to reap). A
+forked worker costs a millisecond or two of CPU, so unlike a worker started with exec it is
+not started at idle priority. End of file on FD (the coordinator closed it, or died): the
+server leaves.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ REQUEST_SIZE = 1
 RECORD = struct.Struct("<ii")  # (kind, value)
 WORKER = 0  # the answer: the pid of the worker that serves the socket sent, or -errno
 SPARE = 1  # a spare was forked: its pid
+PRELOAD = 1  # a request without an answer: compiled modules for the spares (see below)
 SPARE_AFTER = 2  # requests before the server keeps a spare (a program's main worker is one)
 
 
@@ -138,6 +144,7 @@ def serve(ctrl: socket.socket) -> None:
     records.generate_inits()
 
     idle = can_idle()
+    preload: list[str] = []
     spare: Spare | None = None
     requests = 0
     while True:
@@ -147,7 +154,14 @@ def serve(ctrl: socket.socket) -> None:
             return
         if not data:
             return  # the coordinator is gone
-        if len(fds) != 1:
+        if data[0] == PRELOAD and not fds:
+            try:
+                preload = _read_exact(ctrl, int.from_bytes(_read_exact(ctrl, 4), "little")
+                                      ).decode().split("\n")
+            except (ConnectionError, OSError, UnicodeDecodeError):
+                return
+            continue
+        if len(fds) != 1 or data[0] != WORKER:
             for fd in fds:
                 os.close(fd)
             return  # not our coordinator's request: stop serving
@@ -167,7 +181,7 @@ def serve(ctrl: socket.socket) -> None:
             ctrl.sendall(RECORD.pack(WORKER, pid))
             if requests >= SPARE_AFTER:
                 with contextlib.suppress(OSError):  # (no spare: the next request forks)
-                    spare = _fork_spare(ctrl, worker_main, idle)
+                    spare = _fork_spare(ctrl, worker_main, idle, preload)
                 if spare is not None:
                     ctrl.sendall(RECORD.pack(SPARE, spare.pid))
         except OSError:
@@ -182,7 +196,18 @@ def _fork_worker(ctrl: socket.socket, fd: int, worker_main: object) -> int:
     return pid
 
 
-def _fork_spare(ctrl: socket.socket, worker_main: object, idle: bool) -> Spare:
+def _read_exact(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("the coordinator is gone")
+        data += chunk
+    return data
+
+
+def _fork_spare(ctrl: socket.socket, worker_main: object, idle: bool, preload: list[str]
+                ) -> Spare:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     gc.freeze()
     try:
@@ -193,13 +218,13 @@ def _fork_spare(ctrl: socket.socket, worker_main: object, idle: bool) -> Spare:
         raise
     if pid == 0:
         ours.detach()
-        _become_spare(ctrl, theirs, worker_main, idle)
+        _become_spare(ctrl, theirs, worker_main, idle, preload)
     theirs.close()
     return Spare(pid, ours)
 
 
 def _become_spare(ctrl: socket.socket, link: socket.socket, worker_main: object,
-                  idle: bool) -> None:
+                  idle: bool, preload: list[str]) -> None:
     """In a new spare: do what a worker does before it reads, warm up, wait for the socket
     to serve (end of file: the server is gone, so leave), serve it; never returns."""
     from wasmgroup.worker.group import warm_up
@@ -211,7 +236,11 @@ def _become_spare(ctrl: socket.socket, link: socket.socket, worker_main: object,
             os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
         worker = worker_main.Worker(None)  # type: ignore[attr-defined]
         threads = worker_main.start_threads(worker)  # type: ignore[attr-defined]
-        warm_up(worker.engine, lambda: bool(select.select([link], [], [], 0)[0]))
+        def wanted() -> bool:
+            return bool(select.select([link], [], [], 0)[0])
+
+        worker.preload(preload, wanted)
+        warm_up(worker.engine, wanted)
         worker.baseline = worker_main.Baseline()  # type: ignore[attr-defined]
         _, fds, _, _ = socket.recv_fds(link, REQUEST_SIZE, 1)
         if len(fds) != 1:
