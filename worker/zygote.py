@@ -14,11 +14,12 @@ Each child is created with clone(CLONE_PARENT): a child of the coordinator, not 
 process, so the coordinator reaps it and reads its exit status like any child of its own.
 
 From the second request on, the server keeps a *spare*: a child forked ahead of need that has
-done, at idle CPU priority where it may return from it, what a worker does before it reads
-(its engine, its threads, its baseline), and waits for its socket on a link of its own. A
-request then hands the spare its socket (and normal priority) and forks the next spare after
-answering, so a worker needed now costs neither the fork (a few milliseconds: page tables,
-Python's after-fork work) nor that start-up. An unused spare leaves when the server does; the
+done what a worker does before it reads (its engine, its threads, its baseline), then, at idle
+CPU priority where it may return from it, warms up (worker/group.py, warm_up), and waits for
+its socket on a link of its own. A request then hands the spare its socket (and normal
+priority) and forks the next spare after answering, so a worker needed now costs neither the
+fork (a few milliseconds: page tables, Python's after-fork work) nor that start-up, and its
+first group build little more than a used worker's. An unused spare leaves when the server does; the
 coordinator reaps it, or kills it when it closes the server.
 
 Spares forked after a PRELOAD request also deserialize the compiled modules it names while
@@ -106,12 +107,8 @@ class Spare:
     def hand(self, fd: int, idle: bool) -> bool:
         """Give the spare the socket `fd` it is to serve; False if it is gone."""
         try:
-            if idle:
-                # Every thread it has: one still warming up at idle priority could hold up
-                # the others on a busy machine (a thread it starts meanwhile, it raises).
-                for task in os.listdir(f"/proc/{self.pid}/task"):
-                    with contextlib.suppress(OSError):  # (a thread that has just ended)
-                        os.sched_setscheduler(int(task), os.SCHED_OTHER, os.sched_param(0))
+            if idle:  # its main thread, which warms up at idle priority
+                os.sched_setscheduler(self.pid, os.SCHED_OTHER, os.sched_param(0))
             socket.send_fds(self.link, [b"\0"], [fd])
         except OSError:
             return False
@@ -232,23 +229,27 @@ def _become_spare(ctrl: socket.socket, link: socket.socket, worker_main: object,
     try:
         ctrl.detach()
         close_other_fds({0, 1, 2, link.fileno()})
-        if idle:  # (the threads started below inherit it)
-            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        # What any worker does before it reads, at normal priority: a spare that a busy
+        # machine starved of CPU would be no better than a worker forked when wanted.
         worker = worker_main.Worker(None)  # type: ignore[attr-defined]
-        threads = worker_main.start_threads(worker)  # type: ignore[attr-defined]
+        worker_main.start_threads(worker)  # type: ignore[attr-defined]
+        worker.baseline = worker_main.Baseline()  # type: ignore[attr-defined]
+
         def wanted() -> bool:
             return bool(select.select([link], [], [], 0)[0])
 
+        # What makes its first group build as cheap as a used worker's: only with CPU no
+        # one else wants (the server raises this thread when it hands the spare out).
+        if idle:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
         worker.preload(preload, wanted)
         warm_up(worker.engine, wanted)
-        worker.baseline = worker_main.Baseline()  # type: ignore[attr-defined]
         _, fds, _, _ = socket.recv_fds(link, REQUEST_SIZE, 1)
         if len(fds) != 1:
             code = 0
             return
-        if idle:  # (the server raised those it saw)
-            for thread in threads:
-                os.sched_setscheduler(thread.native_id, os.SCHED_OTHER, os.sched_param(0))
+        if idle:  # (the server did, unless it handed the spare out before it went idle)
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
         worker.baseline.replace_fd(link.fileno(), fds[0])
         link.close()
         worker.serve(socket.socket(fileno=fds[0]))
