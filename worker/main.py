@@ -55,6 +55,7 @@ from typing import Any
 import wasmtime
 
 from wasmgroup.shared import protocol
+from wasmgroup.shared.cpus import short_gil_turns
 from wasmgroup.shared.engine import make_engine_config
 from wasmgroup.shared.errors import LinkError, UnsupportedCall, one_line
 from wasmgroup.shared.fdtable import GenerationPage
@@ -788,6 +789,7 @@ def start_threads(worker: Worker) -> list[threading.Thread]:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    short_gil_turns()
     sock = socket.socket(fileno=int(args[0]))
     worker = Worker(sock)
     with contextlib.suppress(AttributeError, OSError):  # started in the background

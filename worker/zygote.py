@@ -136,9 +136,11 @@ def serve(ctrl: socket.socket) -> None:
     """Fork a worker per request until the coordinator closes `ctrl`."""
     # Imported now, so that every child has them (shared copy-on-write) and starts at once.
     from wasmgroup.shared import records
+    from wasmgroup.shared.cpus import short_gil_turns
     from wasmgroup.worker import main as worker_main
 
     records.generate_inits()
+    short_gil_turns()  # (for the workers, forked with it)
 
     idle = can_idle()
     preload: list[str] = []
