@@ -117,19 +117,27 @@ class Spare:
         return True
 
 
+CAP_SYS_NICE = 23
+
+
 def can_idle() -> bool:
-    """Whether this process may go to idle CPU priority and back (returning needs
-    CAP_SYS_NICE or a high enough RLIMIT_NICE): a spare may only warm up at idle priority
-    when it can return to normal priority once it is wanted."""
-    try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except (AttributeError, OSError):
+    """Whether a child of this process may go to idle CPU priority and back: returning needs
+    CAP_SYS_NICE or an RLIMIT_NICE that allows the nice value. A spare only warms up at idle
+    priority when it can return to normal priority once it is wanted. (Not found by trying:
+    at idle priority on a busy machine, this process would wait for the CPU to come back.)"""
+    import resource
+
+    if not hasattr(os, "SCHED_IDLE"):
         return False
+    soft, _ = resource.getrlimit(resource.RLIMIT_NICE)
+    if soft == resource.RLIM_INFINITY or 20 - os.getpriority(os.PRIO_PROCESS, 0) <= soft:
+        return True
     try:
-        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
-    except OSError:
-        os._exit(1)  # stuck at idle priority: the coordinator falls back to starting workers
-    return True
+        with open("/proc/self/status", encoding="ascii") as status:
+            effective = next(line for line in status if line.startswith("CapEff:"))
+        return bool(int(effective.split()[1], 16) >> CAP_SYS_NICE & 1)
+    except (OSError, StopIteration, ValueError):
+        return False
 
 
 def serve(ctrl: socket.socket) -> None:
@@ -139,10 +147,8 @@ def serve(ctrl: socket.socket) -> None:
     from wasmgroup.shared.cpus import short_gil_turns
     from wasmgroup.worker import main as worker_main
 
-    records.generate_inits()
     short_gil_turns()  # (for the workers, forked with it)
-
-    idle = can_idle()
+    idle: bool | None = None  # whether spares warm up at idle priority (known at the first)
     preload: list[str] = []
     spare: Spare | None = None
     requests = 0
@@ -167,7 +173,7 @@ def serve(ctrl: socket.socket) -> None:
         requests += 1
         pid = 0
         if spare is not None:
-            if spare.hand(fds[0], idle):
+            if spare.hand(fds[0], bool(idle)):
                 pid = spare.pid
             spare = None  # (a dead one: the coordinator reaps it, announced)
         if not pid:
@@ -179,6 +185,9 @@ def serve(ctrl: socket.socket) -> None:
         try:
             ctrl.sendall(RECORD.pack(WORKER, pid))
             if requests >= SPARE_AFTER:
+                if idle is None:  # (after the answer: not on a program's start)
+                    records.generate_inits()
+                    idle = can_idle()
                 with contextlib.suppress(OSError):  # (no spare: the next request forks)
                     spare = _fork_spare(ctrl, worker_main, idle, preload)
                 if spare is not None:
