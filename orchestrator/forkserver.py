@@ -195,9 +195,11 @@ class ForkServer:
         forks is then its caller's to stop."""
         import subprocess
 
+        spares: list[ForkedProcess] = []
         with self._lock:
             self.closed = True
             self.broken = self.broken or "the fork server is closed"
+            spares += _end_spares(self.spares)  # (first: they end while the server does)
             with contextlib.suppress(OSError):
                 # End of file for the server, which leaves; a spare it announced meanwhile
                 # is read here.
@@ -205,19 +207,34 @@ class ForkServer:
                 self.sock.settimeout(CLOSE_GRACE)
                 while (record := self._record()) is not None:
                     if record[0] == zygote.SPARE:
-                        self.spares.add(record[1])
+                        spares += _end_spares({record[1]})
             with contextlib.suppress(OSError):
                 self.sock.close()
-        for pid in self.spares:  # it waits for its socket: nothing of it is worth keeping
-            spare = ForkedProcess(pid)
-            spare.kill()
+            self.spares.clear()
+        for spare in spares:
             spare.wait()
-        self.spares.clear()
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=CLOSE_GRACE)
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+
+
+def _end_spares(pids: set[int]) -> list[ForkedProcess]:
+    """Kill spares (they wait for a socket: nothing of theirs is worth keeping); the caller
+    reaps them. At idle priority, a killed process may wait long for a CPU to end on: they
+    get normal priority first."""
+    spares = [ForkedProcess(pid) for pid in pids]
+    for spare in spares:
+        try:
+            tasks = os.listdir(f"/proc/{spare.pid}/task")
+        except OSError:
+            tasks = []  # gone already
+        for task in tasks:
+            with contextlib.suppress(OSError):
+                os.sched_setscheduler(int(task), os.SCHED_OTHER, os.sched_param(0))
+        spare.kill()
+    return spares
 
 
 _early: ForkServer | None = None
