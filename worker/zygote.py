@@ -13,14 +13,14 @@ the coordinator is multi-threaded once it runs programs, so it is never forked a
 Each child is created with clone(CLONE_PARENT): a child of the coordinator, not of this
 process, so the coordinator reaps it and reads its exit status like any child of its own.
 
-From the second request on, the server keeps a *spare*: a child forked ahead of need that, at
-idle CPU priority where it may return from it, does what a worker does before it reads (its
-engine, its threads, its baseline), warms up (worker/group.py, warm_up), and waits for its
-socket on a link of its own. A request then hands the spare its socket (and normal priority)
-and forks the next spare after answering, so a worker needed now costs neither the fork (a
-few milliseconds: page tables, Python's after-fork work) nor that start-up, and its first
-group build little more than a used worker's. An unused spare leaves when the server does; the
-coordinator reaps it, or kills it when it closes the server.
+From the second request on, the server keeps a *spare*: a child forked ahead of need that
+does what a worker does before it reads (its engine, its threads, its baseline), then, at idle
+CPU priority where it may return from it, warms up (worker/group.py, warm_up), and waits for
+its socket on a link of its own. A request then hands the spare its socket (and normal
+priority) and forks the next spare after answering, so a worker needed now costs neither the
+fork (a few milliseconds: page tables, Python's after-fork work) nor that start-up, and its
+first group build little more than a used worker's. An unused spare leaves when the server
+does; the coordinator reaps it, or kills it when it closes the server.
 
 Spares forked after a PRELOAD request also deserialize the compiled modules it names while
 they wait (the program's, which its new threads load), unless wanted first.
@@ -46,7 +46,6 @@ import signal
 import socket
 import struct
 import sys
-import threading
 
 # clone(2)'s number, and whether the architecture takes (flags, stack, parent_tid, tls,
 # child_tid) or (flags, stack, parent_tid, child_tid, tls): with all but flags 0, either.
@@ -108,10 +107,8 @@ class Spare:
     def hand(self, fd: int, idle: bool) -> bool:
         """Give the spare the socket `fd` it is to serve; False if it is gone."""
         try:
-            if idle:  # its threads (idle priority), the main one first
-                for task in sorted(os.listdir(f"/proc/{self.pid}/task"), key=int):
-                    with contextlib.suppress(OSError):  # (a thread ending)
-                        os.sched_setscheduler(int(task), os.SCHED_OTHER, os.sched_param(0))
+            if idle:  # its main thread, which warms up at idle priority
+                os.sched_setscheduler(self.pid, os.SCHED_OTHER, os.sched_param(0))
             socket.send_fds(self.link, [b"\0"], [fd])
         except OSError:
             return False
@@ -243,28 +240,28 @@ def _become_spare(ctrl: socket.socket, link: socket.socket, worker_main: object,
     try:
         ctrl.detach()
         close_other_fds({0, 1, 2, link.fileno()})
-        # All of it with CPU no one else wants (its threads inherit that): on a busy machine
-        # (a burst of spawns) a spare must not slow the threads that run; one that had no
-        # CPU yet when wanted is a worker forked then, no worse. The server raises it then.
-        if idle:
-            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        # What any worker does before it reads, at normal priority, as a worker forked when
+        # wanted would (the same CPU, one request earlier): on a busy machine a spare left
+        # without it would be no better than that worker.
         worker = worker_main.Worker(None)  # type: ignore[attr-defined]
-        threads = worker_main.start_threads(worker)  # type: ignore[attr-defined]
+        worker_main.start_threads(worker)  # type: ignore[attr-defined]
         worker.baseline = worker_main.Baseline()  # type: ignore[attr-defined]
 
         def wanted() -> bool:
             return bool(select.select([link], [], [], 0)[0])
 
-        # What makes its first group build as cheap as a used worker's.
+        # What makes its first group build as cheap as a used worker's: extra work, so only
+        # with CPU no one else wants (this thread alone; the server raises it when wanted).
+        if idle:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
         worker.preload(preload, wanted)
         warm_up(worker.engine, wanted)
         _, fds, _, _ = socket.recv_fds(link, REQUEST_SIZE, 1)
         if len(fds) != 1:
             code = 0
             return
-        if idle:  # (the server did those it saw: not one started meanwhile)
-            for native_id in (threading.get_native_id(), *(t.native_id for t in threads)):
-                os.sched_setscheduler(native_id, os.SCHED_OTHER, os.sched_param(0))
+        if idle:  # (the server did, unless it handed the spare out before it went idle)
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
         worker.baseline.replace_fd(link.fileno(), fds[0])
         link.close()
         worker.serve(socket.socket(fileno=fds[0]))
