@@ -222,17 +222,11 @@ class ForkServer:
 
 def _end_spares(pids: set[int]) -> list[ForkedProcess]:
     """Kill spares (they wait for a socket: nothing of theirs is worth keeping); the caller
-    reaps them. At idle priority, a killed process may wait long for a CPU to end on: they
-    get normal priority first."""
+    reaps them. At a low priority, a killed process may wait for a CPU to end on: they get
+    normal priority first."""
     spares = [ForkedProcess(pid) for pid in pids]
     for spare in spares:
-        try:
-            tasks = os.listdir(f"/proc/{spare.pid}/task")
-        except OSError:
-            tasks = []  # gone already
-        for task in tasks:
-            with contextlib.suppress(OSError):
-                os.sched_setscheduler(int(task), os.SCHED_OTHER, os.sched_param(0))
+        zygote.set_nice(spare.pid, os.getpriority(os.PRIO_PROCESS, 0))
         spare.kill()
     return spares
 

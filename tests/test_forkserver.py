@@ -151,7 +151,7 @@ def _spare_of(pool: WorkerPool, known: set[int]) -> int:
 
 def test_a_spare_serves_at_normal_priority_with_only_its_socket() -> None:
     """From the second worker on, the server keeps a spare (forked and warmed up ahead of
-    need, at idle priority where it can return from it): the next worker is that spare, every
+    need, at a low priority where it can return from it): the next worker is that spare, every
     thread of it at normal priority, holding nothing of the server's."""
     fds = open_fds()
     pool = WorkerPool(0)
@@ -160,8 +160,11 @@ def test_a_spare_serves_at_normal_priority_with_only_its_socket() -> None:
     third = pool.take()
     assert third.pid == spare
     third.wait_ready()
-    policies = {int(t): os.sched_getscheduler(int(t)) for t in os.listdir(f"/proc/{spare}/task")}
-    assert set(policies.values()) == {os.SCHED_OTHER}, policies
+    tasks = [int(t) for t in os.listdir(f"/proc/{spare}/task")]
+    assert len(tasks) == 3  # its main thread, the other taking-turns thread, the ticker
+    nice = {t: os.getpriority(os.PRIO_PROCESS, t) for t in tasks}
+    assert set(nice.values()) == {os.getpriority(os.PRIO_PROCESS, 0)}, nice
+    assert {os.sched_getscheduler(t) for t in tasks} == {os.SCHED_OTHER}
     held = [os.readlink(f"/proc/{spare}/fd/{fd}") for fd in os.listdir(f"/proc/{spare}/fd")]
     assert len([f for f in held if f.startswith("socket:")]) <= 4, held  # its own (+ stdio)
     assert len(held) <= 5, held  # stdio, its socket, its wake-up eventfd

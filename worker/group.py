@@ -952,6 +952,8 @@ def warm_up(engine: wasmtime.Engine, wanted: Callable[[], bool]) -> None:
     and ctypes and wasmtime-py make their per-signature objects once, so its first real group
     build runs warm code instead of paying for that on a spawn's path. Stops early once
     `wanted()` says the worker is wanted now."""
+    if wanted():
+        return
     page = GenerationPage.create()
     group = InstanceGroup(engine, _no_module, _NO_SERVICE, DescriptorCache(page, _no_request),
                           [], [])

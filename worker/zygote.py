@@ -13,14 +13,17 @@ the coordinator is multi-threaded once it runs programs, so it is never forked a
 Each child is created with clone(CLONE_PARENT): a child of the coordinator, not of this
 process, so the coordinator reaps it and reads its exit status like any child of its own.
 
-From the second request on, the server keeps a *spare*: a child forked ahead of need that
-does what a worker does before it reads (its engine, its threads, its baseline), then, at idle
-CPU priority where it may return from it, warms up (worker/group.py, warm_up), and waits for
-its socket on a link of its own. A request then hands the spare its socket (and normal
-priority) and forks the next spare after answering, so a worker needed now costs neither the
-fork (a few milliseconds: page tables, Python's after-fork work) nor that start-up, and its
-first group build little more than a used worker's. An unused spare leaves when the server
-does; the coordinator reaps it, or kills it when it closes the server.
+From the second request on, the server keeps a *spare*: a child forked ahead of need that,
+at a low CPU priority (SPARE_NICE more) where it may return from it, does what a worker does
+before it reads (its engine, its threads, its baseline), warms up (worker/group.py,
+warm_up), and waits for its socket on a link of its own. A request then hands the spare its
+socket (and normal priority) and forks the next spare after answering, so a worker needed now
+costs neither the fork (a few milliseconds: page tables, Python's after-fork work) nor that
+start-up, and its first group build little more than a used worker's. The low priority keeps
+a spare from slowing the group being built or the threads running (on 2 cores a spare's
+start at normal priority doubled a cold build's time at load 6); not idle priority, which a
+busy machine starves outright (spares were handed out not started). An unused spare leaves
+when the server does; the coordinator reaps it, or kills it when it closes the server.
 
 Spares forked after a PRELOAD request also deserialize the compiled modules it names while
 they wait (the program's, which its new threads load), unless wanted first.
@@ -46,6 +49,7 @@ import signal
 import socket
 import struct
 import sys
+import threading
 
 # clone(2)'s number, and whether the architecture takes (flags, stack, parent_tid, tls,
 # child_tid) or (flags, stack, parent_tid, child_tid, tls): with all but flags 0, either.
@@ -58,6 +62,7 @@ WORKER = 0  # the answer: the pid of the worker that serves the socket sent, or 
 SPARE = 1  # a spare was forked: its pid
 PRELOAD = 1  # a request without an answer: compiled modules for the spares (see below)
 SPARE_AFTER = 2  # requests before the server keeps a spare (a program's main worker is one)
+SPARE_NICE = 10
 
 
 def supported() -> bool:
@@ -104,11 +109,12 @@ class Spare:
         self.pid = pid
         self.link = link
 
-    def hand(self, fd: int, idle: bool) -> bool:
-        """Give the spare the socket `fd` it is to serve; False if it is gone."""
+    def hand(self, fd: int, lowered: bool) -> bool:
+        """Give the spare the socket `fd` it is to serve (and normal priority, to each of its
+        threads); False if it is gone."""
         try:
-            if idle:  # its main thread, which warms up at idle priority
-                os.sched_setscheduler(self.pid, os.SCHED_OTHER, os.sched_param(0))
+            if lowered:
+                set_nice(self.pid, os.getpriority(os.PRIO_PROCESS, 0))  # (the server's)
             socket.send_fds(self.link, [b"\0"], [fd])
         except OSError:
             return False
@@ -120,15 +126,12 @@ class Spare:
 CAP_SYS_NICE = 23
 
 
-def can_idle() -> bool:
-    """Whether a child of this process may go to idle CPU priority and back: returning needs
-    CAP_SYS_NICE or an RLIMIT_NICE that allows the nice value. A spare only warms up at idle
-    priority when it can return to normal priority once it is wanted. (Not found by trying:
-    at idle priority on a busy machine, this process would wait for the CPU to come back.)"""
+def can_lower() -> bool:
+    """Whether a child of this process may lower its CPU priority and raise it back: raising
+    needs CAP_SYS_NICE or an RLIMIT_NICE that allows the nice value. A spare only starts at a
+    low priority when it can return to normal priority once it is wanted."""
     import resource
 
-    if not hasattr(os, "SCHED_IDLE"):
-        return False
     soft, _ = resource.getrlimit(resource.RLIMIT_NICE)
     if soft == resource.RLIM_INFINITY or 20 - os.getpriority(os.PRIO_PROCESS, 0) <= soft:
         return True
@@ -140,6 +143,17 @@ def can_idle() -> bool:
         return False
 
 
+def set_nice(pid: int, nice: int) -> None:
+    """The nice value of every thread of process `pid` (a thread's own on Linux)."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return  # gone
+    for task in tasks:
+        with contextlib.suppress(OSError):  # (a thread ending)
+            os.setpriority(os.PRIO_PROCESS, int(task), nice)
+
+
 def serve(ctrl: socket.socket) -> None:
     """Fork a worker per request until the coordinator closes `ctrl`."""
     # Imported now, so that every child has them (shared copy-on-write) and starts at once.
@@ -148,7 +162,7 @@ def serve(ctrl: socket.socket) -> None:
     from wasmgroup.worker import main as worker_main
 
     short_gil_turns()  # (for the workers, forked with it)
-    idle: bool | None = None  # whether spares warm up at idle priority (known at the first)
+    lowered: bool | None = None  # whether spares start at a low priority (known at the first)
     preload: list[str] = []
     spare: Spare | None = None
     requests = 0
@@ -173,7 +187,7 @@ def serve(ctrl: socket.socket) -> None:
         requests += 1
         pid = 0
         if spare is not None:
-            if spare.hand(fds[0], bool(idle)):
+            if spare.hand(fds[0], bool(lowered)):
                 pid = spare.pid
             spare = None  # (a dead one: the coordinator reaps it, announced)
         if not pid:
@@ -185,11 +199,11 @@ def serve(ctrl: socket.socket) -> None:
         try:
             ctrl.sendall(RECORD.pack(WORKER, pid))
             if requests >= SPARE_AFTER:
-                if idle is None:  # (after the answer: not on a program's start)
+                if lowered is None:  # (after the answer: not on a program's start)
                     records.generate_inits()
-                    idle = can_idle()
+                    lowered = can_lower()
                 with contextlib.suppress(OSError):  # (no spare: the next request forks)
-                    spare = _fork_spare(ctrl, worker_main, idle, preload)
+                    spare = _fork_spare(ctrl, worker_main, lowered, preload)
                 if spare is not None:
                     ctrl.sendall(RECORD.pack(SPARE, spare.pid))
         except OSError:
@@ -214,7 +228,7 @@ def _read_exact(sock: socket.socket, size: int) -> bytes:
     return data
 
 
-def _fork_spare(ctrl: socket.socket, worker_main: object, idle: bool, preload: list[str]
+def _fork_spare(ctrl: socket.socket, worker_main: object, lowered: bool, preload: list[str]
                 ) -> Spare:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     gc.freeze()
@@ -226,13 +240,13 @@ def _fork_spare(ctrl: socket.socket, worker_main: object, idle: bool, preload: l
         raise
     if pid == 0:
         ours.detach()
-        _become_spare(ctrl, theirs, worker_main, idle, preload)
+        _become_spare(ctrl, theirs, worker_main, lowered, preload)
     theirs.close()
     return Spare(pid, ours)
 
 
 def _become_spare(ctrl: socket.socket, link: socket.socket, worker_main: object,
-                  idle: bool, preload: list[str]) -> None:
+                  lowered: bool, preload: list[str]) -> None:
     """In a new spare: do what a worker does before it reads, warm up, wait for the socket
     to serve (end of file: the server is gone, so leave), serve it; never returns."""
     from wasmgroup.worker.group import warm_up
@@ -240,28 +254,25 @@ def _become_spare(ctrl: socket.socket, link: socket.socket, worker_main: object,
     try:
         ctrl.detach()
         close_other_fds({0, 1, 2, link.fileno()})
-        # What any worker does before it reads, at normal priority, as a worker forked when
-        # wanted would (the same CPU, one request earlier): on a busy machine a spare left
-        # without it would be no better than that worker.
+        normal = os.getpriority(os.PRIO_PROCESS, 0)
+        if lowered:  # (its threads inherit it)
+            os.setpriority(os.PRIO_PROCESS, 0, min(normal + SPARE_NICE, 19))
         worker = worker_main.Worker(None)  # type: ignore[attr-defined]
-        worker_main.start_threads(worker)  # type: ignore[attr-defined]
+        threads = worker_main.start_threads(worker)  # type: ignore[attr-defined]
         worker.baseline = worker_main.Baseline()  # type: ignore[attr-defined]
 
         def wanted() -> bool:
             return bool(select.select([link], [], [], 0)[0])
 
-        # What makes its first group build as cheap as a used worker's: extra work, so only
-        # with CPU no one else wants (this thread alone; the server raises it when wanted).
-        if idle:
-            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
         worker.preload(preload, wanted)
         warm_up(worker.engine, wanted)
         _, fds, _, _ = socket.recv_fds(link, REQUEST_SIZE, 1)
         if len(fds) != 1:
             code = 0
             return
-        if idle:  # (the server did, unless it handed the spare out before it went idle)
-            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+        if lowered:  # (the server raised those it saw, not one started meanwhile)
+            for native_id in (threading.get_native_id(), *(t.native_id for t in threads)):
+                os.setpriority(os.PRIO_PROCESS, native_id, normal)
         worker.baseline.replace_fd(link.fileno(), fds[0])
         link.close()
         worker.serve(socket.socket(fileno=fds[0]))
