@@ -13,17 +13,16 @@ the coordinator is multi-threaded once it runs programs, so it is never forked a
 Each child is created with clone(CLONE_PARENT): a child of the coordinator, not of this
 process, so the coordinator reaps it and reads its exit status like any child of its own.
 
-From the second request on, the server keeps a *spare*: a child forked ahead of need that,
-at a low CPU priority (SPARE_NICE more) where it may return from it, does what a worker does
-before it reads (its engine, its threads, its baseline), warms up (worker/group.py,
+From the second request on, the server keeps a *spare*: a child forked ahead of need that
+does what a worker does before it reads (its engine, its threads, its baseline), then, at a
+low CPU priority (SPARE_NICE more, where it may return from it), warms up (worker/group.py,
 warm_up), and waits for its socket on a link of its own. A request then hands the spare its
 socket (and normal priority) and forks the next spare after answering, so a worker needed now
 costs neither the fork (a few milliseconds: page tables, Python's after-fork work) nor that
-start-up, and its first group build little more than a used worker's. The low priority keeps
-a spare from slowing the group being built or the threads running (on 2 cores a spare's
-start at normal priority doubled a cold build's time at load 6); not idle priority, which a
-busy machine starves outright (spares were handed out not started). An unused spare leaves
-when the server does; the coordinator reaps it, or kills it when it closes the server.
+start-up, and its first group build little more than a used worker's. (Not idle priority for
+the warm-up: a busy machine starved it outright. Not a low priority for the start: at load 6
+a spare then was often not started when wanted.) An unused spare leaves when the server
+does; the coordinator reaps it, or kills it when it closes the server.
 
 Spares forked after a PRELOAD request also deserialize the compiled modules it names while
 they wait (the program's, which its new threads load), unless wanted first.
@@ -49,7 +48,6 @@ import signal
 import socket
 import struct
 import sys
-import threading
 
 # clone(2)'s number, and whether the architecture takes (flags, stack, parent_tid, tls,
 # child_tid) or (flags, stack, parent_tid, child_tid, tls): with all but flags 0, either.
@@ -254,25 +252,29 @@ def _become_spare(ctrl: socket.socket, link: socket.socket, worker_main: object,
     try:
         ctrl.detach()
         close_other_fds({0, 1, 2, link.fileno()})
-        normal = os.getpriority(os.PRIO_PROCESS, 0)
-        if lowered:  # (its threads inherit it)
-            os.setpriority(os.PRIO_PROCESS, 0, min(normal + SPARE_NICE, 19))
+        # What any worker does before it reads, at normal priority: the CPU a worker forked
+        # when wanted takes, one request earlier (a spare that a busy machine left without
+        # it would be no better than that worker).
         worker = worker_main.Worker(None)  # type: ignore[attr-defined]
-        threads = worker_main.start_threads(worker)  # type: ignore[attr-defined]
+        worker_main.start_threads(worker)  # type: ignore[attr-defined]
         worker.baseline = worker_main.Baseline()  # type: ignore[attr-defined]
 
         def wanted() -> bool:
             return bool(select.select([link], [], [], 0)[0])
 
+        # What makes its first group build as cheap as a used worker's: extra work, done at
+        # a low priority (this thread; the server raises it when it hands the spare out).
+        normal = os.getpriority(os.PRIO_PROCESS, 0)
+        if lowered:
+            os.setpriority(os.PRIO_PROCESS, 0, min(normal + SPARE_NICE, 19))
         worker.preload(preload, wanted)
         warm_up(worker.engine, wanted)
         _, fds, _, _ = socket.recv_fds(link, REQUEST_SIZE, 1)
         if len(fds) != 1:
             code = 0
             return
-        if lowered:  # (the server raised those it saw, not one started meanwhile)
-            for native_id in (threading.get_native_id(), *(t.native_id for t in threads)):
-                os.setpriority(os.PRIO_PROCESS, native_id, normal)
+        if lowered:  # (the server did, unless it handed the spare out before it was lowered)
+            os.setpriority(os.PRIO_PROCESS, 0, normal)
         worker.baseline.replace_fd(link.fileno(), fds[0])
         link.close()
         worker.serve(socket.socket(fileno=fds[0]))
