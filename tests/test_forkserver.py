@@ -190,3 +190,30 @@ def test_a_dead_spare_is_replaced_by_a_forked_worker_and_reaped() -> None:
     _spare_of(pool, {w.pid for w in first} | {third.pid, spare})  # the next one, unused
     pool.close()
     assert_nothing_left(fds)
+
+
+def test_spares_deserialize_the_modules_the_coordinator_names(guests: Path,
+                                                            private_cache: Path) -> None:
+    """The coordinator names the program's compiled modules (PRELOAD): a spare forked after
+    that deserializes them while it waits (its process maps the artefact), one name that is
+    no artefact costing it nothing; the worker it becomes serves as any other."""
+    result = run_program(str(guests / "threads" / "pthreads.wasm"))  # (fills the cache)
+    assert result.exit_code == 0, result.error
+    artefacts = sorted(str(p) for p in private_cache.glob("*.cwasm"))
+    assert artefacts
+    fds = open_fds()
+    pool = WorkerPool(0)
+    assert pool.fork_server is not None
+    pool.fork_server.preload([str(private_cache / "not-an-artefact.cwasm"), *artefacts])
+    first = [pool.take() for _ in range(2)]  # the second request forks the first spare
+    spare = _spare_of(pool, {w.pid for w in first})
+    deadline = time.monotonic() + 30
+    while not all(a in Path(f"/proc/{spare}/maps").read_text() for a in artefacts):
+        assert time.monotonic() < deadline, "the spare never deserialized the modules"
+        time.sleep(0.02)
+    third = pool.take()
+    assert third.pid == spare
+    third.wait_ready()
+    assert third.process.poll() is None
+    pool.close()
+    assert_nothing_left(fds)
