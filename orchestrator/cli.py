@@ -36,6 +36,7 @@ WASMGROUP_VERSION = distribution_version("wasmgroup")
 WASMTIME_VERSION = distribution_version("wasmtime")
 MAX_POOL = 64  # idle workers: beyond this a typo, not a wish (each is a Python process)
 MAX_RUNS = 1_000_000
+MAX_THREADS = (1 << 29) - 1  # wasi-threads: thread ids are in [1, 2^29)
 MAX_SEED = 2**63 - 1
 MAX_DELAY = 1.0  # seconds: a longer perturbation delay is a typo, not a short delay
 VERSION_TEXT = f"wasmgroup {WASMGROUP_VERSION} (wasmtime {WASMTIME_VERSION})"
@@ -99,6 +100,10 @@ def _whole_number(text: str, least: int, most: int) -> int:
     if not least <= number <= most:
         raise argparse.ArgumentTypeError(f"{number} is not between {least} and {most}")
     return number
+
+
+def parse_max_threads(text: str) -> int:
+    return _whole_number(text, 1, MAX_THREADS)
 
 
 def parse_runs(text: str) -> int:
@@ -309,7 +314,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                              lib_paths=args.lib_path, cwd=args.cwd, capture_output=False,
                              verify_groups=args.verify_groups, trace=args.trace,
                              pool_size=args.pool, timeout=timeout, max_memory=max_memory,
-                             **limits)
+                             max_threads=args.max_threads, **limits)
     except (OSError, WasmgroupError) as err:
         text = f"{err.filename}: {err.strerror}" if isinstance(err, OSError) else str(err)
         print(f"wasmgroup run: {text}", file=sys.stderr)
@@ -597,6 +602,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         run.add_argument("--pool", type=parse_pool, default=None, metavar="N",
                          help="idle worker processes kept ready for new threads (default: one more "
                               f"than the usable CPUs, at most 8; at most {MAX_POOL})")
+        run.add_argument("--max-threads", type=parse_max_threads, default=None, metavar="N",
+                         help="threads live at once, the main thread included: a spawn beyond "
+                              "gets EAGAIN (default: as many worker processes as the memory "
+                              "holds, one per 16 MiB)")
         run.add_argument("--max-module-size", type=parse_module_size, default=None,
                          metavar="SIZE",
                          help="refuse module files larger than this, unread (bytes, or 512K, 64M, "

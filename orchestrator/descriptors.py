@@ -23,6 +23,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import resource
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -45,6 +46,17 @@ class Entry:
     preopen: str | None = None  # the name fd_prestat_dir_name gives
 
 
+def guest_capacity() -> int:
+    """How many descriptors the guest's table may hold: the coordinator's own OS descriptor
+    limit less a reserve for its own needs (a socket per worker, pipes, the duplicates it
+    hands to workers), so that a guest opening files without end gets EMFILE while its
+    writes to stdout, new threads and the coordinator itself still work."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return MAX_DESCRIPTORS
+    return max(16, min(MAX_DESCRIPTORS, soft - max(256, soft // 4)))
+
+
 def _filetype(fd: int) -> int:
     return wasi.filetype_of(os.fstat(fd).st_mode)
 
@@ -58,6 +70,10 @@ class DescriptorTable:
         self.fs = fs
         self.generations = GenerationPage.create()
         self._entries: dict[int, Entry] = {}
+        self.capacity = guest_capacity()
+        # Every number below it is taken: the lowest free number is searched from here, not
+        # from 0 (a program holding thousands of files opens the next in O(1), not O(n)).
+        self._lowest_free = 0
         self._lock = threading.Lock()
         self._on_close = on_close
         self.paths = PathCalls(fs, self._resolve)
@@ -95,11 +111,15 @@ class DescriptorTable:
         return entry
 
     def _free_number(self, minimum: int = 0) -> int:
-        number = max(minimum, 0)
+        if len(self._entries) >= self.capacity:
+            raise WasiError(wasi.EMFILE)
+        number = max(minimum, self._lowest_free)
         while number in self._entries:
             number += 1
         if number >= MAX_DESCRIPTORS:
             raise WasiError(wasi.EMFILE)
+        if minimum <= self._lowest_free:
+            self._lowest_free = number
         return number
 
     def _insert(self, entry: Entry, minimum: int = 0) -> int:
@@ -112,6 +132,7 @@ class DescriptorTable:
         entry = self._entries.pop(fd, None)
         if entry is not None:
             self.generations.bump(fd)
+            self._lowest_free = min(self._lowest_free, fd)
         return entry
 
     def _release(self, *entries: Entry | None) -> None:

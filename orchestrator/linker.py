@@ -56,6 +56,7 @@ from wasmgroup.shared.plan import (
     SlotAssignment,
     SymbolAddress,
     TableGrowth,
+    type_text,
 )
 from wasmgroup.shared.records import field, record
 from wasmgroup.shared.wasm import Export, FuncType, GlobalType, Import, TagType, WasmModule
@@ -117,6 +118,20 @@ class _Resolved:
             return self.binding
         b = self.binding
         return Binding(b.module, b.name, b.how, value=b.value + bases[self.add_base_of])
+
+
+def _typed(binding: Binding, import_type: object) -> Binding:
+    """`binding` with the type of what a group makes of it (a global, a function), so that
+    no group reads it from the compiled module."""
+    text = ""
+    if binding.how in (B_CONST, B_TLS) and isinstance(import_type, GlobalType):
+        text = type_text(None, value=import_type.value, mutable=import_type.mutable)
+    elif binding.how in (B_FUNC, B_STUB, B_HOST) and isinstance(import_type, FuncType):
+        text = type_text(import_type.params, import_type.results)
+    if not text:
+        return binding
+    b = binding
+    return Binding(b.module, b.name, b.how, b.value, b.source, b.export, text)
 
 
 def _global_value(module: WasmModule, export: Export) -> int | None:
@@ -410,7 +425,9 @@ class LinkerState:
         bases = {m.handle: m.memory_base for m in everything}
         module_plans = []
         for loaded in planned:
-            bindings = [r.final(bases) for r in resolved[loaded.handle]]
+            bindings = [_typed(r.final(bases), imp.type)
+                        for r, imp in zip(resolved[loaded.handle], loaded.module.imports,
+                                          strict=True)]
             info = loaded.module.dylink
             module_plans.append(ModulePlan(
                 handle=loaded.handle, name=loaded.name, guest_path=loaded.guest_path,
@@ -418,7 +435,9 @@ class LinkerState:
                 table_base=loaded.table_base,
                 table_size=info.mem_info.table_size if info else 0,
                 memory_size=info.mem_info.memory_size if info else 0, bindings=bindings,
-                exports=_dlsym_exports(loaded)))
+                exports=_dlsym_exports(loaded),
+                thread_tls=any(loaded.module.export_named(n) is not None
+                               for n in ("__wasm_init_tls", "__wasix_init_tls"))))
         plan = LoadPlan(modules=module_plans, table_length=table_length, slots=slots,
                         stack_high=self.stack_high, stack_low=self.stack_low)
         # The table is the plan's from now on, whatever comes of it (tables only grow): a

@@ -136,9 +136,20 @@ class OperationFuture:
             self.count.one_done()
 
 
+# What a worker that aborted most likely met. wasmtime (50) registers a shared memory once more
+# for every instance that imports it, and an out-of-bounds access then finds the faulting
+# address in more than one memory and aborts the process (store.rs: `assert!(fault.is_none())`)
+# instead of trapping, once a side module shares the memory: README, "Not yet".
+WASMTIME_ABORT = ("an abort in native code, whose message is above: wasmtime aborts on an "
+                  "out-of-bounds memory access once a side module shares the memory, where "
+                  "it would trap")
+
+
 def describe_exit(returncode: int | None) -> str:
     if returncode is None:
         return "still running"
+    if returncode == -signal.SIGABRT:
+        return f"killed by SIGABRT ({WASMTIME_ABORT})"
     if returncode < 0:
         try:
             return f"killed by {signal.Signals(-returncode).name}"

@@ -52,6 +52,28 @@ class Binding:
     value: int = 0
     source: int = 0
     export: str = ""
+    # The import's type as text (`type_text`) where a group makes something of it (a
+    # global, a stub, a host function), so that it need not read the compiled module's
+    # import types; "" for the rest. The module's, not part of what the import is bound
+    # to: left out of comparisons.
+    import_type: str = field(default="", compare=False)
+
+
+NUMBER_TYPES = ("i32", "i64", "f32", "f64")
+
+
+def type_text(params: tuple[str, ...] | None, results: tuple[str, ...] = (),
+              value: str = "", mutable: bool = False) -> str:
+    """An import's type as a Binding carries it: a function's "(i32 i32) -> (i64)" (given
+    `params`), or an integer global's "i32" / "mut i64" (given `value`); "" for any other
+    type (a group reads those from the compiled module)."""
+    if params is not None:
+        if not all(t in NUMBER_TYPES for t in (*params, *results)):
+            return ""
+        return f"({' '.join(params)}) -> ({' '.join(results)})"
+    if value not in ("i32", "i64"):
+        return ""
+    return f"mut {value}" if mutable else value
 
 
 # What a dlsym of an export finds (ModulePlan.exports): a function (it needs a table slot), a
@@ -103,6 +125,9 @@ class ModulePlan:
     bindings: list[Binding]
     # Exports dlsym can see (hidden ones left out): name -> [X_* kind, value].
     exports: dict[str, list[Any]] = field(default_factory=dict)
+    # Whether it exports a TLS initialiser (`__wasm_init_tls`, `__wasix_init_tls`): each
+    # other group sets up a block for its thread; without one it looks for none.
+    thread_tls: bool = True
 
 
 @record
@@ -165,8 +190,9 @@ def to_wire(obj: Operation) -> dict[str, Any]:
         "op": "load_modules",
         "modules": [{**{k: getattr(m, k) for k in record_fields(ModulePlan)
                         if k != "bindings"},
-                     "bindings": [[b.module, b.name, b.how, b.value, b.source, b.export]
-                                  for b in m.bindings]} for m in obj.modules],
+                     "bindings": [[b.module, b.name, b.how, b.value, b.source, b.export,
+                                   b.import_type] for b in m.bindings]}
+                    for m in obj.modules],
         "table_length": obj.table_length,
         "slots": [[s.slot, s.handle, s.export, s.dlsym_handle] for s in obj.slots],
         "stack_low": obj.stack_low,

@@ -84,17 +84,6 @@ def _frozen_delattr(self: Any, name: str) -> None:
     raise FrozenInstanceError(f"cannot delete field {name!r}")
 
 
-_RECORDS: list[Any] = []  # every record class, for `generate_inits`
-
-
-def generate_inits() -> None:
-    """Generate the __init__ of every record class now (the fork server: its children then
-    share them instead of each compiling those it uses)."""
-    for cls in _RECORDS:
-        if cls.__dict__.get("__init__") is _first_init:
-            cls.__init__ = _make_init(cls, *cls.__record_specs__)
-
-
 def _first_init(self: Any, *args: Any, **kwargs: Any) -> None:
     """A record's __init__ until its first instance: generates the real one (a compile,
     ~0.1 ms, which classes never instantiated in a process do not pay), then runs it."""
@@ -169,8 +158,15 @@ def _build(cls: type[T], frozen: bool) -> type[T]:
         methods.update(__setattr__=_frozen_setattr, __delattr__=_frozen_delattr)
     for name, value in methods.items():
         setattr(cls, name, value)
-    _RECORDS.append(cls)
     return cls
+
+
+def prepare(*classes: type) -> None:
+    """Generate the `__init__` of record `classes` now (a process that forks does this once
+    for its children, which would each compile it at their first instance)."""
+    for cls in classes:
+        if cls.__dict__.get("__init__") is _first_init:
+            cls.__init__ = _make_init(cls, *cls.__record_specs__)  # type: ignore[misc,attr-defined]
 
 
 @overload
@@ -188,4 +184,4 @@ def record(cls: type[T] | None = None, /, *, frozen: bool = True
     return _build(cls, frozen)
 
 
-__all__ = ["FrozenInstanceError", "field", "record", "record_fields"]
+__all__ = ["FrozenInstanceError", "field", "prepare", "record", "record_fields"]

@@ -122,6 +122,7 @@ def test_one_colon_dir_says_what_was_meant(probe: Path, tree: Path) -> None:
 @pytest.mark.parametrize(("args", "message"), [
     (["--pool", "-3"], "argument --pool: -3 is not between 0 and 64"),
     (["--pool", "many"], "argument --pool: 'many' is not a whole number"),
+    (["--max-threads", "0"], "argument --max-threads: 0 is not between 1 and 536870911"),
     (["--timeout", "0"], "argument --timeout: '0' must be more than zero"),
     (["--timeout", "soon"], "argument --timeout: 'soon' is not a duration"),
     (["--max-memory", "12"], "argument --max-memory: '12' is less than one wasm page"),

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import wasmtime
 from conftest import ROOT
-from leaks import assert_nothing_left, open_fds
+from leaks import assert_nothing_left, open_fds, processes_marked
 
 from wasmgroup.orchestrator import descriptors
 from wasmgroup.orchestrator.descriptors import DescriptorTable
@@ -327,5 +327,60 @@ def test_the_table_bumps_a_generation_for_every_change(tmp_path: Path) -> None:
             assert table.fd_close(0) == [0]
             with pytest.raises(wasi.WasiError):
                 table.fetch(0)
+        finally:
+            table.close()
+
+
+def test_a_guest_out_of_descriptors_gets_emfile_and_still_works(guests: Path,
+                                                                 tmp_path: Path) -> None:
+    """A guest opening files without end, under a low descriptor limit: EMFILE at the table's
+    capacity (the limit less the coordinator's reserve), and then stdout, a new thread and
+    the reuse of a closed number all work; nothing is left behind."""
+    import resource
+
+    (tmp_path / "f.txt").write_text("x")
+    limit = 400
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, resource.getrlimit(
+            resource.RLIMIT_NOFILE)[1]))
+
+    mark = f"emfile-{os.getpid()}"
+    proc = subprocess.run([*WASMGROUP, "run", "--dir", f"{tmp_path}::/d",
+                           str(guests / "fdtable" / "open_until_refused.wasm"), "/d/f.txt"],
+                          capture_output=True, text=True, timeout=120, check=False,
+                          preexec_fn=low_limit, env={**os.environ, "WASMGROUP_TEST_MARK": mark})
+    assert (proc.returncode, proc.stderr) == (0, ""), proc.stdout
+    capacity = limit - 256  # the reserve: max(256, limit // 4)
+    assert proc.stdout.splitlines() == [
+        f"opened {capacity - 4}, then: No file descriptors available",  # 0-2 and /d were taken
+        "a new thread runs: yes", "after closing one: its number again"]
+    assert processes_marked(mark) == []
+
+
+def test_the_table_hands_out_the_lowest_free_number(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Process-free: the lowest free number after closes anywhere, dup's minimum honoured,
+    EMFILE at the capacity (found from a number kept as the search's start)."""
+    monkeypatch.setattr(descriptors, "guest_capacity", lambda: 12)
+    with GuestFilesystem.from_specs([f"{tmp_path}::/"]) as fs:
+        table = DescriptorTable(fs, [None, None, None])
+        try:
+            def open_one() -> int:
+                answer = table.path_open(3, 1, "f", wasi.OFLAG_CREAT, wasi.RIGHT_FD_READ, 0, 0)
+                return int(answer[1])
+
+            assert [open_one() for _ in range(5)] == [0, 1, 2, 4, 5]  # 3 is the preopen
+            assert table.fd_close(1) == [0] and table.fd_close(4) == [0]
+            assert [open_one(), open_one(), open_one()] == [1, 4, 6]
+            assert table.fd_dup(0, 9) == [0, 9]
+            assert [open_one(), open_one()] == [7, 8]
+            assert table.fd_dup(0, 0) == [0, 10]
+            assert open_one() == 11  # 12 entries now: the capacity
+            with pytest.raises(wasi.WasiError) as refused:
+                open_one()
+            assert refused.value.code == wasi.EMFILE
+            assert table.fd_close(5) == [0]
+            assert open_one() == 5
         finally:
             table.close()

@@ -260,3 +260,32 @@ def test_chdir_resolves_like_the_locator(guests: Path, tmp_path: Path) -> None:
         "chdir /m/file: failed cwd=/m/inlink/deeper",
         "chdir /m/escape/mapped: failed cwd=/m/inlink/deeper",
         "chdir /m: ok cwd=/m"]
+
+
+# ---- out-of-bounds stores (tests/programs/hostile/oob.c) -----------------------------------
+
+def test_out_of_bounds_store_by_the_main_traps(guests: Path) -> None:
+    fds = open_fds()
+    result = run_program(str(guests / "hostile" / "oob.wasm"), ["/h/libpoke.so", "main"],
+                         dirs=[f"{guests / 'hostile'}::/h"], capture_output=True)
+    assert_nothing_left(fds)
+    assert result.stdout == b"storing past the end from the main module\n"
+    assert result.exit_code == 134
+    assert result.error is not None and "out of bounds memory access" in result.error
+    assert "oob.wasm!main" in result.error
+
+
+def test_out_of_bounds_store_by_a_side_module_is_a_readable_failure(guests: Path) -> None:
+    """wasmtime 50 aborts the worker rather than trapping (README, "Not yet"): the program
+    fails, the message says why it most likely happened, and nothing is left behind."""
+    fds = open_fds()
+    result = run_program(str(guests / "hostile" / "oob.wasm"), ["/h/libpoke.so", "side"],
+                         dirs=[f"{guests / 'hostile'}::/h"], capture_output=True)
+    assert_nothing_left(fds)
+    assert result.stdout == b"storing past the end from the side module\n"
+    assert result.exit_code == EXIT_RUNTIME_ERROR
+    assert result.error is not None
+    assert re.fullmatch(r"the worker process of the main thread \(pid \d+\) killed by SIGABRT "
+                        r"\(an abort in native code, .*out-of-bounds memory access once a side "
+                        r"module shares the memory, where it would trap\)", result.error), \
+        result.error

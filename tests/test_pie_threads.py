@@ -17,7 +17,7 @@ from leaks import assert_nothing_left, open_fds
 from wasm_bytes import dylink, mem_info, module, name, section, uleb
 
 from wasmgroup.orchestrator.program import EXIT_RUNTIME_ERROR, Program, run_program
-from wasmgroup.orchestrator.workers import ServeElsewhere
+from wasmgroup.orchestrator.workers import ServeElsewhere, WorkerProcess
 
 WAITS = ("futex", "atomic", "spin", "sleep")
 
@@ -139,3 +139,25 @@ def test_read_only_link_queries_take_no_round_trip(guests: Path, idle: int,
     assert result.exit_code == 0, (result.error, result.stdout)
     assert result.stdout.decode().splitlines()[-1] == "bench: ok"
     assert asked.count("dlopen") == 3 and asked.count("dlsym") == 3
+
+
+def test_a_slot_reaches_groups_parked_in_futex_wait_without_waking_them(
+        guests: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dlsym's new slot is acknowledged by a group parked in futex_wait as soon as its
+    worker reads it (applied 0 s so far), not after that group woke up and applied it; the
+    group fills the slot before it runs guest code again: released, every thread calls main's
+    new pointers (phase 2 of main.c), and the program checks their sums."""
+    applied: list[float] = []
+    complete = WorkerProcess._complete
+
+    def recording(self: WorkerProcess, message: dict[str, Any]) -> None:
+        applied.append(message["seconds"])
+        complete(self, message)
+
+    monkeypatch.setattr(WorkerProcess, "_complete", recording)
+    result = run_pie_threads(guests, "v2", "futex", "4")
+    assert result.exit_code == 0, (result.error, result.stdout)
+    assert result.stdout.decode().splitlines() == expected_lines(4, "futex")
+    # Main's three dlsyms of functions in phase 2 reach four threads parked in futex_wait
+    # (one that has not parked again since applying main's dlopen applies it as before).
+    assert applied.count(0.0) > 0, applied

@@ -1,10 +1,10 @@
 """Real third-party C code under wasmgroup, compared line by line with a native build.
 
 SQLite (the amalgamation from the npm package better-sqlite3), Lua 5.4 (from the PyPI sdist of
-lupa) and Zstandard 1.5.4 (Debian's source package libzstd) are fetched by scripts/fetch-sources
-and built by scripts/build-guests twice: for wasix-libc (build/guests/) and with the host's C
-compiler (build/native/). Each test runs both with the same arguments, each in a fresh directory
-of its own, and wants the same output.
+lupa), Zstandard 1.5.4 and XZ Utils 5.4.1 (Debian's source packages) are fetched by
+scripts/fetch-sources and built by scripts/build-guests twice: for wasix-libc (build/guests/)
+and with the host's C compiler (build/native/). Each test runs both with the same arguments,
+each in a fresh directory of its own, and wants the same output.
 """
 
 from __future__ import annotations
@@ -193,6 +193,49 @@ def test_lua_cli_run_matches_native(guests: Path, native: Path, tmp_path: Path) 
     assert proc.stdout == nat.stdout
 
 
+# ---- real Lua C modules: LPeg and Lua CJSON, each with its own test suite ---------------------
+# Debian's sources of both, built by scripts/build-guests as side modules that `require` loads
+# (natively: shared objects); each suite runs from its source tree, unchanged.
+
+SOURCES = Path(os.environ.get("WASMGROUP_SOURCES", ROOT / "build" / "sources"))
+
+
+def lua_suite_both(guests: Path, native: Path, tree: str, cwd: str, lua_path: str,
+                   script: str) -> tuple[subprocess.CompletedProcess[bytes], RunResult]:
+    """`lua -e "unpack=table.unpack" SCRIPT` (the suites call Lua 5.1's global `unpack`) in
+    SOURCES/TREE/CWD, natively and under wasmgroup (the tree at /src, the modules at /mods)."""
+    prelude = ["-e", "unpack = unpack or table.unpack"]
+    nat = subprocess.run([str(native / "lua" / "lua"), *prelude, script], capture_output=True,
+                         timeout=300, check=False, cwd=SOURCES / tree / cwd,
+                         env={**os.environ, "LUA_CPATH": str(native / "lua" / "?.so"),
+                              "LUA_PATH": f"{SOURCES / tree / lua_path}/?.lua"})
+    res = run_wasm(guests / "lua" / "lua.wasm", [*prelude, script],
+                   [f"{SOURCES / tree}::/src", f"{guests / 'lua'}::/mods"],
+                   cwd=f"/src/{cwd}".rstrip("/"),
+                   env={"LUA_CPATH": "/mods/?.so", "LUA_PATH": f"/src/{lua_path}/?.lua"})
+    return nat, res
+
+
+def test_lpeg_passes_its_own_test_suite(guests: Path, native: Path) -> None:
+    """LPeg 1.0.2's test.lua: patterns, grammars, captures, errors raised from the side
+    module through Lua's longjmp, 200 captures deep."""
+    nat, res = lua_suite_both(guests, native, "lpeg", "", ".", "test.lua")
+    assert nat.returncode == 0, nat.stderr
+    assert (res.exit_code, res.error) == (0, None), res.stderr
+    assert res.stdout == nat.stdout
+    assert nat.stdout.splitlines()[-1] == b"OK"
+
+
+def test_lua_cjson_runs_its_own_test_suite_as_native(guests: Path, native: Path) -> None:
+    """Lua CJSON 2.1.0's tests/test.lua: the same verdicts, line by line (10 of its 104 tests
+    fail natively too: it was written for Lua 5.1's messages). NaN signs are left out: the
+    sign of a NaN that an operation makes is the platform's (x86 sets it, wasm may not)."""
+    nat, res = lua_suite_both(guests, native, "cjson", "tests", "lua", "test.lua")
+    assert (res.exit_code, res.error) == (nat.returncode, None), res.stderr
+    assert res.stdout.replace(b"-nan", b"nan") == nat.stdout.replace(b"-nan", b"nan")
+    assert b"==> Summary: " in nat.stdout
+
+
 # ---- a parallel compressor -------------------------------------------------------------------
 
 def pcomp_both(guests: Path, native: Path, tmp_path: Path, io: str) -> tuple[list[str], list[str]]:
@@ -230,8 +273,8 @@ ZSTD_JOB = ["-T2", "-B1MiB", "-3"]  # 1 MiB jobs: both compression threads have 
 
 
 @pytest.fixture(scope="module")
-def zstd_input(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """6 MiB of seeded pseudo-text (compressible, but not trivially)."""
+def text_input(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """6 MiB of seeded pseudo-text (compressible, but not trivially): zstd's and xz's input."""
     rng = random.Random(7)
     words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9)))
              for _ in range(2000)]
@@ -241,64 +284,66 @@ def zstd_input(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def zstd_both(guests: Path, native: Path, tmp_path: Path, args: list[str], files: dict[str, Path]
-              ) -> tuple[subprocess.CompletedProcess[str], RunResult, Path, Path]:
-    """`zstd ARGS` natively and under wasmgroup, each in a fresh directory holding `files`
-    (guest view: /data); {d} in ARGS is that directory."""
+def command_both(command: str, guests: Path, native: Path, tmp_path: Path, args: list[str],
+                 files: dict[str, Path]
+                 ) -> tuple[subprocess.CompletedProcess[str], RunResult, Path, Path]:
+    """The real `command ARGS` (zstd, xz) natively and under wasmgroup, each in a fresh
+    directory holding `files` (guest view: /data); {d} in ARGS is that directory."""
     ndir, wdir = fresh(tmp_path, "native"), fresh(tmp_path, "wasm")
     for name, source in files.items():
-        shutil.copy(source, ndir / name)
-        shutil.copy(source, wdir / name)
-    nat = run_native([str(native / "zstd" / "zstd"), *[a.replace("{d}", str(ndir)) for a in args]])
-    res = run_wasm(guests / "zstd" / "zstd.wasm", [a.replace("{d}", "/data") for a in args],
+        shutil.copy2(source, ndir / name)  # (with its times: xz gives them to its output)
+        shutil.copy2(source, wdir / name)
+    nat = run_native([str(native / command / command),
+                      *[a.replace("{d}", str(ndir)) for a in args]])
+    res = run_wasm(guests / command / f"{command}.wasm", [a.replace("{d}", "/data") for a in args],
                    [f"{wdir}::/data"])
     return nat, res, ndir, wdir
 
 
 def test_zstd_threads_compress_as_native_and_round_trip(guests: Path, native: Path,
-                                                        tmp_path: Path, zstd_input: Path) -> None:
-    nat, res, ndir, wdir = zstd_both(guests, native, tmp_path, [
+                                                        tmp_path: Path, text_input: Path) -> None:
+    nat, res, ndir, wdir = command_both("zstd", guests, native, tmp_path, [
         "-q", *ZSTD_JOB, "-f", "{d}/input.txt", "-o", "{d}/input.txt.zst"],
-        {"input.txt": zstd_input})
+        {"input.txt": text_input})
     assert nat.returncode == 0, nat.stderr
     assert (res.exit_code, res.error, res.stderr) == (0, None, b"")
     packed = (wdir / "input.txt.zst").read_bytes()
     assert packed == (ndir / "input.txt.zst").read_bytes()
-    assert len(packed) < zstd_input.stat().st_size // 2
+    assert len(packed) < text_input.stat().st_size // 2
     (wdir / "input.txt").unlink()
     back = run_wasm(guests / "zstd" / "zstd.wasm",
                     ["-q", "-d", "-T2", "/data/input.txt.zst", "-o", "/data/back.txt"],
                     [f"{wdir}::/data"])
     assert (back.exit_code, back.error) == (0, None), back.stderr
-    assert (wdir / "back.txt").read_bytes() == zstd_input.read_bytes()
+    assert (wdir / "back.txt").read_bytes() == text_input.read_bytes()
 
 
-def test_zstd_threads_from_stdin_to_stdout(guests: Path, native: Path, zstd_input: Path) -> None:
+def test_zstd_threads_from_stdin_to_stdout(guests: Path, native: Path, text_input: Path) -> None:
     """A pipe: the I/O threads read fd 0 and write fd 1, the descriptors the program started
     with."""
-    with zstd_input.open("rb") as stdin:
+    with text_input.open("rb") as stdin:
         nat = subprocess.run([str(native / "zstd" / "zstd"), "-q", *ZSTD_JOB, "-c"],
                              stdin=stdin, capture_output=True, timeout=120, check=False)
     assert nat.returncode == 0, nat.stderr
     fds = open_fds()
     res = wasmgroup.run(guests / "zstd" / "zstd.wasm", ["-q", *ZSTD_JOB, "-c"],
-                        stdin=zstd_input)
+                        stdin=text_input)
     assert_nothing_left(fds)
     assert (res.exit_code, res.error, res.stderr) == (0, None, b"")
     assert res.stdout == nat.stdout
 
 
 def test_zstd_damaged_input_fails_as_native(guests: Path, native: Path, tmp_path: Path,
-                                            zstd_input: Path) -> None:
+                                            text_input: Path) -> None:
     packed = tmp_path / "good.zst"
-    subprocess.run([str(native / "zstd" / "zstd"), "-q", *ZSTD_JOB, str(zstd_input), "-o",
+    subprocess.run([str(native / "zstd" / "zstd"), "-q", *ZSTD_JOB, str(text_input), "-o",
                     str(packed)], check=True, timeout=120)
     data = bytearray(packed.read_bytes())
     for at in range(len(data) // 2, len(data) // 2 + 64):
         data[at] ^= 0x5A
     damaged = tmp_path / "bad.zst"
     damaged.write_bytes(bytes(data))
-    nat, res, _, wdir = zstd_both(guests, native, tmp_path, [
+    nat, res, _, wdir = command_both("zstd", guests, native, tmp_path, [
         "-d", "-T2", "-f", "{d}/bad.zst", "-o", "{d}/out.txt"], {"bad.zst": damaged})
     assert nat.returncode != 0
     assert res.exit_code == nat.returncode and res.error is None
@@ -307,6 +352,119 @@ def test_zstd_damaged_input_fails_as_native(guests: Path, native: Path, tmp_path
         == re.sub(r"\S*bad\.zst", "FILE", nat.stderr)
     assert "Data corruption detected" in nat.stderr
     assert not (wdir / "out.txt").exists()  # zstd removes its half-written output, as natively
+
+
+# ---- XZ Utils ----------------------------------------------------------------------------------
+# The real `xz` command (Debian's xz-utils 5.4.1 sources, configured by its own autotools): -T2
+# compresses blocks in liblzma's pool of threads, whose output depends on the block size, not
+# on the thread count. On files it works as a file tool: the output gets the input's times, the
+# input is removed, an existing output is refused. (Not its mode: WASI files have none, and
+# wasix-libc's fchmod changes nothing, as under Wasmer.)
+
+XZ_JOB = ["-T2", "--block-size=1MiB", "-6"]  # 1 MiB blocks: both threads have work
+
+
+def test_xz_threads_compress_files_as_native_and_round_trip(guests: Path, native: Path,
+                                                            tmp_path: Path, text_input: Path
+                                                            ) -> None:
+    source = tmp_path / "input.txt"
+    shutil.copy(text_input, source)
+    mtime_ns = 1_700_000_000_987_654_321
+    os.utime(source, ns=(1_600_000_000_123_456_789, mtime_ns))
+    nat, res, ndir, wdir = command_both("xz", guests, native, tmp_path,
+                                        [*XZ_JOB, "{d}/input.txt"], {"input.txt": source})
+    assert nat.returncode == 0, nat.stderr
+    assert (res.exit_code, res.error, res.stderr) == (0, None, b"")
+    packed = (wdir / "input.txt.xz").read_bytes()
+    assert packed == (ndir / "input.txt.xz").read_bytes()
+    assert len(packed) < text_input.stat().st_size // 2
+    assert not (wdir / "input.txt").exists() and not (ndir / "input.txt").exists()
+    assert (wdir / "input.txt.xz").stat().st_mtime_ns == mtime_ns
+    assert (ndir / "input.txt.xz").stat().st_mtime_ns == mtime_ns
+    back = run_wasm(guests / "xz" / "xz.wasm", ["-d", "-T2", "/data/input.txt.xz"],
+                    [f"{wdir}::/data"])
+    assert (back.exit_code, back.error, back.stderr) == (0, None, b"")
+    assert (wdir / "input.txt").read_bytes() == text_input.read_bytes()
+    assert (wdir / "input.txt").stat().st_mtime_ns == mtime_ns
+    assert not (wdir / "input.txt.xz").exists()
+
+
+def test_xz_threads_from_stdin_to_stdout(guests: Path, native: Path, text_input: Path) -> None:
+    with text_input.open("rb") as stdin:
+        nat = subprocess.run([str(native / "xz" / "xz"), *XZ_JOB, "-c"], stdin=stdin,
+                             capture_output=True, timeout=120, check=False)
+    assert nat.returncode == 0, nat.stderr
+    fds = open_fds()
+    res = wasmgroup.run(guests / "xz" / "xz.wasm", [*XZ_JOB, "-c"], stdin=text_input)
+    assert_nothing_left(fds)
+    assert (res.exit_code, res.error, res.stderr) == (0, None, b"")
+    assert res.stdout == nat.stdout
+
+
+def xz_message(stderr: str | bytes, program: str) -> str:
+    """A message of xz without the parts that differ by where it ran: its name (argv[0]) and
+    the directory of the files."""
+    text = stderr.decode() if isinstance(stderr, bytes) else stderr
+    return re.sub(r"\S*/(\w+\.txt)", r"\1", text.replace(program, "xz"))
+
+
+def test_xz_refuses_an_existing_output_as_native(guests: Path, native: Path, tmp_path: Path,
+                                                 text_input: Path) -> None:
+    older = tmp_path / "older.xz"
+    older.write_bytes(b"not overwritten")
+    nat, res, ndir, wdir = command_both("xz", guests, native, tmp_path, [
+        *XZ_JOB, "{d}/input.txt"], {"input.txt": text_input, "input.txt.xz": older})
+    assert nat.returncode == 1
+    assert (res.exit_code, res.error) == (1, None)
+    assert "File exists" in nat.stderr
+    program = res.stderr.decode().split(":")[0]
+    assert xz_message(res.stderr, program) == xz_message(nat.stderr, str(native / "xz" / "xz"))
+    for d in (ndir, wdir):
+        assert (d / "input.txt.xz").read_bytes() == b"not overwritten"
+        assert (d / "input.txt").read_bytes() == text_input.read_bytes()
+
+
+def test_xz_skips_links_as_native(guests: Path, native: Path, tmp_path: Path) -> None:
+    """Without --keep, xz will not remove a symbolic link or a file with more hard links
+    (lstat/fstat through the guest's view): it skips them, with the native messages."""
+    dirs = {"native": fresh(tmp_path, "native"), "wasm": fresh(tmp_path, "wasm")}
+    for d in dirs.values():
+        (d / "a.txt").write_text("text\n" * 1000)
+        (d / "link.txt").symlink_to("a.txt")
+        os.link(d / "a.txt", d / "hard.txt")
+    nat = run_native([str(native / "xz" / "xz"), *[str(dirs["native"] / n)
+                                                   for n in ("link.txt", "hard.txt")]])
+    res = run_wasm(guests / "xz" / "xz.wasm", ["/data/link.txt", "/data/hard.txt"],
+                   [f"{dirs['wasm']}::/data"])
+    assert nat.returncode == 2 and (res.exit_code, res.error) == (2, None)
+    assert "Is a symbolic link, skipping" in nat.stderr
+    assert "more than one hard link, skipping" in nat.stderr
+    program = res.stderr.decode().split(":")[0]
+    assert xz_message(res.stderr, program) == xz_message(nat.stderr, str(native / "xz" / "xz"))
+    for d in dirs.values():
+        assert sorted(p.name for p in d.iterdir()) == ["a.txt", "hard.txt", "link.txt"]
+
+
+def test_xz_damaged_input_fails_as_native(guests: Path, native: Path, tmp_path: Path,
+                                          text_input: Path) -> None:
+    packed = tmp_path / "good.xz"
+    with text_input.open("rb") as stdin, packed.open("wb") as out:
+        subprocess.run([str(native / "xz" / "xz"), *XZ_JOB, "-c"], stdin=stdin, stdout=out,
+                       check=True, timeout=120)
+    data = bytearray(packed.read_bytes())
+    for at in range(len(data) // 2, len(data) // 2 + 64):
+        data[at] ^= 0x5A
+    damaged = tmp_path / "bad.txt.xz"
+    damaged.write_bytes(bytes(data))
+    nat, res, _, wdir = command_both("xz", guests, native, tmp_path, [
+        "-d", "-T2", "{d}/bad.txt.xz"], {"bad.txt.xz": damaged})
+    assert nat.returncode == 1
+    assert (res.exit_code, res.error) == (1, None)
+    assert "Compressed data is corrupt" in nat.stderr
+    program = res.stderr.decode().split(":")[0]
+    assert xz_message(res.stderr, program) == xz_message(nat.stderr, str(native / "xz" / "xz"))
+    assert not (wdir / "bad.txt").exists()  # xz removes its half-written output, as natively
+    assert (wdir / "bad.txt.xz").exists()
 
 
 # ---- scripts/fetch-sources -------------------------------------------------------------------

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from wasmgroup.shared.plan import Binding, ModulePlan, from_wire, to_wire
+from wasmgroup.shared.plan import Binding, ModulePlan, from_wire, to_wire, type_text
 from wasmgroup.shared.plan import LoadPlan as PlanLoad
-from wasmgroup.shared.records import FrozenInstanceError, field, record, record_fields
+from wasmgroup.shared.records import FrozenInstanceError, field, prepare, record, record_fields
 from wasmgroup.shared.wasm import FuncType
 
 
@@ -91,6 +91,36 @@ def test_plans_round_trip_through_the_wire() -> None:
                                 {"f": ["func", 3]})], 8, [])
     assert from_wire(to_wire(plan)) == plan
     assert FuncType(("i32",), ()) in {FuncType(("i32",), ())}
+
+
+def test_prepare_makes_the_constructor_before_the_first_instance() -> None:
+    @record
+    class Fresh:
+        a: int
+        b: str = "x"
+
+    lazy = Fresh.__init__
+    prepare(Fresh)
+    assert Fresh.__init__ is not lazy  # generated now, not at the first instance
+    made = Fresh.__init__
+    assert Fresh(1) == Fresh(1, "x") and Fresh(2, "y").b == "y"
+    assert Fresh.__init__ is made
+    prepare(Fresh)  # again: nothing to do
+    assert Fresh.__init__ is made
+
+
+def test_plans_carry_the_type_of_each_global_they_make() -> None:
+    """The type travels with the plan (a group makes the global without reading the
+    module's imports), but a binding is the same whatever the import's type."""
+    typed = Binding("GOT.mem", "x", "const", 16, 0, "", type_text(None, value="i32",
+                                                                   mutable=True))
+    assert typed == Binding("GOT.mem", "x", "const", 16)
+    plan = PlanLoad([ModulePlan(2, "l.so", "/lib/l.so", "/h/l.so", 1024, 4, 2, 64, [typed])],
+                    8, [])
+    (module,) = from_wire(to_wire(plan)).modules  # type: ignore[union-attr]
+    assert module.bindings[0].import_type == "mut i32"
+    assert type_text(("i32", "i64"), ("f64",)) == "(i32 i64) -> (f64)"
+    assert type_text(("v128",)) == "" and type_text(None, value="f32") == ""
 
 
 def test_a_command_line_start_imports_no_dataclasses_nor_wasmtime() -> None:

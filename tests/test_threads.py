@@ -205,3 +205,21 @@ def test_a_kept_group_gives_the_next_thread_fresh_tls(guests: Path, tmp_path: Pa
              if json.loads(line)["op"] == "thread_exit"]
     assert any(e.get("kept") for e in exits), exits
     assert_nothing_left(fds)
+
+
+def test_spawns_beyond_max_threads_get_eagain(guests: Path, caplog: pytest.LogCaptureFixture
+                                              ) -> None:
+    """A guest that spawns without end meets the live-thread cap (the main thread counts):
+    pthread_create returns EAGAIN, the program goes on, and its sleeping threads' workers are
+    all reaped when it exits."""
+    fds = open_fds()
+    with caplog.at_level("WARNING", logger="wasmgroup"):
+        result = run_program(str(guests / "threads" / "spawn_until_refused.wasm"),
+                             max_threads=6)
+    assert (result.exit_code, result.error) == (0, None)
+    assert result.stdout == b"created 5 threads, then: Resource temporarily unavailable\n"
+    assert [r.getMessage() for r in caplog.records] == [
+        "thread limit reached (--max-threads 6, the main thread included): a thread spawn "
+        "gets EAGAIN"]
+    assert_nothing_left(fds)
+

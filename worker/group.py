@@ -17,7 +17,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from typing import Any, Protocol
 
 import wasmtime
@@ -44,6 +44,7 @@ from wasmgroup.shared.plan import (
     B_TLS,
     X_DATA,
     X_TLS,
+    Binding,
     ClosurePlan,
     GroupState,
     LoadPlan,
@@ -53,7 +54,7 @@ from wasmgroup.shared.plan import (
     SymbolAddress,
     TableGrowth,
 )
-from wasmgroup.shared.records import record
+from wasmgroup.shared.records import prepare, record
 from wasmgroup.shared.wasm import FuncType
 from wasmgroup.worker import epoch, wasmtime_compat
 from wasmgroup.worker.host import poll
@@ -77,7 +78,9 @@ from wasmgroup.worker.wasmtime_compat import (
     call_nullary,
     const_global,
     host_func,
+    import_type,
     instance_export,
+    module_import_count,
     module_imports,
     new_instance,
     table_grow,
@@ -120,6 +123,22 @@ class CompiledModule:
     def __init__(self, module: wasmtime.Module) -> None:
         self.module = module
         self._imports: list[tuple[str, str, Any, bool]] | None = None
+        self._import_count: int | None = None
+
+    def helpers(self, start: int, made: Container[tuple[str, str]]
+                ) -> list[tuple[str, str, Any, bool]]:
+        """The imports from `start` on (the load-time rewrite's helpers), without the types
+        of those `made` already (a group makes each helper once)."""
+        if self._imports is not None:
+            return self._imports[start:]
+        return module_imports(self.module, start, made)
+
+    @property
+    def import_count(self) -> int:
+        if self._import_count is None:
+            self._import_count = (len(self._imports) if self._imports is not None
+                                  else module_import_count(self.module))
+        return self._import_count
 
     @property
     def imports(self) -> list[tuple[str, str, Any, bool]]:
@@ -172,6 +191,14 @@ def _wasmtime_functype(t: FuncType) -> wasmtime.FuncType:
 def _our_functype(t: wasmtime.FuncType) -> FuncType:
     return FuncType(tuple(wasmtime_compat.value_type_name(p) for p in t.params),
                     tuple(wasmtime_compat.value_type_name(r) for r in t.results))
+
+
+def prepare_link_records() -> None:
+    """Generate the constructors of the records a group makes when it applies a link
+    operation (~0.1 ms each at a record's first instance: a worker forked from a process
+    that ran this has them; see zygote.serve)."""
+    prepare(LoadPlan, ModulePlan, Binding, SlotAssignment, TableGrowth, LoadUndo, ClosurePlan,
+            SymbolAddress, PendingOperation)
 
 
 class InstanceGroup:
@@ -397,6 +424,8 @@ class InstanceGroup:
         exports its TLS layout, the block comes from the coordinator's allocator instead and
         only the lock-free `__wasm_init_tls` (and `__wasm_apply_tls_relocs`) run in the guest.
         """
+        if not plan.thread_tls:  # (the plan says whether it exports an initialiser)
+            return
         size, align = (self.find_export(plan.handle, "__tls_size"),
                        self.find_export(plan.handle, "__tls_align"))
         init = self.find_export(plan.handle, "__wasm_init_tls")
@@ -428,8 +457,8 @@ class InstanceGroup:
         self.thread_id = thread_id
         self.signals = SignalState()
         for handle, instance in self.instances.items():
-            if handle == MAIN_HANDLE:
-                continue
+            if handle == MAIN_HANDLE or not self._plans[handle].thread_tls:
+                continue  # (no TLS initialiser: nothing to set up again)
             exports = instance.exports(self.store)
             init = exports.get("__wasm_init_tls")
             block = self._thread_tls.get(handle)
@@ -621,16 +650,20 @@ class InstanceGroup:
 
     def _instantiate(self, plan: ModulePlan) -> None:
         compiled = self._load_module(plan.host_path)
-        wanted = compiled.imports
         # The plan covers the module's own imports; the load-time rewrite appends host
-        # helpers (orchestrator/rewrite.py) after them.
-        helpers = wanted[len(plan.bindings):]
-        if any(module != HELPER_MODULE for module, _, _, _ in helpers):
+        # helpers (orchestrator/rewrite.py) after them. The compiled module's import types
+        # (~10 µs an import to read) are read only when a binding needs one the plan does
+        # not carry, or for the helpers.
+        count = compiled.import_count
+        if count < len(plan.bindings):
             raise LinkError(f"{plan.name}: the compiled module does not match its plan")
-        imports = [self._import_value(plan, binding, ty, is_i64)
-                   for binding, (_, _, ty, is_i64) in zip(plan.bindings, wanted, strict=False)]
-        imports += [self._helper(name, ty)
-                    for _, name, ty, _ in helpers if isinstance(ty, wasmtime.FuncType)]
+        imports = [self._import_value(plan, binding, compiled, index)
+                   for index, binding in enumerate(plan.bindings)]
+        if count > len(plan.bindings):
+            helpers = compiled.helpers(len(plan.bindings), self._host_funcs)
+            if any(module != HELPER_MODULE for module, _, _, _ in helpers):
+                raise LinkError(f"{plan.name}: the compiled module does not match its plan")
+            imports += [self._helper(plan, name, ty) for _, name, ty, _ in helpers]
         try:
             self.instances[plan.handle] = new_instance(self.store, compiled.module, imports)
         except WASM_ERRORS as err:
@@ -646,7 +679,8 @@ class InstanceGroup:
             if isinstance(sp, wasmtime.Global):
                 self.stack_pointer = sp
 
-    def _import_value(self, plan: ModulePlan, binding: Any, ty: Any, is_i64: bool) -> Any:
+    def _import_value(self, plan: ModulePlan, binding: Any, compiled: CompiledModule,
+                      index: int) -> Any:
         how = binding.how
         if how == B_MEMORY:
             return self.memory_object
@@ -663,6 +697,7 @@ class InstanceGroup:
                     self.store, wasmtime.TagType(wasmtime.FuncType([wasmtime.ValType.i32()], [])))
             return self._tags[binding.name]
         if how in (B_CONST, B_TLS):
+            ty, is_i64 = self._import_type(binding, compiled, index)
             if not isinstance(ty, wasmtime.GlobalType):
                 raise LinkError(f"{plan.name}: {binding.module}.{binding.name} is not a global")
             value = binding.value
@@ -674,16 +709,33 @@ class InstanceGroup:
             if binding.module.startswith("GOT.") and how == B_CONST:
                 self._got[f"{plan.name}:{binding.module}.{binding.name}"] = created
             return created
-        assert isinstance(ty, wasmtime.FuncType)
+        if how == B_FUNC and binding.source in self.instances:
+            return self.export(binding.source, binding.export)
+        if how == B_HOST:
+            made = self._host_funcs.get((binding.module, binding.name))
+            if made is not None:
+                return made
+        ty = self._import_type(binding, compiled, index)[0]
+        if not isinstance(ty, wasmtime.FuncType):
+            raise LinkError(f"{plan.name}: {binding.module}.{binding.name} is not a function")
         if how == B_FUNC:
-            if binding.source in self.instances:
-                return self.export(binding.source, binding.export)
             return self._forwarder(ty, binding.source, binding.export)
         if how == B_STUB:
             return self._stub(ty, plan, binding.name)
         if how == B_HOST:
             return self._host_function(binding.module, binding.name, ty)
         raise LinkError(f"{plan.name}: unknown binding {how!r} for {binding.module}.{binding.name}")
+
+    @staticmethod
+    def _import_type(binding: Binding, compiled: CompiledModule, index: int
+                     ) -> tuple[Any, bool]:
+        """The type of import `index` (a global's, a function's) and whether it is an i64
+        global: from the plan (wasmtime checks it against the module's at instantiation),
+        else read from the compiled module."""
+        if binding.import_type:
+            return import_type(binding.import_type)
+        _, _, ty, is_i64 = compiled.imports[index]
+        return ty, is_i64
 
     def _forwarder(self, ty: wasmtime.FuncType, handle: int, name: str) -> wasmtime.Func:
         """A function of a module later in the same load: bound when first called."""
@@ -709,12 +761,15 @@ class InstanceGroup:
 
         return wasmtime.Func(self.store, ty, call)
 
-    def _helper(self, name: str, ty: wasmtime.FuncType) -> wasmtime.Func:
+    def _helper(self, plan: ModulePlan, name: str, ty: wasmtime.FuncType | None
+                ) -> wasmtime.Func:
         """A host helper the load-time rewrite imports (one type per name): made once per
         group, shared by every module that imports it."""
         key = (HELPER_MODULE, name)
         func = self._host_funcs.get(key)
         if func is None:
+            if not isinstance(ty, wasmtime.FuncType) or name not in self._memory_helpers:
+                raise LinkError(f"{plan.name}: the compiled module does not match its plan")
             func = self._host_funcs[key] = host_func(self.store, ty, self._memory_helpers[name])
         return func
 
@@ -747,6 +802,11 @@ class InstanceGroup:
         self._pending.put(pending)
         self.nudge()
 
+    def enqueue(self, pending: PendingOperation) -> None:
+        """Queue an operation without waking this group's thread (the caller nudges it, or
+        leaves it to apply the operation at its next safe point)."""
+        self._pending.put(pending)
+
     def nudge(self) -> None:
         """Parked in futex_wait: wake it now rather than at the end of its wait slice (this
         thread alone, through its wake word; where the kernel lacks futex_waitv, everyone on
@@ -765,6 +825,12 @@ class InstanceGroup:
         applied when its wake word wakes it, or before it returns to guest code, so it
         needs no epoch tick."""
         return self._waiting_on is not None
+
+    @property
+    def applying(self) -> bool:
+        """Applying an operation that runs guest code of its own (a start function, TLS
+        set-up) but no constructors: a safe point reached meanwhile applies nothing."""
+        return self._servicing
 
     def has_pending(self) -> bool:
         return not self._pending.empty()

@@ -9,8 +9,10 @@ the worker, and the pool starts workers from short-lived threads.)
 
 Threads of this process: two take turns (leader/follower) at two roles, and a third ticks.
 - The reader reads every frame: operations are queued on the group (and the epoch ticked, and
-  a futex sleeper woken, so that they are applied at the next safe point), everything else is
-  the group's work.
+  a futex sleeper woken, so that they are applied at the next safe point; one that only
+  changes table slots, reaching a thread parked at a safe point, is acknowledged at once
+  instead and the sleeper left asleep: it applies it before it runs guest code again),
+  everything else is the group's work.
 - The group's work (apply an assignment, run the entry point, apply link operations while
   idle, reset) is done by one thread at a time, the *working* thread; while it waits inside a
   host call for the coordinator's answer, the reader hands it frames through the inbox and it
@@ -65,6 +67,7 @@ from wasmgroup.shared.plan import (
     LoadPlan,
     SlotAssignment,
     SymbolAddress,
+    TableGrowth,
     from_wire,
     state_to_wire,
 )
@@ -92,6 +95,9 @@ RESET_SLACK_BYTES = 64 << 20
 PROGRAM_MEMFDS = ("memfd:wasmgroup-memory", "memfd:wasmgroup-descriptors")
 EARLY_REPLY: dict[str, Any] = {"t": "early"}  # next_message: look at the replies set aside
 IDLE_WORK = frozenset({"run", "rearm", "reset"})  # frames only an idle group's loop takes
+# Operations that only change table slots (nothing fails there that planning did not rule
+# out, no guest code runs): a group parked at a safe point acknowledges them when posted.
+TABLE_ONLY_OPS = (SlotAssignment, TableGrowth)
 MAIN_STACK_BYTES = 8 << 20  # the stack of either thread that may run guest code
 
 
@@ -315,13 +321,22 @@ class Worker:
                 return
             if group is not None:
                 self._ids[id(pending)] = pending_id
-                group.post(pending)
+                group.enqueue(pending)  # woken below (`_wake`), unless it need not be
         if group is None:
             self.conn.send("ack", id=pending_id, error=None, seconds=0.0, state=None, gone=True)
             return
+        parked = group.parked_in_futex() or self._waiting_safely
+        if parked and isinstance(op, TABLE_ONLY_OPS) and not group.applying:
+            # Read after the post above: this group's thread was parked at a safe point
+            # then, and it applies what was posted before it runs guest code again, so no
+            # guest code of this group can call through the slot before it is filled (the
+            # rule the stop-the-world barrier guarantees). Acknowledged now, and the
+            # sleeper not woken: it applies the slot when it wakes for its own reasons.
+            self._ack(pending)
+            return
         # A thread waiting at a safe point applies it when woken; only guest code needs
         # the epoch ticked (a ticker woken for nothing competes for the GIL and a CPU).
-        self._wake(tick=not (group.parked_in_futex() or self._waiting_safely))
+        self._wake(tick=not parked)
 
     def _purge(self) -> None:
         with self._group_lock:
@@ -331,8 +346,17 @@ class Worker:
         self._wake()
 
     def _ack(self, pending: PendingOperation, gone: bool = False) -> None:
+        """Answer the coordinator for `pending`, once: an operation acknowledged when posted
+        (`_post`) is not answered again when applied or dropped."""
+        op_id = self._ids.pop(id(pending), None)  # atomic: the reader or the working thread
+        if op_id is None:
+            if pending.error is not None and not gone:
+                # Acknowledged when posted, then this group could not apply it: its table
+                # differs from the others', so its thread ends (a trap, named).
+                raise LinkError(f"could not apply a link operation: {pending.error}")
+            return
         state = state_to_wire(pending.state) if pending.state is not None else None
-        self.conn.send("ack", id=self._ids.pop(id(pending)), error=pending.error,
+        self.conn.send("ack", id=op_id, error=pending.error,
                        seconds=float(pending.seconds), state=state, gone=gone)
 
     def _wake(self, tick: bool = True) -> None:

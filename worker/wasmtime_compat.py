@@ -25,7 +25,7 @@ import ctypes
 import functools
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from ctypes import c_void_p, cast
 from typing import Any
 
@@ -300,22 +300,30 @@ def new_instance(store: wasmtime.Store, module: wasmtime.Module, imports: list[A
     return wasmtime.Instance._from_raw(instance)
 
 
-def module_imports(module: wasmtime.Module) -> list[tuple[str, str, Any, bool]]:
-    """(module, name, type, whether a global is an i64) per import of `module`, in order;
-    the type is a `wasmtime.GlobalType` or `FuncType` for globals and functions, else None
-    (what instantiating needs). Read through the C API: the bindings' `Module.imports` wraps
-    every import, its names and its type in objects (~20 µs an import)."""
+def module_imports(module: wasmtime.Module, start: int = 0,
+                   untyped: Container[tuple[str, str]] = ()
+                   ) -> list[tuple[str, str, Any, bool]]:
+    """(module, name, type, whether a global is an i64) per import of `module` from index
+    `start`, in order; the type is a `wasmtime.GlobalType` or `FuncType` for globals and
+    functions, else None (what instantiating needs), and None for the (module, name) pairs
+    in `untyped` (reading a type is most of the cost). Read through the C API: the
+    bindings' `Module.imports` wraps every import, its names and its type in objects (~20 µs
+    an import)."""
     owner = _ImportTypeList()
     ffi.wasmtime_module_imports(module.ptr(), ctypes.byref(owner.vec))
     found = []
-    for i in range(owner.vec.size):
+    for i in range(start, owner.vec.size):
         item = owner.vec.data[i]
         names = [ffi.wasm_importtype_module(item).contents, ffi.wasm_importtype_name(item)]
         module_name = ctypes.string_at(names[0].data, names[0].size).decode()
-        name = names[1].contents
-        extern = ffi.wasm_importtype_type(item)
+        name_vec = names[1].contents
+        name = ctypes.string_at(name_vec.data, name_vec.size).decode()
         ty: Any = None
         is_i64 = False
+        if (module_name, name) in untyped:
+            found.append((module_name, name, ty, is_i64))
+            continue
+        extern = ffi.wasm_importtype_type(item)
         global_type = ffi.wasm_externtype_as_globaltype(extern)
         if global_type:
             ty = wasmtime.GlobalType._from_ptr(global_type, owner)
@@ -324,8 +332,43 @@ def module_imports(module: wasmtime.Module) -> list[tuple[str, str, Any, bool]]:
             func_type = ffi.wasm_externtype_as_functype(extern)
             if func_type:
                 ty = wasmtime.FuncType._from_ptr(func_type, owner)
-        found.append((module_name, ctypes.string_at(name.data, name.size).decode(), ty, is_i64))
+        found.append((module_name, name, ty, is_i64))
     return found
+
+
+def module_import_count(module: wasmtime.Module) -> int:
+    """How many imports `module` has (one C call; no Python object per import)."""
+    owner = _ImportTypeList()
+    ffi.wasmtime_module_imports(module.ptr(), ctypes.byref(owner.vec))
+    return int(owner.vec.size)
+
+
+_IMPORT_TYPES: dict[str, tuple[wasmtime.GlobalType | wasmtime.FuncType, bool]] = {}
+
+
+def import_type(text: str) -> tuple[wasmtime.GlobalType | wasmtime.FuncType, bool]:
+    """The type a plan's binding names (shared/plan.py `type_text`), and whether it is an
+    i64 global; made once per process (what is made of it copies it)."""
+    made = _IMPORT_TYPES.get(text)
+    if made is None:
+        if text.startswith("("):
+            params, _, results = text.partition(" -> ")
+            made = (wasmtime.FuncType([_value_type(t) for t in params[1:-1].split()],
+                                      [_value_type(t) for t in results[1:-1].split()]), False)
+        else:
+            mutable, _, value = text.rpartition(" ")
+            if value not in ("i32", "i64") or mutable not in ("", "mut"):
+                raise ValueError(f"not an integer global type: {text!r}")
+            made = (wasmtime.GlobalType(_value_type(value), bool(mutable)), value == "i64")
+        _IMPORT_TYPES[text] = made
+    return made
+
+
+def _value_type(name: str) -> wasmtime.ValType:
+    if name not in ("i32", "i64", "f32", "f64"):
+        raise ValueError(f"not a number type: {name!r}")
+    made: wasmtime.ValType = getattr(wasmtime.ValType, name)()
+    return made
 
 
 class _ImportTypeList:

@@ -155,11 +155,12 @@ def set_nice(pid: int, nice: int) -> None:
 def serve(ctrl: socket.socket) -> None:
     """Fork a worker per request until the coordinator closes `ctrl`."""
     # Imported now, so that every child has them (shared copy-on-write) and starts at once.
-    from wasmgroup.shared import records
     from wasmgroup.shared.cpus import short_gil_turns
     from wasmgroup.worker import main as worker_main
+    from wasmgroup.worker.group import prepare_link_records
 
     short_gil_turns()  # (for the workers, forked with it)
+    prepared = False
     lowered: bool | None = None  # whether spares start at a low priority (known at the first)
     preload: list[str] = []
     spare: Spare | None = None
@@ -198,7 +199,6 @@ def serve(ctrl: socket.socket) -> None:
             ctrl.sendall(RECORD.pack(WORKER, pid))
             if requests >= SPARE_AFTER:
                 if lowered is None:  # (after the answer: not on a program's start)
-                    records.generate_inits()
                     lowered = can_lower()
                 with contextlib.suppress(OSError):  # (no spare: the next request forks)
                     spare = _fork_spare(ctrl, worker_main, lowered, preload)
@@ -206,6 +206,9 @@ def serve(ctrl: socket.socket) -> None:
                     ctrl.sendall(RECORD.pack(SPARE, spare.pid))
         except OSError:
             return
+        if not prepared:  # after the first worker (off the start's path), for the others
+            prepared = True
+            prepare_link_records()
 
 
 def _fork_worker(ctrl: socket.socket, fd: int, worker_main: object) -> int:
