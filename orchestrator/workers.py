@@ -196,6 +196,7 @@ class WorkerProcess:
         self._requests: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
         self.lost: str | None = None  # why the worker is gone, once it is
         self._read_ended = False  # the connection ended while a request pumped frames
+        self._readable: select.poll | None = None  # for `pump`: is a frame there?
         self._busy = False  # a request of this worker is being served
         self._closing = False
         # Told when a reset is answered (clean or not, with the problem) and when the worker
@@ -302,14 +303,17 @@ class WorkerProcess:
                 if until is not None:
                     if until.is_set() or (stopping is not None and stopping()):
                         return None
-                    if not select.select([self.sock], [], [], READ_SLICE)[0]:
+                    if self._readable is None:  # (poll, not select: the socket's number
+                        self._readable = select.poll()  # may be past FD_SETSIZE's 1024)
+                        self._readable.register(self.sock, select.POLLIN)
+                    if not self._readable.poll(READ_SLICE * 1000):
                         continue
                 self._dispatch(protocol.receive(self.sock))
         except protocol.ConnectionClosed:
             return "closed its connection"
         except protocol.ProtocolError as err:
             return f"broke the protocol: {err}"
-        except (OSError, ValueError) as err:  # ValueError: select on a closed socket
+        except (OSError, ValueError) as err:  # ValueError: a closed socket
             return f"connection failed: {err}"
         return None
 

@@ -283,6 +283,10 @@ def _errnos_module(body: str) -> bytes:
     ("(call $write (i32.const 1) (i32.const 65530) (i32.const 2) (i32.const 0))", wasi.EFAULT),
     ("(i32.store (i32.const 0) (i32.const 65000)) (i32.store (i32.const 4) (i32.const 9999))"
      " (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8))", wasi.EFAULT),
+    # more iovecs than IOV_MAX (1024), a count near 2^31: writev's EINVAL, nothing allocated
+    ("(call $write (i32.const 1) (i32.const 0) (i32.const 1025) (i32.const 9000))", wasi.EINVAL),
+    ("(call $write (i32.const 1) (i32.const 0) (i32.const 0x7fffffff) (i32.const 8))",
+     wasi.EINVAL),
     # a seek with no such whence, before the start; a read at a negative offset
     ("(call $seek (i32.const 1) (i64.const 0) (i32.const 9) (i32.const 8))", wasi.EINVAL),
     ("(call $seek (i32.const 3) (i64.const 0) (i32.const 0) (i32.const 8))", wasi.EISDIR),
@@ -384,3 +388,19 @@ def test_the_table_hands_out_the_lowest_free_number(tmp_path: Path,
             assert open_one() == 5
         finally:
             table.close()
+
+
+def test_threads_started_after_1100_files_are_open_can_dlopen(guests: Path,
+                                                             tmp_path: Path) -> None:
+    """Their workers' sockets have numbers past 1024 in the coordinator: serving their
+    dlopens must not select() on them (select refuses numbers past FD_SETSIZE)."""
+    (tmp_path / "f.txt").write_text("x")
+    fds = open_fds()
+    result = run_program(str(guests / "fdtable" / "many_files_then_dlopen.wasm"),
+                         ["1100", "/d/f.txt", "6", "/h/libpoke.so"],
+                         dirs=[f"{tmp_path}::/d", f"{guests / 'hostile'}::/h"])
+    assert (result.exit_code, result.error) == (0, None)
+    lines = result.stdout.decode().splitlines()
+    assert lines[0] == "1100 files open"
+    assert sorted(lines[1:]) == [f"thread {i}: 7" for i in range(6)]
+    assert_nothing_left(fds)

@@ -97,8 +97,8 @@ class GuestMemory:
     def buffers(self, iovs: int, count: int) -> list[memoryview]:
         """The guest buffers an iovec array names (pointer u32, length u32 each), as writable
         views of the memory itself: readv/writev move data with no copy."""
-        if count < 0 or count > 1024:  # IOV_MAX
-            raise GuestFault(f"{count} iovecs")
+        if count < 0 or count > 1024:  # IOV_MAX: readv/writev's EINVAL (a ValueError)
+            raise ValueError(f"{count} iovecs")
         fields = struct.unpack(f"<{2 * count}I", self.read(iovs, 8 * count))
         views = []
         for i in range(0, 2 * count, 2):
