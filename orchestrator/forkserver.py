@@ -6,7 +6,9 @@ anything has compiled and while it has one thread; the first worker pool of the 
 it (`claim_early`). A pool without one starts the server as a fresh process (`start`). The
 pool that holds a server closes it with itself: the server leaves when its socket closes, as
 it does when the coordinator dies. Its workers are children of the coordinator (clone with
-CLONE_PARENT), reaped through `ForkedProcess`, and leave when their own socket closes.
+CLONE_PARENT), reaped through `ForkedProcess`, and leave when their own socket closes; so are
+its spares (workers forked ahead of need, announced by pid): one not handed out by the time
+the server is closed is killed and reaped then.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from wasmgroup.shared.errors import WasmgroupError
@@ -83,6 +86,9 @@ class ForkServer:
         self._lock = threading.Lock()
         self.broken: str | None = None  # why spawn fails from now on
         self.closed = False
+        self.spares: set[int] = set()  # spares announced and not handed out yet
+        self._preload: tuple[str, ...] = ()  # compiled modules for spares to deserialize
+        self._preload_sent: tuple[str, ...] = ()
 
     @classmethod
     def start(cls) -> ForkServer | None:
@@ -144,37 +150,85 @@ class ForkServer:
             if self.broken is not None:
                 raise ForkServerError(self.broken)
             try:
-                socket.send_fds(self.sock, [b"\0"], [worker_sock.fileno()])
-                answer = b""
+                if self._preload != self._preload_sent:  # before the spare it is for is forked
+                    payload = "\n".join(self._preload).encode()
+                    self.sock.sendall(bytes([zygote.PRELOAD])
+                                      + len(payload).to_bytes(4, "little") + payload)
+                    self._preload_sent = self._preload
+                socket.send_fds(self.sock, [bytes([zygote.WORKER])], [worker_sock.fileno()])
                 self.sock.settimeout(ANSWER_TIMEOUT)
-                while len(answer) < 4:
-                    chunk = self.sock.recv(4 - len(answer))
-                    if not chunk:
+                while True:
+                    record = self._record()
+                    if record is None:
                         raise ConnectionError("the fork server left")
-                    answer += chunk
+                    kind, pid = record
+                    if kind == zygote.WORKER:
+                        break
+                    self.spares.add(pid)
             except OSError as err:
                 self.broken = f"fork server {self.pid}: {err or 'no answer'}"
                 raise ForkServerError(self.broken) from None
-        pid = int.from_bytes(answer, "little", signed=True)
+            self.spares.discard(pid)  # (a spare handed out: a worker now)
         if pid < 0:
             raise ForkServerError(f"fork server {self.pid}: cannot fork: {os.strerror(-pid)}")
         return pid
 
+    def preload(self, artefacts: Iterable[str]) -> None:
+        """Compiled modules (paths) that the spares forked after the next request deserialize
+        while they wait: what the program's new threads load. Sent with that request."""
+        self._preload = tuple(artefacts)
+
+    def _record(self) -> tuple[int, int] | None:
+        """The server's next record (kind, value), or None at end of file."""
+        data = b""
+        while len(data) < zygote.RECORD.size:
+            chunk = self.sock.recv(zygote.RECORD.size - len(data))
+            if not chunk:
+                return None
+            data += chunk
+        kind, value = zygote.RECORD.unpack(data)
+        return kind, value
+
     def close(self) -> None:
-        """The server leaves (its socket closed); reaped, or killed after a grace period.
-        Waits for a spawn under way: the worker it forks is then its caller's to stop."""
+        """The server leaves (its socket closed); reaped, or killed after a grace period;
+        its spare, if any, killed and reaped. Waits for a spawn under way: the worker it
+        forks is then its caller's to stop."""
         import subprocess
 
+        spares: list[ForkedProcess] = []
         with self._lock:
             self.closed = True
             self.broken = self.broken or "the fork server is closed"
+            spares += _end_spares(self.spares)  # (first: they end while the server does)
+            with contextlib.suppress(OSError):
+                # End of file for the server, which leaves; a spare it announced meanwhile
+                # is read here.
+                self.sock.shutdown(socket.SHUT_WR)
+                self.sock.settimeout(CLOSE_GRACE)
+                while (record := self._record()) is not None:
+                    if record[0] == zygote.SPARE:
+                        spares += _end_spares({record[1]})
             with contextlib.suppress(OSError):
                 self.sock.close()
+            self.spares.clear()
+        for spare in spares:
+            spare.wait()
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=CLOSE_GRACE)
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+
+
+def _end_spares(pids: set[int]) -> list[ForkedProcess]:
+    """Kill spares (they wait for a socket: nothing of theirs is worth keeping); the caller
+    reaps them. At a low priority, a killed process may wait for a CPU to end on: they get
+    normal priority first."""
+    spares = [ForkedProcess(pid) for pid in pids]
+    for spare in spares:
+        zygote.set_nice(spare.pid, os.getpriority(os.PRIO_PROCESS, 0))
+        spare.kill()
+    return spares
 
 
 _early: ForkServer | None = None

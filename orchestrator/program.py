@@ -59,7 +59,7 @@ from wasmgroup.orchestrator.workers import (
 )
 from wasmgroup.shared import protocol
 from wasmgroup.shared.closure import MAX_VALUES, VALUE_SIZES, trampoline_module
-from wasmgroup.shared.cpus import usable_cpus
+from wasmgroup.shared.cpus import short_gil_turns, usable_cpus
 from wasmgroup.shared.errors import LinkError, WasmgroupError
 from wasmgroup.shared.memory import MAX_PAGES_32, PAGE, SharedRegion
 from wasmgroup.shared.plan import (
@@ -220,6 +220,7 @@ class Program:
 
     def __init__(self, path: str, options: ProgramOptions,
                  parts: RuntimeParts | None = None) -> None:
+        short_gil_turns()  # this process serves the program's requests from here on
         self.path = path
         self.options = options
         self.fs = GuestFilesystem.from_specs(options.dirs, options.lib_paths, options.cwd)
@@ -300,6 +301,13 @@ class Program:
 
     def _artefacts(self, modules: Iterable[ModulePlan]) -> dict[str, str]:
         return {m.host_path: self.cache.loaded(m.host_path).shared_path for m in modules}
+
+    def _preload(self, modules: Iterable[ModulePlan]) -> None:
+        """Tell the fork server what the program's new threads load: its spare workers
+        deserialize it while they wait (a hint; a spare without it loads it when built)."""
+        server = self.pool.fork_server
+        if server is not None:
+            server.preload(self._artefacts(modules).values())
 
     def _load_op(self, plan: LoadPlan) -> dict[str, Any]:
         return {**to_wire(plan), "artefacts": self._artefacts(plan.modules)}
@@ -434,6 +442,7 @@ class Program:
         main, host_path = self.cache.load_file(self.path)
         self._create_memory(main.parsed)
         pending = self.linker.plan_main(main.parsed, self._guest_path_of_main(), host_path)
+        self._preload(pending.plan.modules)
         worker = self._take()
         # The timeout counts from here: compiling and waiting for a worker to start (seconds
         # on a busy machine) are not the program's time; its constructors are.
@@ -1070,6 +1079,7 @@ class Program:
         """A new thread's group: the log to replay (modules in handle order, then slots)."""
         plans, slots = self.linker.replay_log()
         closures = self.linker.replay_closures()
+        self._preload(plans)
         config, fds = self._base_config()
         config.update(
             artefacts={**self._artefacts(plans),

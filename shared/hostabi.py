@@ -97,6 +97,11 @@ def abi_signature(module: str, name: str) -> FuncType | None:
     return _ABI.get(module, {}).get(name)
 
 
+def abi_names(module: str) -> tuple[str, ...]:
+    """Every call the ABI has in `module`."""
+    return tuple(_ABI.get(module, {}))
+
+
 def status(module: str, name: str, func_type: FuncType | None) -> str:
     """What the call does here: IMPLEMENTED, ENOSYS, STOPS, or UNKNOWN (outside the ABI, or
     imported with another signature)."""

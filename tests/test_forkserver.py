@@ -133,3 +133,87 @@ def test_nothing_outlives_a_killed_coordinator(tmp_path: Path) -> None:
         time.sleep(0.1)
     assert processes_marked(mark) == []
     assert not [n for n in os.listdir("/dev/shm") if "wasmgroup" in n]
+
+
+def _spare_of(pool: WorkerPool, known: set[int]) -> int:
+    """The pid of the spare the pool's server forked: our child that is neither the server
+    nor a worker we know."""
+    assert pool.fork_server is not None
+    deadline = time.monotonic() + 30
+    while True:
+        others = {p.pid for p in psutil.Process().children()} - known - {pool.fork_server.pid}
+        if others:
+            assert len(others) == 1, others
+            return others.pop()
+        assert time.monotonic() < deadline, "no spare was forked"
+        time.sleep(0.01)
+
+
+def test_a_spare_serves_at_normal_priority_with_only_its_socket() -> None:
+    """From the second worker on, the server keeps a spare (forked and warmed up ahead of
+    need, at a low priority where it can return from it): the next worker is that spare, every
+    thread of it at normal priority, holding nothing of the server's."""
+    fds = open_fds()
+    pool = WorkerPool(0)
+    first = [pool.take() for _ in range(2)]
+    spare = _spare_of(pool, {w.pid for w in first})
+    third = pool.take()
+    assert third.pid == spare
+    third.wait_ready()
+    tasks = [int(t) for t in os.listdir(f"/proc/{spare}/task")]
+    assert len(tasks) == 3  # its main thread, the other taking-turns thread, the ticker
+    nice = {t: os.getpriority(os.PRIO_PROCESS, t) for t in tasks}
+    assert set(nice.values()) == {os.getpriority(os.PRIO_PROCESS, 0)}, nice
+    assert {os.sched_getscheduler(t) for t in tasks} == {os.SCHED_OTHER}
+    held = [os.readlink(f"/proc/{spare}/fd/{fd}") for fd in os.listdir(f"/proc/{spare}/fd")]
+    assert len([f for f in held if f.startswith("socket:")]) <= 4, held  # its own (+ stdio)
+    assert len(held) <= 5, held  # stdio, its socket, its wake-up eventfd
+    pool.close()
+    assert_nothing_left(fds)
+
+
+def test_a_dead_spare_is_replaced_by_a_forked_worker_and_reaped() -> None:
+    """The spare killed before it is wanted: the next worker is forked then, and the dead
+    spare is reaped (no zombie) when the pool closes; so is an unused one."""
+    fds = open_fds()
+    pool = WorkerPool(0)
+    first = [pool.take() for _ in range(2)]
+    spare = _spare_of(pool, {w.pid for w in first})
+    os.kill(spare, signal.SIGKILL)
+    while psutil.Process(spare).status() != psutil.STATUS_ZOMBIE:  # (gone: its link closed)
+        time.sleep(0.01)
+    third = pool.take()
+    assert third.pid != spare
+    third.wait_ready()
+    assert third.process.poll() is None
+    assert pool.fork_server is not None and spare in pool.fork_server.spares
+    _spare_of(pool, {w.pid for w in first} | {third.pid, spare})  # the next one, unused
+    pool.close()
+    assert_nothing_left(fds)
+
+
+def test_spares_deserialize_the_modules_the_coordinator_names(guests: Path,
+                                                            private_cache: Path) -> None:
+    """The coordinator names the program's compiled modules (PRELOAD): a spare forked after
+    that deserializes them while it waits (its process maps the artefact), one name that is
+    no artefact costing it nothing; the worker it becomes serves as any other."""
+    result = run_program(str(guests / "threads" / "pthreads.wasm"))  # (fills the cache)
+    assert result.exit_code == 0, result.error
+    artefacts = sorted(str(p) for p in private_cache.glob("*.cwasm"))
+    assert artefacts
+    fds = open_fds()
+    pool = WorkerPool(0)
+    assert pool.fork_server is not None
+    pool.fork_server.preload([str(private_cache / "not-an-artefact.cwasm"), *artefacts])
+    first = [pool.take() for _ in range(2)]  # the second request forks the first spare
+    spare = _spare_of(pool, {w.pid for w in first})
+    deadline = time.monotonic() + 30
+    while not all(a in Path(f"/proc/{spare}/maps").read_text() for a in artefacts):
+        assert time.monotonic() < deadline, "the spare never deserialized the modules"
+        time.sleep(0.02)
+    third = pool.take()
+    assert third.pid == spare
+    third.wait_ready()
+    assert third.process.poll() is None
+    pool.close()
+    assert_nothing_left(fds)

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 from leaks import assert_nothing_left, open_fds
 
 from wasmgroup.orchestrator.program import RunResult, run_program
+from wasmgroup.shared.cpus import GIL_TURN_SECONDS
 
 LINE = re.compile(r"spawn_latency: spawns=5 p50_us=(\d+) p90_us=(\d+) max_us=(\d+)")
 
@@ -72,3 +74,18 @@ def test_a_kept_standby_group_whose_worker_dies_is_forgotten(guests: Path, tmp_p
               if json.loads(line)["op"] == "thread_start"]
     assert len(starts) == 5 and kept not in [s["pid"] for s in starts[1:]]
     assert_nothing_left(fds)
+
+
+
+def test_the_coordinator_takes_short_gil_turns(guests: Path) -> None:
+    """A process that runs a program hands the GIL over after 0.5 ms, not Python's 5 ms
+    (shared/cpus.py): a spawn's or a memory.grow's reply waited that long behind a thread that
+    computed."""
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(0.005)
+    try:
+        result = run_program(str(guests / "threads" / "spawn_latency.wasm"), ["2"])
+        assert result.exit_code == 0, result.error
+        assert sys.getswitchinterval() == GIL_TURN_SECONDS
+    finally:
+        sys.setswitchinterval(previous)

@@ -28,8 +28,9 @@ from wasmgroup.shared.closure import CLOSURE_EXPORT
 from wasmgroup.shared.engine import ENGINE_SETTINGS as ENGINE_SETTINGS
 from wasmgroup.shared.engine import make_engine_config as make_engine_config
 from wasmgroup.shared.errors import LinkError
+from wasmgroup.shared.fdtable import GenerationPage
 from wasmgroup.shared.futex import WakeWord, futex_waitv_works, futex_wake
-from wasmgroup.shared.hostabi import HELPER_MODULE, abi_signature
+from wasmgroup.shared.hostabi import HELPER_MODULE, abi_names, abi_signature
 from wasmgroup.shared.memory import SharedRegion
 from wasmgroup.shared.plan import (
     B_CONST,
@@ -1008,6 +1009,48 @@ class InstanceGroup:
     def call_entry(self, name: str, *args: int) -> None:
         func = self.export(MAIN_HANDLE, name)
         func(self.store, *args)
+
+
+def warm_up(engine: wasmtime.Engine, wanted: Callable[[], bool]) -> None:
+    """Build a throwaway group with every host function of the ABI, then drop it. A spare
+    worker (worker/zygote.py) does this before it is wanted: CPython specializes a function's
+    bytecode in place at its first runs (work and copy-on-write faults in a forked process),
+    and ctypes and wasmtime-py make their per-signature objects once, so its first real group
+    build runs warm code instead of paying for that on a spawn's path. Stops early once
+    `wanted()` says the worker is wanted now."""
+    if wanted():
+        return
+    page = GenerationPage.create()
+    group = InstanceGroup(engine, _no_module, _NO_SERVICE, DescriptorCache(page, _no_request),
+                          [], [])
+    try:
+        group.create_table(1, None)
+        seen: set[tuple[str, FuncType]] = set()
+        for module in ("wasi_snapshot_preview1", "wasix_32v1", "wasi"):
+            for name in abi_names(module):
+                signature = abi_signature(module, name)
+                assert signature is not None
+                if (module, signature) in seen:  # (their objects are made per signature)
+                    continue
+                if wanted():
+                    return
+                seen.add((module, signature))
+                ty = wasmtime.FuncType([_val_type(p) for p in signature.params],
+                                       [_val_type(r) for r in signature.results])
+                group._host_function(module, name, ty)
+    finally:
+        group.close()
+
+
+def _no_module(host_path: str) -> CompiledModule:
+    raise LinkError(f"{host_path}: no modules while warming up")
+
+
+def _no_request(name: str, *args: Any) -> tuple[list[Any], int | None]:
+    raise LinkError(f"{name}: no requests while warming up")
+
+
+_NO_SERVICE: Any = object()  # (no guest code runs in that group: nothing asks it anything)
 
 
 def _signed32(value: int) -> int:

@@ -51,11 +51,13 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import wasmtime
 
 from wasmgroup.shared import protocol
+from wasmgroup.shared.cpus import short_gil_turns
 from wasmgroup.shared.engine import make_engine_config
 from wasmgroup.shared.errors import LinkError, UnsupportedCall, one_line
 from wasmgroup.shared.fdtable import GenerationPage
@@ -153,12 +155,18 @@ class Baseline:
             return f"{grown >> 20} MiB of private memory more than when it started"
         return None
 
+    def replace_fd(self, old: int, new: int) -> None:
+        """Taken before the worker had its socket (a spare, worker/zygote.py): `old` (its
+        link to the fork server) is closed since, and `new` is the socket."""
+        self.fds.discard(old)
+        self.fds.add(new)
+
 
 class Connection:
     """This worker's end of the socket: sends are serialised across threads."""
 
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
+    def __init__(self, sock: socket.socket | None) -> None:
+        self.sock: socket.socket = sock  # type: ignore[assignment]  # (a spare's: given later)
         self._send_lock = threading.Lock()
 
     def send(self, kind: str, **fields: Any) -> None:
@@ -173,7 +181,8 @@ class Connection:
 
 
 class Worker:
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket | None) -> None:
+        """With `sock` None (a spare, worker/zygote.py), `serve` is given it."""
         self.conn = Connection(sock)
         self.engine = wasmtime.Engine(make_engine_config())
         self.inbox: queue.SimpleQueue[tuple[dict[str, Any], list[int]] | None] = \
@@ -402,11 +411,15 @@ class Worker:
                 continue
             return item
 
-    def serve(self) -> None:
-        """Note how this worker looks with no program, say `ready`, then read first, taking
-        turns with the other thread (never returns: the worker leaves with os._exit, told to
-        or when the coordinator is gone). Nothing is read before the baseline is taken."""
-        self.baseline = Baseline()
+    def serve(self, sock: socket.socket | None = None) -> None:
+        """Note how this worker looks with no program (unless a spare did before it had
+        `sock`), say `ready`, then read first, taking turns with the other thread (never
+        returns: the worker leaves with os._exit, told to or when the coordinator is gone).
+        Nothing is read before the baseline is taken."""
+        if sock is not None:
+            self.conn.sock = sock
+        if self.baseline is None:
+            self.baseline = Baseline()
         self.conn.send("ready", pid=os.getpid())
         self.take_turns(reading=True)
 
@@ -517,6 +530,21 @@ class Worker:
             del self._modules[next(iter(self._modules))]
         assert self.baseline is not None
         return self.baseline.problem()
+
+    def preload(self, artefacts: list[str], wanted: Callable[[], bool]) -> None:
+        """Deserialize compiled modules ahead of need (a spare, worker/zygote.py), until
+        `wanted()`; those that fail are left for when a group needs them (a hint)."""
+        for artefact in artefacts:
+            if wanted():
+                return
+            if not artefact or artefact in self._modules:
+                continue
+            try:
+                module = CompiledModule(wasmtime.Module.deserialize_file(self.engine, artefact))
+            except (wasmtime.WasmtimeError, OSError):
+                continue
+            module.imports  # noqa: B018  (worked out now: what instantiating it needs)
+            self._modules[artefact] = module
 
     def _module(self, host_path: str) -> CompiledModule:
         artefact = self._artefacts.get(host_path)
@@ -767,21 +795,30 @@ class WorkerService:
         return bool(self._call("chdir", path, safe_point=False))
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    sock = socket.socket(fileno=int(args[0]))
-    worker = Worker(sock)
-    with contextlib.suppress(AttributeError, OSError):  # started in the background
-        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+def start_threads(worker: Worker) -> list[threading.Thread]:
+    """The worker's other taking-turns thread and its ticker."""
     # Either taking-turns thread may run guest code: give the second the main thread's
     # stack size (8 MiB by default), whatever the system's default for threads is.
     previous = threading.stack_size(MAIN_STACK_BYTES)
     try:
-        threading.Thread(target=worker.take_turns, args=(False,), name="wasmgroup-turns",
-                         daemon=True).start()
+        turns = threading.Thread(target=worker.take_turns, args=(False,),
+                                 name="wasmgroup-turns", daemon=True)
+        turns.start()
     finally:
         threading.stack_size(previous)
-    threading.Thread(target=worker.tick, name="wasmgroup-ticker", daemon=True).start()
+    ticker = threading.Thread(target=worker.tick, name="wasmgroup-ticker", daemon=True)
+    ticker.start()
+    return [turns, ticker]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    short_gil_turns()
+    sock = socket.socket(fileno=int(args[0]))
+    worker = Worker(sock)
+    with contextlib.suppress(AttributeError, OSError):  # started in the background
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    start_threads(worker)
     worker.serve()
     return 0
 
