@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from wasmgroup.orchestrator.program import run_program
-from wasmgroup.shared.futex import WakeWord, futex_waitv_works, futex_wake
+from wasmgroup.shared.futex import Spinner, WakeWord, futex_waitv_works, futex_wake
 
 SECOND = 1_000_000_000
 
@@ -113,3 +113,69 @@ def test_futex_calls_check_every_pointer(tmp_path: Path, memory: str) -> None:
     program.write_text(FUTEX_CALLS.replace("MEMORY", memory))
     result = run_program(str(program))
     assert (result.exit_code, result.error) == (0, None), result.stderr
+
+
+# ---------------------------------------------------------------- the spin before a sleep
+def _loadavg(tmp_path: Path, running: int) -> str:
+    path = tmp_path / f"loadavg-{running}"
+    path.write_text(f"0.52 0.58 0.59 {running}/312 4242\n")  # the kernel's format
+    return str(path)
+
+
+def _view(word: ctypes.c_uint32) -> memoryview:
+    return memoryview((ctypes.c_char * 4).from_address(ctypes.addressof(word))).cast("B")
+
+
+def _later(seconds: float, action: object) -> threading.Thread:
+    thread = threading.Thread(target=lambda: (time.sleep(seconds), action()))  # type: ignore
+    thread.start()
+    return thread
+
+
+def test_a_spin_sees_the_word_change(tmp_path: Path, word: ctypes.c_uint32) -> None:
+    spinner = Spinner(budget_ns=10 * SECOND, loadavg=_loadavg(tmp_path, 1), cpus=2)
+    wake = WakeWord()
+    setter = _later(0.01, lambda: setattr(word, "value", 8))
+    started = time.monotonic()
+    assert spinner.until_changed(_view(word), 0, 7, wake, wake.value)
+    assert time.monotonic() - started < 5
+    setter.join()
+    assert spinner.until_changed(_view(word), 0, 7, wake, wake.value)  # changed already
+
+
+def test_a_spin_ends_at_its_budget_or_the_wake_word(tmp_path: Path,
+                                                     word: ctypes.c_uint32) -> None:
+    spinner = Spinner(budget_ns=30_000_000, loadavg=_loadavg(tmp_path, 2), cpus=2)
+    wake = WakeWord()
+    started = time.monotonic()
+    assert not spinner.until_changed(_view(word), 0, 7, wake, wake.value)
+    assert time.monotonic() - started >= 0.03
+    long = Spinner(budget_ns=10 * SECOND, loadavg=_loadavg(tmp_path, 1), cpus=2)
+    waker = _later(0.01, wake.wake)  # work for this thread: it stops watching
+    started = time.monotonic()
+    assert not long.until_changed(_view(word), 0, 7, wake, wake.value)
+    assert time.monotonic() - started < 5
+    waker.join()
+    assert word.value == 7
+
+
+def test_no_spin_without_a_spare_cpu(tmp_path: Path, word: ctypes.c_uint32) -> None:
+    """More runnable threads than CPUs (or no budget, or an unreadable count): the caller
+    sleeps at once, whatever the word does."""
+    wake = WakeWord()
+    for spinner in (Spinner(budget_ns=10 * SECOND, loadavg=_loadavg(tmp_path, 3), cpus=2),
+                    Spinner(budget_ns=0, loadavg=_loadavg(tmp_path, 1), cpus=2),
+                    Spinner(budget_ns=10 * SECOND, loadavg=str(tmp_path / "none"), cpus=2)):
+        started = time.monotonic()
+        assert not spinner.until_changed(_view(word), 0, 7, wake, wake.value)
+        assert time.monotonic() - started < 1
+
+
+def test_the_machine_is_looked_at_again_after_a_while(tmp_path: Path) -> None:
+    path = _loadavg(tmp_path, 1)
+    spinner = Spinner(loadavg=path, cpus=2, every_ns=50_000_000)
+    now = time.perf_counter_ns()
+    assert spinner.spare_cpu(now)
+    Path(path).write_text("4.00 3.00 2.00 5/312 4242\n")
+    assert spinner.spare_cpu(now + 1_000_000)  # the count is a few ms old at most
+    assert not spinner.spare_cpu(now + 60_000_000)

@@ -28,7 +28,13 @@ from wasmgroup.shared.closure import CLOSURE_EXPORT
 from wasmgroup.shared.engine import ENGINE_SETTINGS as ENGINE_SETTINGS
 from wasmgroup.shared.engine import make_engine_config as make_engine_config
 from wasmgroup.shared.errors import LinkError
-from wasmgroup.shared.futex import WakeWord, futex_waitv_works, futex_wake
+from wasmgroup.shared.futex import (
+    SPIN_NS,
+    Spinner,
+    WakeWord,
+    futex_waitv_works,
+    futex_wake,
+)
 from wasmgroup.shared.hostabi import HELPER_MODULE, abi_signature
 from wasmgroup.shared.memory import SharedRegion
 from wasmgroup.shared.plan import (
@@ -154,6 +160,7 @@ class PendingOperation:
             self.on_done(self)
 
 
+SPINNER = Spinner()  # one per process: its view of the machine's load is shared
 FUTEX_SLICE_NS = 20_000_000  # a futex wait re-checks pending work this often at least
 SLEEP_SLICE = 0.05  # seconds: a sleep re-checks pending work this often even if never nudged
 
@@ -832,6 +839,7 @@ class InstanceGroup:
         address = self.memory.address + offset
         deadline = None if timeout_ns is None else time.monotonic_ns() + timeout_ns
         wake_word = self._wake_word
+        spin = timeout_ns is None or timeout_ns > SPIN_NS
         while True:
             if not self._pending.empty():
                 self.service_pending()
@@ -843,6 +851,12 @@ class InstanceGroup:
                 if slice_ns <= 0:
                     return "timeout"
             wake_seen = wake_word.value  # before the check: a later post changes it
+            view = self.memory.view
+            if spin and view is not None:
+                spin = False  # once per call: a slice that ends sleeps on
+                if SPINNER.until_changed(view, offset, expected, wake_word, wake_seen):
+                    self.service_pending()
+                    return "woken"
             self._waiting_on = address
             try:
                 if not self._pending.empty():
