@@ -228,6 +228,7 @@ class InstanceGroup:
         self._closure_labels: dict[int, str] = {}  # function identity -> label (describe)
         self._waiting_on: int | None = None  # host address this group's futex_wait sleeps on
         self._wake_word = WakeWord()  # what nudge() wakes it with
+        self._spun: tuple[int, int] | None = None  # the futex word a spin last saw change
         # Seeded delays at safe points and before acknowledgements (`wasmgroup stress`);
         # None, and so no work anywhere, unless the program was started with a seed.
         self.perturbation: Perturbation | None = None
@@ -854,7 +855,12 @@ class InstanceGroup:
             view = self.memory.view
             if spin and view is not None:
                 spin = False  # once per call: a slice that ends sleeps on
-                if SPINNER.until_changed(view, offset, expected, wake_word, wake_seen):
+                if (offset, expected) == self._spun:
+                    # Back on the word and value a spin just saw change: the guest's retry
+                    # (a mutex taken by another thread first); spinning again would loop.
+                    self._spun = None
+                elif SPINNER.until_changed(view, offset, expected, wake_word, wake_seen):
+                    self._spun = (offset, expected)
                     self.service_pending()
                     return "woken"
             self._waiting_on = address
