@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import queue
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -160,6 +161,7 @@ class PendingOperation:
             self.on_done(self)
 
 
+_U32_AT = struct.Struct("<I").unpack_from
 SPINNER = Spinner()  # one per process: its view of the machine's load is shared
 FUTEX_SLICE_NS = 20_000_000  # a futex wait re-checks pending work this often at least
 SLEEP_SLICE = 0.05  # seconds: a sleep re-checks pending work this often even if never nudged
@@ -840,6 +842,11 @@ class InstanceGroup:
         address = self.memory.address + offset
         deadline = None if timeout_ns is None else time.monotonic_ns() + timeout_ns
         wake_word = self._wake_word
+        view = self.memory.view
+        expected &= 0xFFFFFFFF
+        if view is not None and _U32_AT(view, offset)[0] != expected:
+            self.service_pending()  # the kernel would say so too, for a syscall's cost
+            return "mismatch"
         spin = timeout_ns is None or timeout_ns > SPIN_NS
         while True:
             if not self._pending.empty():
@@ -852,7 +859,6 @@ class InstanceGroup:
                 if slice_ns <= 0:
                     return "timeout"
             wake_seen = wake_word.value  # before the check: a later post changes it
-            view = self.memory.view
             if spin and view is not None:
                 spin = False  # once per call: a slice that ends sleeps on
                 if (offset, expected) == self._spun:
