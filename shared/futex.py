@@ -156,8 +156,9 @@ _U32_AT = struct.Struct("<I").unpack_from
 
 class Spinner:
     """Watches a futex word before its waiter sleeps, while the machine has a CPU to spare:
-    the kernel's count of runnable threads (`loadavg`'s fourth field, the spinner included)
-    at most `every_ns` old is below the CPUs + 1 (the spinner and the thread it waits for)."""
+    the kernel's count of runnable threads (`loadavg`'s fourth field, the spinner included),
+    at most `every_ns` old, is at most the number of CPUs, and there are two or more (the
+    thread it waits for needs a CPU of its own to change the word meanwhile)."""
 
     def __init__(self, budget_ns: int = SPIN_NS, loadavg: str = "/proc/loadavg",
                  cpus: int | None = None, every_ns: int = 2_000_000) -> None:
@@ -180,7 +181,7 @@ class Spinner:
                 os.close(fd)
         except (OSError, ValueError, IndexError):
             running = self._cpus + 1  # unknown: as if busy
-        self._spare = running < self._cpus + 1
+        self._spare = 1 < self._cpus and running <= self._cpus  # one CPU: none to spare
         return self._spare
 
     def until_changed(self, view: memoryview, offset: int, expected: int, wake: WakeWord,

@@ -160,12 +160,14 @@ def test_a_spin_ends_at_its_budget_or_the_wake_word(tmp_path: Path,
 
 
 def test_no_spin_without_a_spare_cpu(tmp_path: Path, word: ctypes.c_uint32) -> None:
-    """More runnable threads than CPUs (or no budget, or an unreadable count): the caller
-    sleeps at once, whatever the word does."""
+    """More runnable threads than CPUs (or no budget, an unreadable count, one CPU: the
+    thread waited for cannot run meanwhile): the caller sleeps at once, whatever the word
+    does."""
     wake = WakeWord()
     for spinner in (Spinner(budget_ns=10 * SECOND, loadavg=_loadavg(tmp_path, 3), cpus=2),
                     Spinner(budget_ns=0, loadavg=_loadavg(tmp_path, 1), cpus=2),
-                    Spinner(budget_ns=10 * SECOND, loadavg=str(tmp_path / "none"), cpus=2)):
+                    Spinner(budget_ns=10 * SECOND, loadavg=str(tmp_path / "none"), cpus=2),
+                    Spinner(budget_ns=10 * SECOND, loadavg=_loadavg(tmp_path, 1), cpus=1)):
         started = time.monotonic()
         assert not spinner.until_changed(_view(word), 0, 7, wake, wake.value)
         assert time.monotonic() - started < 1
