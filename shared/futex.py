@@ -84,6 +84,7 @@ class WakeWord:
             _Waiter(0, 0, FUTEX2_SIZE_U32, 0),
             _Waiter(0, self.address, FUTEX2_SIZE_U32 | FUTEX_PRIVATE_FLAG, 0))
         self._guest, self._own = self._waiters[0], self._waiters[1]  # views into the array
+        self._filled = [0, 0]  # the guest address and wake word value stored there
         self._deadline = _Timespec()
         self._deadline_ref = ctypes.byref(self._deadline)
 
@@ -108,8 +109,12 @@ class WakeWord:
             return futex_wait(address, expected, timeout_ns)
         guest = self._guest
         guest.val = expected & 0xFFFFFFFF
-        guest.uaddr = address
-        self._own.val = seen
+        if address != self._filled[0]:  # ctypes field stores cost ~0.15 µs each
+            guest.uaddr = address
+            self._filled[0] = address
+        if seen != self._filled[1]:
+            self._own.val = seen
+            self._filled[1] = seen
         deadline = self._deadline
         deadline.tv_sec, deadline.tv_nsec = divmod(
             time.clock_gettime_ns(time.CLOCK_MONOTONIC) + timeout_ns, 1_000_000_000)
@@ -181,7 +186,7 @@ class Spinner:
                 os.close(fd)
         except (OSError, ValueError, IndexError):
             running = self._cpus + 1  # unknown: as if busy
-        self._spare = 1 < self._cpus and running <= self._cpus  # one CPU: none to spare
+        self._spare = self._cpus > 1 and running <= self._cpus  # one CPU: none to spare
         return self._spare
 
     def until_changed(self, view: memoryview, offset: int, expected: int, wake: WakeWord,
