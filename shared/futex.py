@@ -147,7 +147,6 @@ def futex_wake(address: int, count: int) -> int:
     return rc
 
 
-
 # Spinning before sleeping. Waking a thread that sleeps in the kernel costs its waker a
 # syscall and the sleeper its CPU's wake-up latency; when both threads have a CPU of their
 # own, watching the word for a few microseconds catches most handoffs without either (a
@@ -207,4 +206,3 @@ class Spinner:
             if word.value != seen or clock() > end:
                 return False
         return True
-
