@@ -838,7 +838,9 @@ class InstanceGroup:
     def futex_wait(self, offset: int, expected: int, timeout_ns: int | None) -> str:
         """Wait while the guest's u32 at `offset` (bounds checked by the caller) holds
         `expected`, in slices, so that a pending operation or a stop never waits on a
-        sleeper."""
+        sleeper. A word that differs already is a "mismatch" with no syscall; before the
+        first sleep the word is watched for a few µs while the machine has a CPU to spare
+        (shared/futex.py `Spinner`; a change seen then is "woken")."""
         address = self.memory.address + offset
         deadline = None if timeout_ns is None else time.monotonic_ns() + timeout_ns
         wake_word = self._wake_word
