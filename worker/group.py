@@ -62,7 +62,7 @@ from wasmgroup.shared.plan import (
 from wasmgroup.shared.records import record
 from wasmgroup.shared.wasm import FuncType
 from wasmgroup.worker import epoch, wasmtime_compat
-from wasmgroup.worker.host import poll
+from wasmgroup.worker.host import native, poll
 from wasmgroup.worker.host.clocks import CLOCK_FUNCTIONS, make_clock_functions
 from wasmgroup.worker.host.descriptors import DescriptorCache
 from wasmgroup.worker.host.memory import make_memory_functions
@@ -231,6 +231,7 @@ class InstanceGroup:
         self._waiting_on: int | None = None  # host address this group's futex_wait sleeps on
         self._wake_word = WakeWord()  # what nudge() wakes it with
         self._spun: tuple[int, int] | None = None  # the futex word a spin last saw change
+        self._native: native.NativeCalls | None = None  # C host functions, made on first use
         # Seeded delays at safe points and before acknowledgements (`wasmgroup stress`);
         # None, and so no work anywhere, unless the program was started with a seed.
         self.perturbation: Perturbation | None = None
@@ -746,9 +747,23 @@ class InstanceGroup:
             function = self._wasi[name]
         else:
             function = {"wasix_32v1": self._wasix, "wasi": self._wasi_threads}[module].get(name)
+        if module == "wasix_32v1" and name in native.NATIVE_CALLS:
+            calls = self._native_calls()
+            if calls is not None:
+                return calls.func(self.store, ty, name)
         signature = abi_signature(module, name)
         names = None if signature is None else (signature.params, signature.results)
         return host_func(self.store, ty, function or make_unimplemented(module, name), names)
+
+    def _native_calls(self) -> native.NativeCalls | None:
+        """The C host functions (host/native.py) over the program's fixed memory, when
+        built; None otherwise (a memory of the main's own, which may move, included)."""
+        if self._native is None:
+            lib, memory = native.library(), self._memory
+            if lib is None or memory is None or memory.view is None:
+                return None
+            self._native = native.NativeCalls(lib, *memory.extent())
+        return self._native
 
     # ------------------------------------------------------------------ blocking and threads
     def post(self, pending: PendingOperation) -> None:
