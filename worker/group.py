@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import queue
+import struct
 import threading
 import time
 from collections.abc import Callable, Container
@@ -29,7 +30,13 @@ from wasmgroup.shared.engine import ENGINE_SETTINGS as ENGINE_SETTINGS
 from wasmgroup.shared.engine import make_engine_config as make_engine_config
 from wasmgroup.shared.errors import LinkError
 from wasmgroup.shared.fdtable import GenerationPage
-from wasmgroup.shared.futex import WakeWord, futex_waitv_works, futex_wake
+from wasmgroup.shared.futex import (
+    SPIN_NS,
+    Spinner,
+    WakeWord,
+    futex_waitv_works,
+    futex_wake,
+)
 from wasmgroup.shared.hostabi import HELPER_MODULE, abi_names, abi_signature
 from wasmgroup.shared.memory import SharedRegion
 from wasmgroup.shared.plan import (
@@ -57,7 +64,7 @@ from wasmgroup.shared.plan import (
 from wasmgroup.shared.records import prepare, record
 from wasmgroup.shared.wasm import FuncType
 from wasmgroup.worker import epoch, wasmtime_compat
-from wasmgroup.worker.host import poll
+from wasmgroup.worker.host import native, poll
 from wasmgroup.worker.host.clocks import CLOCK_FUNCTIONS, make_clock_functions
 from wasmgroup.worker.host.descriptors import DescriptorCache
 from wasmgroup.worker.host.memory import make_memory_functions
@@ -174,6 +181,8 @@ class PendingOperation:
             self.on_done(self)
 
 
+_U32_AT = struct.Struct("<I").unpack_from
+SPINNER = Spinner()  # one per process: its view of the machine's load is shared
 FUTEX_SLICE_NS = 20_000_000  # a futex wait re-checks pending work this often at least
 SLEEP_SLICE = 0.05  # seconds: a sleep re-checks pending work this often even if never nudged
 
@@ -249,6 +258,8 @@ class InstanceGroup:
         self._closure_labels: dict[int, str] = {}  # function identity -> label (describe)
         self._waiting_on: int | None = None  # host address this group's futex_wait sleeps on
         self._wake_word = WakeWord()  # what nudge() wakes it with
+        self._spun: tuple[int, int] | None = None  # the futex word a spin last saw change
+        self._native: native.NativeCalls | None = None  # C host functions, made on first use
         # Seeded delays at safe points and before acknowledgements (`wasmgroup stress`);
         # None, and so no work anywhere, unless the program was started with a seed.
         self.perturbation: Perturbation | None = None
@@ -792,9 +803,23 @@ class InstanceGroup:
             function = self._wasi[name]
         else:
             function = {"wasix_32v1": self._wasix, "wasi": self._wasi_threads}[module].get(name)
+        if module == "wasix_32v1" and name in native.NATIVE_CALLS:
+            calls = self._native_calls()
+            if calls is not None:
+                return calls.func(self.store, ty, name)
         signature = abi_signature(module, name)
         names = None if signature is None else (signature.params, signature.results)
         return host_func(self.store, ty, function or make_unimplemented(module, name), names)
+
+    def _native_calls(self) -> native.NativeCalls | None:
+        """The C host functions (host/native.py) over the program's fixed memory, when
+        built; None otherwise (a memory of the main's own, which may move, included)."""
+        if self._native is None:
+            lib, memory = native.library(), self._memory
+            if lib is None or memory is None or memory.view is None:
+                return None
+            self._native = native.NativeCalls(lib, *memory.extent())
+        return self._native
 
     # ------------------------------------------------------------------ blocking and threads
     def post(self, pending: PendingOperation) -> None:
@@ -895,10 +920,18 @@ class InstanceGroup:
     def futex_wait(self, offset: int, expected: int, timeout_ns: int | None) -> str:
         """Wait while the guest's u32 at `offset` (bounds checked by the caller) holds
         `expected`, in slices, so that a pending operation or a stop never waits on a
-        sleeper."""
+        sleeper. A word that differs already is a "mismatch" with no syscall; before the
+        first sleep the word is watched for a few µs while the machine has a CPU to spare
+        (shared/futex.py `Spinner`; a change seen then is "woken")."""
         address = self.memory.address + offset
         deadline = None if timeout_ns is None else time.monotonic_ns() + timeout_ns
         wake_word = self._wake_word
+        view = self.memory.view
+        expected &= 0xFFFFFFFF
+        if view is not None and _U32_AT(view, offset)[0] != expected:
+            self.service_pending()  # the kernel would say so too, for a syscall's cost
+            return "mismatch"
+        spin = timeout_ns is None or timeout_ns > SPIN_NS
         while True:
             if not self._pending.empty():
                 self.service_pending()
@@ -910,6 +943,16 @@ class InstanceGroup:
                 if slice_ns <= 0:
                     return "timeout"
             wake_seen = wake_word.value  # before the check: a later post changes it
+            if spin and view is not None:
+                spin = False  # once per call: a slice that ends sleeps on
+                if (offset, expected) == self._spun:
+                    # Back on the word and value a spin just saw change: the guest's retry
+                    # (a mutex taken by another thread first); spinning again would loop.
+                    self._spun = None
+                elif SPINNER.until_changed(view, offset, expected, wake_word, wake_seen):
+                    self._spun = (offset, expected)
+                    self.service_pending()
+                    return "woken"
             self._waiting_on = address
             try:
                 if not self._pending.empty():

@@ -52,6 +52,11 @@ class GuestMemory:
             raise GuestFault(f"guest range [{addr:#x}, +{size}) outside memory of {length} bytes")
         return base + addr
 
+    @property
+    def view(self) -> memoryview | None:
+        """A fixed memory's bytes (None for one that may move or grow)."""
+        return self._bytes
+
     def extent(self) -> tuple[int, int]:
         """The host address of byte 0 and the memory's length in bytes."""
         return self._base_and_len()

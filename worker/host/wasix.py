@@ -122,18 +122,22 @@ def make_wasix_functions(group: InstanceGroup) -> dict[str, Callable[..., int | 
     # The futex calls are the hot path of every mutex and condition variable handoff: plain
     # bounds checks and single-byte stores, no copies (a wait or a wake is a few µs of Python).
     def futex_wait_(futex: int, expected: int, timeout: int, ret_woken: int) -> int:
-        _, length = group.memory.extent()
+        memory = group.memory
+        _, length = memory.extent()
         if not (0 <= futex <= length - 4 and 0 <= ret_woken < length):
             return EMEMVIOLATION
         timeout_ns = None
         if timeout:  # an option_timestamp: tag u8, padding, u64 nanoseconds
+            view = memory.view
             try:
-                if group.memory.read(timeout, 1)[0] == 1:
-                    timeout_ns = int.from_bytes(group.memory.read(timeout + 8, 8), "little")
+                tag = view[timeout] if view is not None and 0 < timeout < length else (
+                    memory.read(timeout, 1)[0])
+                if tag == 1:
+                    timeout_ns = int.from_bytes(memory.read(timeout + 8, 8), "little")
             except GuestFault:
                 return EMEMVIOLATION
         outcome = group.futex_wait(futex, expected, timeout_ns)
-        group.memory.write_u8(ret_woken, 0 if outcome == "timeout" else 1)
+        memory.write_u8(ret_woken, 0 if outcome == "timeout" else 1)
         return ESUCCESS
 
     def wake(futex: int, ret_woken: int, count: int) -> int:
