@@ -291,6 +291,11 @@ def _program_args(args: argparse.Namespace) -> list[str]:
 
 def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from wasmgroup.orchestrator import forkserver
+    from wasmgroup.shared.cpus import short_gil_turns
+
+    # This process only serves the program's requests from here on: its threads hand the GIL
+    # over after 0.5 ms (shared/cpus.py). (The Python API leaves its caller's setting alone.)
+    short_gil_turns()
 
     # First, while this process has one thread, no descriptor but stdio and has not touched
     # wasmtime: the fork server that the program's workers come from (orchestrator/

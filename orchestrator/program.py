@@ -59,7 +59,7 @@ from wasmgroup.orchestrator.workers import (
 )
 from wasmgroup.shared import protocol
 from wasmgroup.shared.closure import MAX_VALUES, VALUE_SIZES, trampoline_module
-from wasmgroup.shared.cpus import short_gil_turns, usable_cpus
+from wasmgroup.shared.cpus import usable_cpus
 from wasmgroup.shared.errors import LinkError, WasmgroupError
 from wasmgroup.shared.memory import MAX_PAGES_32, PAGE, SharedRegion
 from wasmgroup.shared.plan import (
@@ -220,7 +220,6 @@ class Program:
 
     def __init__(self, path: str, options: ProgramOptions,
                  parts: RuntimeParts | None = None) -> None:
-        short_gil_turns()  # this process serves the program's requests from here on
         self.path = path
         self.options = options
         self.fs = GuestFilesystem.from_specs(options.dirs, options.lib_paths, options.cwd)
