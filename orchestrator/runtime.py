@@ -64,6 +64,9 @@ class RunRequest:
     # Bytes the linear memory may reach (memory.grow fails beyond), and the private memory
     # the program may add to its workers (then it is stopped: "memory limit exceeded").
     memory_limit: int | None = None
+    # Threads live at once, the main thread included (a spawn beyond gets EAGAIN); None: one
+    # per 16 MiB of the machine's memory (orchestrator/program.py, default_max_threads).
+    max_threads: int | None = None
     capture_output: bool = True  # else the program writes to this process's stdout/stderr
     verify_groups: bool = False
     trace: Path | None = None
@@ -100,6 +103,10 @@ def _check_request(program: object, args: object, options: dict[str, Any]) -> Ru
         value = options.get(name)
         if value is not None and (not isinstance(value, int | float) or value <= 0):
             raise UsageError(f"{name} must be a positive number, not {value!r}")
+    threads = options.get("max_threads")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                or threads < 1):
+        raise UsageError(f"max_threads must be a positive integer, not {threads!r}")
     stdin = options.get("stdin")
     if stdin is not None and not isinstance(stdin, bytes | str | os.PathLike) and not hasattr(
             stdin, "fileno"):
@@ -183,6 +190,8 @@ def _run_request(request: RunRequest, cache_dir: Path | None, max_module_size: i
             max_memory=request.memory_limit, max_worker_memory=request.memory_limit,
             stdin_fd=stdin.fd, perturb_seed=request.perturb_seed,
             perturb_max_delay=request.perturb_max_delay)
+        if request.max_threads is not None:
+            options.max_threads = request.max_threads
         program = Program(request.program, options, parts)
         if cancel is not None:
             cancel.attach(program)

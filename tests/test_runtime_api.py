@@ -63,6 +63,8 @@ def test_timeout_is_reported(guests: Path) -> None:
     lambda rt: rt.run("p.wasm", [], env={"A": 1}),
     lambda rt: rt.run("p.wasm", [], timeout=-1),
     lambda rt: rt.run("p.wasm", [], dirs="a::b"),
+    lambda rt: rt.run("p.wasm", [], max_threads=0),
+    lambda rt: rt.run("p.wasm", [], max_threads=True),
 ])
 def test_misuse_raises_usage_error(call: object) -> None:
     with Runtime(workers=1) as runtime, pytest.raises(UsageError):
@@ -84,3 +86,14 @@ def test_many_programs_at_once(guests: Path) -> None:
                                   env={f"N{i}": str(i)}) for i in range(6)]
         for i, future in enumerate(futures):
             assert future.result().stdout == f"N{i}={i}\n".encode()
+
+
+def test_max_threads_through_a_runtime(guests: Path) -> None:
+    """The live-thread cap as a run option: the spawn beyond gets EAGAIN, the program goes on,
+    and the runtime's workers serve the next program."""
+    with Runtime(workers=2) as runtime:
+        capped = runtime.run(guests / "threads" / "spawn_until_refused.wasm", max_threads=3)
+        assert (capped.exit_code, capped.error) == (0, None)
+        assert capped.stdout == b"created 2 threads, then: Resource temporarily unavailable\n"
+        after = runtime.run(guests / "threads" / "spawn_until_refused.wasm", ["4"])
+        assert after.stdout == b"created 4 threads, then: stopped\n"
