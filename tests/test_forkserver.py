@@ -11,7 +11,9 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -133,6 +135,23 @@ def test_nothing_outlives_a_killed_coordinator(tmp_path: Path) -> None:
         time.sleep(0.1)
     assert processes_marked(mark) == []
     assert not [n for n in os.listdir("/dev/shm") if "wasmgroup" in n]
+
+
+@pytest.fixture(autouse=True)
+def pools_closed(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every pool a test makes is closed after it, also when an assertion failed first:
+    its workers and spare would otherwise fail every later test's check for leftovers."""
+    made: list[WorkerPool] = []
+
+    class Tracked(WorkerPool):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(sys.modules[__name__], "WorkerPool", Tracked)
+    yield
+    for pool in made:
+        pool.close()
 
 
 def _spare_of(pool: WorkerPool, known: set[int]) -> int:

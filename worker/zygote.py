@@ -60,6 +60,8 @@ WORKER = 0  # the answer: the pid of the worker that serves the socket sent, or 
 SPARE = 1  # a spare was forked: its pid
 PRELOAD = 1  # a request without an answer: compiled modules for the spares (see below)
 SPARE_AFTER = 2  # requests before the server keeps a spare (a program's main worker is one)
+SPARE_TOOK = b"\1"  # a spare's answer to the socket it is handed
+SPARE_ANSWER_SECONDS = 10.0  # (a spare warms up at nice +10: a busy machine may keep it)
 SPARE_NICE = 10
 
 
@@ -109,16 +111,25 @@ class Spare:
 
     def hand(self, fd: int, lowered: bool) -> bool:
         """Give the spare the socket `fd` it is to serve (and normal priority, to each of its
-        threads); False if it is gone."""
+        threads); False if it is gone. It says it took the socket: a spare killed a moment
+        ago may still have a thread ending, which keeps its end of the link open and the
+        send succeeding; its end of file then says it is gone. One that does not answer in
+        time is killed, never left to serve the socket beside the worker forked instead."""
         try:
             if lowered:
                 set_nice(self.pid, os.getpriority(os.PRIO_PROCESS, 0))  # (the server's)
             socket.send_fds(self.link, [b"\0"], [fd])
+            self.link.settimeout(SPARE_ANSWER_SECONDS)
+            if self.link.recv(1) == SPARE_TOOK:
+                return True
+        except TimeoutError:
+            with contextlib.suppress(OSError):
+                os.kill(self.pid, signal.SIGKILL)
         except OSError:
-            return False
+            pass
         finally:
             self.link.close()
-        return True
+        return False
 
 
 CAP_SYS_NICE = 23
@@ -276,6 +287,7 @@ def _become_spare(ctrl: socket.socket, link: socket.socket, worker_main: object,
         if len(fds) != 1:
             code = 0
             return
+        link.sendall(SPARE_TOOK)
         if lowered:  # (the server did, unless it handed the spare out before it was lowered)
             os.setpriority(os.PRIO_PROCESS, 0, normal)
         worker.baseline.replace_fd(link.fileno(), fds[0])
