@@ -3,13 +3,14 @@ any job runs.
 
     {"id": "a1", "program": "bin/tool.wasm", "args": ["-n", "3"], "env": {"K": "v"},
      "dirs": ["data::/data"], "lib_paths": ["lib"], "cwd": "/data", "stdin": "text",
-     "timeout": 10, "memory_limit": 67108864}
+     "timeout": 10, "memory_limit": 67108864, "max_threads": 16}
 
 Only `id` (a string or an integer, unique in the file) and `program` are required. Host paths
 (`program`, the host side of `dirs`, `lib_paths`, `stdin_file`) are absolute or relative to
 the job file's directory, so a job file and its programs move together. `stdin` (text) and
 `stdin_file` (a host file) exclude each other; without either the program reads an empty
-stdin. `timeout` is in seconds, `memory_limit` in bytes (the linear memory's ceiling).
+stdin. `timeout` is in seconds, `memory_limit` in bytes (the linear memory's ceiling),
+`max_threads` the threads live at once, the main thread included (a spawn beyond: EAGAIN).
 Blank lines are skipped; an unknown field is an error (a typo would otherwise be ignored).
 
 Pure: parsing takes the file's text and its directory and returns `Job`s or raises
@@ -27,7 +28,7 @@ from typing import Any
 from wasmgroup.shared.errors import WasmgroupError
 
 JOB_FIELDS = ("id", "program", "args", "env", "dirs", "lib_paths", "cwd", "stdin",
-              "stdin_file", "timeout", "memory_limit")
+              "stdin_file", "timeout", "memory_limit", "max_threads")
 MAX_ID_LENGTH = 200  # ids name output files and appear in summaries
 
 
@@ -57,6 +58,7 @@ class Job:
     stdin_file: str | None = None
     timeout: float | None = None
     memory_limit: int | None = None
+    max_threads: int | None = None
 
     @property
     def key(self) -> str:
@@ -81,7 +83,8 @@ class Job:
                 "stdin": self.stdin_file if self.stdin_file is not None else self.stdin,
                 "timeout": self.timeout if self.timeout is not None else timeout,
                 "memory_limit": (self.memory_limit if self.memory_limit is not None
-                                 else memory_limit)}
+                                 else memory_limit),
+                "max_threads": self.max_threads}
 
 
 def job_key(job_id: object) -> str:
@@ -134,7 +137,8 @@ def parse_job(line: str, number: int, base_dir: str) -> Job:
         lib_paths=tuple(_host_path(base_dir, p) for p in check.strings("lib_paths")),
         cwd=cwd, stdin=None if stdin is None else stdin.encode(),
         stdin_file=None if stdin_file is None else _host_path(base_dir, stdin_file),
-        timeout=check.positive("timeout", float), memory_limit=check.memory_limit())
+        timeout=check.positive("timeout", float), memory_limit=check.memory_limit(),
+        max_threads=check.positive("max_threads", int))
 
 
 class _Checker:

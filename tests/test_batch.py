@@ -38,16 +38,17 @@ def test_a_job_line_with_every_field() -> None:
     line = json.dumps({
         "id": "j1", "program": "bin/p.wasm", "args": ["-n", ""], "env": {"K": "v"},
         "dirs": ["data::/in", "/abs/out::/out", "plain"], "lib_paths": ["lib"], "cwd": "/in",
-        "stdin": "text é", "timeout": 2.5, "memory_limit": 1 << 20})
+        "stdin": "text é", "timeout": 2.5, "memory_limit": 1 << 20, "max_threads": 4})
     job = parse_job(line, 7, "/base")
     assert job == Job(id="j1", line=7, program="/base/bin/p.wasm", args=("-n", ""),
                       env={"K": "v"}, dirs=("/base/data::/in", "/abs/out::/out",
                                             "/base/plain::plain"),
                       lib_paths=("/base/lib",), cwd="/in", stdin="text é".encode(),
-                      timeout=2.5, memory_limit=1 << 20)
+                      timeout=2.5, memory_limit=1 << 20, max_threads=4)
     assert job.key == '"j1"'
     options = job.run_options(timeout=9, memory_limit=None)
     assert options["timeout"] == 2.5 and options["stdin"] == "text é".encode()
+    assert options["max_threads"] == 4
     assert [what for what, _ in job.host_paths()] == [
         "program", "directory", "directory", "directory", "library directory"]
 
@@ -88,6 +89,8 @@ def test_defaults_and_the_batchs_own_limits() -> None:
      "expected a positive integer, not 1.5"),
     ('{"id": "a", "program": "p", "memory_limit": 4096}', "memory_limit",
      "4096 bytes is less than one wasm page (65536)"),
+    ('{"id": "a", "program": "p", "max_threads": 0}', "max_threads",
+     "expected a positive integer, not 0"),
 ])
 def test_a_bad_line_names_its_field(line: str, field: str | None, problem: str) -> None:
     with pytest.raises(JobFileError) as caught:
@@ -469,3 +472,17 @@ def test_ray_is_imported_only_for_ray(job_dir: Path, tmp_path: Path) -> None:
     assert proc.stderr == ("wasmgroup batch: --ray needs Ray, an optional extra: pip install "
                            "'wasmgroup[ray]'\n")
     assert not (job_dir / "r2.jsonl").exists()
+
+
+def test_a_jobs_max_threads_caps_its_live_threads(job_dir: Path, guests: Path) -> None:
+    jobs = write_jobs(job_dir, [
+        {"id": "capped", "program": str(guests / "threads" / "spawn_until_refused.wasm"),
+         "max_threads": 3},
+        {"id": "free", "program": str(guests / "threads" / "spawn_until_refused.wasm"),
+         "args": ["4"]}])
+    proc = wasmgroup("batch", "--jobs", "2", jobs)
+    assert proc.returncode == 0, proc.stderr
+    results = results_of(job_dir / "jobs.results.jsonl")
+    assert results["capped"]["stdout"] == (
+        "created 2 threads, then: Resource temporarily unavailable\n")
+    assert results["free"]["stdout"] == "created 4 threads, then: stopped\n"
