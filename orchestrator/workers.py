@@ -486,6 +486,7 @@ class WorkerPool:
         self._settled = threading.Condition(self._lock)
         self._closed = False
         self.started = 0  # worker processes this pool started (the Runtime's tests read it)
+        self.reused = 0  # workers handed out again after a reset (the Runtime's tests read it)
         self.fork_server = (forkserver.claim_early() or ForkServer.start()) if fork_server \
             else None
         if self.size:
@@ -588,6 +589,7 @@ class WorkerPool:
                 self._idle.remove(worker)
             if ready:
                 self._idle.remove(ready[-1])
+                self.reused += ready[-1].resets > 0
             short = len(self._idle) < self.size
         for worker in stuck:
             log.info("worker %d did not answer its reset: retired", worker.pid)

@@ -151,9 +151,11 @@ def test_many_programs_at_once_share_a_few_workers(guests: Path) -> None:
                 assert "[hello] hello, world!" in result.stdout.decode()
             else:
                 assert result.stdout == f"job {kind}".encode(), (kind, result)
-        # Programs ran on reused workers: fewer started than without reuse (one per
-        # program and eight more per threaded one).
-        assert runtime.parts.pool.started < 20 + 2 * 8
+        # Programs ran on reused workers: most of the 17 that found the three warm ones
+        # taken got one given back and reset (15-18 measured, also at load). How many the
+        # pool started is the machine's business: 20-29 quiet, up to 43 at load, when
+        # threads' workers are not back in time.
+        assert runtime.parts.pool.reused >= 10
     assert_nothing_left(fds)
 
 
