@@ -48,6 +48,8 @@ import signal
 import socket
 import struct
 import sys
+from collections.abc import Callable
+from typing import NoReturn
 
 # clone(2)'s number, and whether the architecture takes (flags, stack, parent_tid, tls,
 # child_tid) or (flags, stack, parent_tid, child_tid, tls): with all but flags 0, either.
@@ -257,13 +259,33 @@ def _fork_spare(ctrl: socket.socket, worker_main: object, lowered: bool, preload
     return Spare(pid, ours)
 
 
+def _leave_after(serve: Callable[[], int]) -> NoReturn:
+    """Run a forked child's work to its end and leave with its status, the streams flushed;
+    an exception is printed and is status 1. Never returns (os._exit: the server's state,
+    copied into the child, is not the child's to tear down)."""
+    code = 1
+    try:
+        code = serve()
+    except SystemExit as leave:
+        code = leave.code if isinstance(leave.code, int) else 1
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+        os._exit(code)
+
+
 def _become_spare(ctrl: socket.socket, link: socket.socket, worker_main: object,
                   lowered: bool, preload: list[str]) -> None:
     """In a new spare: do what a worker does before it reads, warm up, wait for the socket
     to serve (end of file: the server is gone, so leave), serve it; never returns."""
     from wasmgroup.worker.group import warm_up
-    code = 1
-    try:
+
+    def serve() -> int:
         ctrl.detach()
         close_other_fds({0, 1, 2, link.fileno()})
         # What any worker does before it reads, at normal priority: the CPU a worker forked
@@ -285,46 +307,27 @@ def _become_spare(ctrl: socket.socket, link: socket.socket, worker_main: object,
         warm_up(worker.engine, wanted)
         _, fds, _, _ = socket.recv_fds(link, REQUEST_SIZE, 1)
         if len(fds) != 1:
-            code = 0
-            return
+            return 0  # the server is gone
         link.sendall(SPARE_TOOK)
         if lowered:  # (the server did, unless it handed the spare out before it was lowered)
             os.setpriority(os.PRIO_PROCESS, 0, normal)
         worker.baseline.replace_fd(link.fileno(), fds[0])
         link.close()
         worker.serve(socket.socket(fileno=fds[0]))
-    except SystemExit as leave:
-        code = leave.code if isinstance(leave.code, int) else 1
-    except BaseException:
-        import traceback
+        return 0  # (serve never returns: the worker leaves with os._exit)
 
-        traceback.print_exc()
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(OSError, ValueError):
-                stream.flush()
-        os._exit(code)
+    _leave_after(serve)
 
 
 def _become_worker(ctrl: socket.socket, fd: int, worker_main: object) -> None:
     """In the new child: drop what belongs to the server, then run the worker; never
     returns."""
-    code = 1
-    try:
+    def serve() -> int:
         ctrl.detach()
         close_other_fds({0, 1, 2, fd})
-        code = worker_main.main([str(fd)])  # type: ignore[attr-defined]
-    except SystemExit as leave:
-        code = leave.code if isinstance(leave.code, int) else 1
-    except BaseException:
-        import traceback
+        return int(worker_main.main([str(fd)]))  # type: ignore[attr-defined]
 
-        traceback.print_exc()
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(OSError, ValueError):
-                stream.flush()
-        os._exit(code)
+    _leave_after(serve)
 
 
 def prepare() -> None:
